@@ -1,0 +1,154 @@
+"""The command line: `python -m hdr_lib train|bench|replicate|info`; user errors exit 2 with one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from hdr_lib.config import PAPER, ConfigError
+from hdr_lib.data import DataError
+from hdr_lib.records import RecordError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
+
+
+def _add_run_options(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default=PAPER.device,
+                   help="cpu, cuda, or auto (cuda when available); default %(default)s")
+    p.add_argument("--epochs", type=_positive_int, default=PAPER.epochs, help="default %(default)s (§3.4)")
+    p.add_argument("--batch-size", type=_positive_int, default=PAPER.batch_size, help="default %(default)s (§3.4)")
+    p.add_argument("--lr", type=_positive_float, default=PAPER.lr, help="default %(default)s (§3.4)")
+    if seed:
+        p.add_argument("--seed", type=_nonneg_int, default=PAPER.seed, help="default %(default)s")
+    p.add_argument("--variant", choices=["paper", "lenet1998"], default=PAPER.variant,
+                   help="paper: §3.3 on 28x28 (default); lenet1998: padded to 32x32 as in 1998")
+    p.add_argument("--tf32", action="store_true", help="CUDA: allow TF32 (off: IEEE float32, as the paper)")
+    p.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+                   help="CUDA fast path: run the step eagerly instead of replaying a CUDA graph")
+    p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
+    p.add_argument("--data-dir", default=None, help="MNIST root holding MNIST/raw (default: $HDR_DATA_DIR or ./data)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hdr_lib",
+                                     description="Replicate the paper's LeNet-5 MNIST training on CPU and CUDA.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train once and write one JSON record")
+    _add_run_options(p)
+    p.add_argument("--path", choices=["fast", "reference"], default=PAPER.path, help="default %(default)s")
+    p.add_argument("--out", default=None, help="record file (default: results/<device>-<path>-seed<seed>.json)")
+    p.add_argument("--checkpoint-dir", default=None, help="save model/optimiser/scheduler/RNG after every epoch")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+
+    p = sub.add_parser("bench", help="time the fast and reference paths in one process, alternating")
+    _add_run_options(p)
+    p.add_argument("--rounds", type=_positive_int, default=3, help="epochs timed per path (default %(default)s)")
+    p.add_argument("--out", default=None, help="benchmark record file (default: results/bench-<device>.json)")
+
+    p = sub.add_parser("replicate", help="run the paper's configuration for several seeds, one record each")
+    _add_run_options(p, seed=False)
+    p.add_argument("--path", choices=["fast", "reference"], default=PAPER.path)
+    p.add_argument("--seeds", type=_positive_int, default=5, help="number of seeds, 0..N-1 (default %(default)s)")
+    p.add_argument("--first-seed", type=_nonneg_int, default=0)
+    p.add_argument("--out-dir", default="results", help="folder for the records (default %(default)s)")
+
+    sub.add_parser("info", help="print the hardware and versions a record would hold")
+    return parser
+
+
+def _config_from(args, **overrides):
+    fields = dict(device=args.device, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                  variant=args.variant, tf32=args.tf32, cuda_graph=args.cuda_graph, deterministic=args.deterministic)
+    for name in ("seed", "path"):
+        if hasattr(args, name):
+            fields[name] = getattr(args, name)
+    fields.update(overrides)
+    return PAPER.replace(**fields).validate()
+
+
+def default_record_name(config, device_type: str) -> str:
+    return f"{device_type}-{config.path}-e{config.epochs}-b{config.batch_size}-seed{config.seed}.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ConfigError, DataError, RecordError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the record written so far says status 'incomplete'; rerun with --resume "
+              "and the same --checkpoint-dir to continue", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    from hdr_lib.hardware import environment, resolve_device
+
+    if args.command == "info":
+        import torch
+
+        print(json.dumps(environment(torch.device("cuda") if torch.cuda.is_available() else None), indent=1))
+        return 0
+    progress = False if args.quiet else None
+    if args.command == "train":
+        from hdr_lib.train import train
+
+        config = _config_from(args)
+        device = resolve_device(config.device)
+        out = Path(args.out) if args.out else Path("results") / default_record_name(config, device.type)
+        record = train(config, data_root=args.data_dir, out=out, checkpoint_dir=args.checkpoint_dir,
+                       resume=args.resume, progress=progress)
+        print(f"{record['status']}: test accuracy {record['test_accuracy']:.2f} %, "
+              f"training {record['total_train_seconds']:.1f} s on {device.type} ({config.path} path) -> {out}")
+        return 0 if record["status"] == "complete" else 1
+    if args.command == "replicate":
+        from hdr_lib.replicate import replicate
+
+        config = _config_from(args, seed=args.first_seed)
+        replicate(config, seeds=args.seeds, out_dir=args.out_dir, data_root=args.data_dir, progress=progress)
+        return 0
+    if args.command == "bench":
+        from hdr_lib.bench import bench
+
+        config = _config_from(args)
+        device = resolve_device(config.device)
+        out = Path(args.out) if args.out else Path("results") / f"bench-{device.type}.json"
+        bench(config, rounds=args.rounds, out=out, data_root=args.data_dir, progress=progress)
+        return 0
+    raise AssertionError(args.command)

@@ -1,0 +1,76 @@
+"""LeNet-5 as tabled in the paper's §3.3 (28x28 input, no padding), and the 1998 variant as an option."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# The paper's §3.3 table, row by row: (layer, description as the paper gives it).
+PAPER_TABLE = [
+    ("Input", "28x28 grayscale image"),
+    ("Conv1", "6 filters, 5x5 kernel, stride 1"),
+    ("Activation", "ReLU"),
+    ("Pool1", "max pooling 2x2, stride 2"),
+    ("Conv2", "16 filters, 5x5 kernel, stride 1"),
+    ("Activation", "ReLU"),
+    ("Pool2", "max pooling 2x2, stride 2"),
+    ("Flatten", "flatten for the fully connected layer"),
+    ("FC1", "120 neurons"),
+    ("Activation", "ReLU"),
+    ("FC2", "84 neurons"),
+    ("Activation", "ReLU"),
+    ("Output", "10 neurons, softmax for classification"),
+]
+
+
+class LeNet5(nn.Module):
+    """The paper's CNN. variant="paper": 28x28 with no padding, 44,426 parameters.
+    variant="lenet1998": conv1 padded by 2 (the 32x32 input of LeCun et al. 1998), 61,706 parameters.
+
+    The output is logits: the paper's softmax lives inside the cross-entropy loss (§3.4).
+    """
+
+    def __init__(self, variant: str = "paper"):
+        super().__init__()
+        if variant not in ("paper", "lenet1998"):
+            raise ValueError(f"variant must be 'paper' or 'lenet1998', got {variant!r}")
+        self.variant = variant
+        pad = 2 if variant == "lenet1998" else 0
+        side = ((28 + 2 * pad - 4) // 2 - 4) // 2  # 4 for the paper, 5 for 1998
+        self.conv1 = nn.Conv2d(1, 6, kernel_size=5, stride=1, padding=pad)
+        self.conv2 = nn.Conv2d(6, 16, kernel_size=5, stride=1)
+        self.fc1 = nn.Linear(16 * side * side, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2, 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2, 2)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def layer_table(variant: str = "paper") -> list[dict]:
+    """Each layer with its output shape (one image) and parameter count, traced on a real forward pass."""
+    model = LeNet5(variant)
+    rows = [{"layer": "Input", "output_shape": (1, 28, 28), "parameters": 0}]
+    x = torch.zeros(1, 1, 28, 28)
+    steps = [
+        ("Conv1", model.conv1), ("ReLU", F.relu), ("Pool1", lambda t: F.max_pool2d(t, 2, 2)),
+        ("Conv2", model.conv2), ("ReLU", F.relu), ("Pool2", lambda t: F.max_pool2d(t, 2, 2)),
+        ("Flatten", lambda t: torch.flatten(t, 1)),
+        ("FC1", model.fc1), ("ReLU", F.relu), ("FC2", model.fc2), ("ReLU", F.relu), ("Output", model.fc3),
+    ]
+    with torch.no_grad():
+        for name, step in steps:
+            x = step(x)
+            params = count_parameters(step) if isinstance(step, nn.Module) else 0
+            rows.append({"layer": name, "output_shape": tuple(x.shape[1:]), "parameters": params})
+    return rows

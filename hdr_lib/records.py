@@ -1,0 +1,94 @@
+"""Run records: one JSON file per run, written atomically, read back with a clear error when damaged."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+SCHEMA = "hdr-run/1"
+REQUIRED = ("schema", "config", "environment", "epochs", "status")
+
+
+class RecordError(ValueError):
+    """A record file that is unreadable, truncated or not an hdr-run record; the message names the file."""
+
+
+def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
+    """Write JSON to a temporary file in the same folder, fsync it, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1, sort_keys=False, default=_jsonable)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RecordError(f"run record {path} cannot be read: {exc}") from exc
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"run record {path} is corrupt or truncated (invalid JSON at line {exc.lineno}, "
+                          f"column {exc.colno}); delete it or restore it from git") from exc
+    if not isinstance(record, dict):
+        raise RecordError(f"run record {path} is not a JSON object")
+    missing = [key for key in REQUIRED if key not in record]
+    if missing:
+        raise RecordError(f"run record {path} lacks {', '.join(missing)}; it is not a complete {SCHEMA} record")
+    if record["schema"] != SCHEMA:
+        raise RecordError(f"run record {path} has schema {record['schema']!r}, expected {SCHEMA!r}")
+    return record
+
+
+def load_records(folder: str | os.PathLike, *, kind: str | None = None, status: str | None = "complete",
+                 **config_filters) -> list[dict]:
+    """Every record under `folder` (recursively), each with its `_path`; filtered by kind, status and config.
+
+    A damaged file raises RecordError naming it: nothing is skipped in silence.
+    """
+    folder = Path(folder)
+    out = []
+    for path in sorted(folder.rglob("*.json")):
+        record = read_record(path)
+        if kind is not None and record.get("kind", "train") != kind:
+            continue
+        if status is not None and record.get("status") != status:
+            continue
+        config = record.get("config", {})
+        if any(config.get(key) != value for key, value in config_filters.items()):
+            continue
+        record["_path"] = str(path)
+        out.append(record)
+    return out
+
+
+def is_finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,0 +1,462 @@
+"""Timed training on CPU or CUDA: one experiment, two code paths ("fast" and "reference"), checkpoints, records."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.nn import functional as F
+
+from hdr_lib import data as mnist
+from hdr_lib.config import ConfigError, TrainConfig
+from hdr_lib.hardware import CpuMeter, NvmlSampler, environment, peak_rss_bytes, resolve_device
+from hdr_lib.model import LeNet5
+from hdr_lib.records import SCHEMA, write_json_atomic
+from hdr_lib.timing import Stopwatch, synchronize
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def batch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The permutation of the training set for one epoch: a function of (seed, epoch) alone, made on the CPU,
+    so every device and both paths see the same batches, and a resumed run needs no generator state."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+def init_model(config: TrainConfig, device: torch.device) -> LeNet5:
+    """Initial weights drawn on the CPU from the seed, then moved: the same on every device."""
+    torch.manual_seed(config.seed)
+    return LeNet5(config.variant).to(device)
+
+
+def lr_at(config: TrainConfig, epoch: int) -> float:
+    """Step decay (our reading of §3.4): lr * gamma ** floor((epoch - 1) / step), epochs counted from 1."""
+    return config.lr * config.lr_gamma ** ((epoch - 1) // config.lr_step_epochs)
+
+
+@dataclass
+class Run:
+    """The state of one training run as it goes; `record()` turns it into the JSON record."""
+
+    config: TrainConfig
+    device: torch.device
+    env: dict
+    epochs: list = field(default_factory=list)
+    setup_seconds: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    status: str = "incomplete"
+    resumed_from_epoch: int | None = None
+
+    def record(self) -> dict:
+        config = self.config.as_dict()
+        config["device_requested"] = config["device"]
+        config["device"] = self.device.type
+        total = sum(e["train_seconds"] for e in self.epochs)
+        return {
+            "schema": SCHEMA,
+            "kind": "train",
+            "config": config,
+            "deviations_from_paper": self.config.deviations(),
+            "environment": self.env,
+            "epochs": self.epochs,
+            "total_train_seconds": total if self.epochs else None,
+            "total_eval_seconds": sum(e["eval_seconds"] for e in self.epochs) if self.epochs else None,
+            "setup_seconds": self.setup_seconds,
+            "test_accuracy": self.epochs[-1]["test_accuracy"] if self.epochs else None,
+            "status": self.status,
+            "resumed_from_epoch": self.resumed_from_epoch,
+            **self.extra,
+        }
+
+
+def _progress_enabled(progress: bool | None) -> bool:
+    if progress is not None:
+        return progress
+    if os.environ.get("HDR_PROGRESS", "").lower() in ("0", "false", "no", "off"):
+        return False
+    if sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty():
+        return True
+    return "ipykernel" in sys.modules
+
+
+def _bar(enabled: bool, **kwargs):
+    from tqdm.auto import tqdm
+
+    return tqdm(disable=not enabled, dynamic_ncols=True, **kwargs)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 2000) -> float:
+    """Test accuracy in percent on float images [N, 1, 28, 28] already on the model's device."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=images.device)
+    for start in range(0, images.shape[0], batch):
+        logits = model(images[start:start + batch])
+        correct += (logits.argmax(1) == labels[start:start + batch]).sum()
+    model.train(was_training)
+    return 100.0 * correct.item() / images.shape[0]
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Softmax probabilities for float images [N, 1, 28, 28]."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.softmax(model(images.to(device)), dim=1).cpu()
+
+
+class _FastSteps:
+    """The fast path's training step: data already on the device, batches cut by index, no host sync,
+    fused SGD; on CUDA the whole step (gather, forward, backward, update) replays as one CUDA graph."""
+
+    def __init__(self, model, optimizer, x_all, y_all, batch_size, use_graph):
+        self.model, self.optimizer = model, optimizer
+        self.x_all, self.y_all, self.batch_size = x_all, y_all, batch_size
+        self.graph = None
+        if use_graph:
+            self._capture()
+
+    def _eager(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.x_all.index_select(0, idx)
+        y = self.y_all.index_select(0, idx)
+        loss = F.cross_entropy(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=self.graph is None)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def _capture(self) -> None:
+        """Warm up on a side stream, capture one full-batch step, then restore weights and momentum,
+        so capture leaves the experiment exactly where it was (PyTorch's whole-network capture recipe)."""
+        params = [p for p in self.model.parameters()]
+        saved_params = [p.detach().clone() for p in params]
+        saved_opt = copy.deepcopy(self.optimizer.state_dict())
+        self.static_idx = torch.arange(self.batch_size, device=self.x_all.device)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(self.model(self.x_all.index_select(0, self.static_idx)),
+                                       self.y_all.index_select(0, self.static_idx))
+                loss.backward()
+                self.optimizer.step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            x = self.x_all.index_select(0, self.static_idx)
+            y = self.y_all.index_select(0, self.static_idx)
+            self.static_loss = F.cross_entropy(self.model(x), y)
+            self.static_loss.backward()
+            self.optimizer.step()
+        # Put back the weights and momentum the warm-up changed, in place (the graph holds these tensors).
+        with torch.no_grad():
+            for p, s in zip(params, saved_params):
+                p.copy_(s)
+            for p in params:
+                state = self.optimizer.state.get(p, {})
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    continue
+                saved = saved_opt["state"].get(params.index(p), {}).get("momentum_buffer")
+                # A missing buffer equals a zero one: SGD's first step sets buf = grad either way.
+                buf.copy_(saved) if saved is not None else buf.zero_()
+
+    def step(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.graph is not None and idx.shape[0] == self.batch_size:
+            self.static_idx.copy_(idx)
+            self.graph.replay()
+            return self.static_loss
+        return self._eager(idx)
+
+
+def _make_optimizer(model, config: TrainConfig, device: torch.device, fast: bool, lr_tensor: bool):
+    lr = torch.tensor(config.lr, device=device) if lr_tensor else config.lr
+    kwargs = {"fused": True} if fast else {}
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum, **kwargs)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_epochs, gamma=config.lr_gamma)
+    return optimizer, scheduler
+
+
+def _set_lr(optimizer, lr: float) -> None:
+    """Write the epoch's lr in place: a tensor lr is read by a captured CUDA graph, so it must not be rebound."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def _apply_backend_settings(config: TrainConfig, device: torch.device) -> dict:
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = config.tf32
+        torch.backends.cudnn.allow_tf32 = config.tf32
+        torch.backends.cudnn.benchmark = not config.deterministic
+    torch.use_deterministic_algorithms(config.deterministic, warn_only=False)
+    if config.deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return {
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark if device.type == "cuda" else None,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32 if device.type == "cuda" else None,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
+
+
+def check_writable(path: Path) -> None:
+    """Fail before any training if a record or checkpoint could not be written there."""
+    folder = path if path.suffix == "" else path.parent
+    folder = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("."))
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"cannot write to {folder}: choose another --out or --checkpoint-dir")
+
+
+def train(
+    config: TrainConfig,
+    *,
+    data: mnist.MNISTTensors | None = None,
+    data_root: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    on_epoch: Callable[[dict, dict], None] | None = None,
+    max_steps: int | None = None,
+    keep_step_losses: bool = False,
+    return_model: bool = False,
+):
+    """Train the paper's CNN and return its record (and the model if `return_model`).
+
+    Everything a user can get wrong is checked before any work: the settings, the device, the data, the
+    output folder. Per epoch the record gets train loss, training seconds (no evaluation, no data
+    loading), test accuracy and evaluation seconds; with `out`, it is rewritten after every epoch
+    ("incomplete") and once more at the end ("complete"), so an interrupted run leaves what it did.
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    out = Path(out) if out is not None else None
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    for path in (out, checkpoint_dir):
+        if path is not None:
+            check_writable(path)
+    if resume and checkpoint_dir is None:
+        raise ConfigError("resume needs a checkpoint directory (--checkpoint-dir)")
+    checkpoint = None
+    if resume:
+        checkpoint = _load_checkpoint(checkpoint_dir, config)
+
+    run = Run(config=config, device=device, env=environment(device))
+    run.extra["numerics"] = _apply_backend_settings(config, device)
+
+    with Stopwatch() as sw_load:
+        if data is None and config.path == "fast":
+            data = mnist.load_mnist(data_root)
+        elif config.path == "reference":
+            train_ds, test_ds = mnist.torchvision_datasets(data_root if data is None else data.root)
+    run.setup_seconds["data_load"] = sw_load.seconds
+
+    model = init_model(config, device)
+    fast = config.path == "fast"
+    use_graph = fast and device.type == "cuda" and config.cuda_graph
+    optimizer, scheduler = _make_optimizer(model, config, device, fast, lr_tensor=use_graph)
+    start_epoch = 1
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        torch.set_rng_state(checkpoint["rng_cpu"])
+        run.epochs = checkpoint["epochs"]
+        run.setup_seconds = {**checkpoint["setup_seconds"], **run.setup_seconds}
+        start_epoch = checkpoint["epoch"] + 1
+        run.resumed_from_epoch = checkpoint["epoch"]
+
+    # Test images for evaluation, on the device, in both paths (evaluation is timed apart).
+    with Stopwatch(device) as sw_move:
+        if fast:
+            x_all = mnist.to_float(data.train_images, device)
+            y_all = data.train_labels.to(device)
+            x_test = mnist.to_float(data.test_images, device)
+            y_test = data.test_labels.to(device)
+        else:
+            x_test = mnist.to_float(test_ds.data, device)
+            y_test = test_ds.targets.long().to(device)
+    run.setup_seconds["to_device"] = sw_move.seconds
+
+    n_train = x_all.shape[0] if fast else len(train_ds)
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    if fast:
+        with Stopwatch(device) as sw_capture:
+            stepper = _FastSteps(model, optimizer, x_all, y_all, config.batch_size, use_graph)
+        run.setup_seconds["cuda_graph_capture"] = sw_capture.seconds if use_graph else 0.0
+    run.extra["execution"] = {"cuda_graph": use_graph, "fused_sgd": fast, "steps_per_epoch": steps_per_epoch}
+
+    show = _progress_enabled(progress)
+    cpu_meter = CpuMeter()
+    peak_alloc = peak_reserved = None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sampler_cm = NvmlSampler(device) if device.type == "cuda" else None
+    step_losses_all: list[torch.Tensor] = []
+    steps_done = 0
+    model.train()
+    if out is not None:
+        write_json_atomic(out, run.record())
+    epoch_bar = _bar(show, total=config.epochs, initial=start_epoch - 1, desc=f"train {device.type}/{config.path}",
+                     unit="epoch")
+    try:
+        if sampler_cm is not None:
+            sampler_cm.__enter__()
+        for epoch in range(start_epoch, config.epochs + 1):
+            order = batch_order(config.seed, epoch, n_train)
+            _set_lr(optimizer, lr_at(config, epoch))
+            limit = steps_per_epoch if max_steps is None else min(steps_per_epoch, max_steps - steps_done)
+            if limit <= 0:
+                break
+            batch_bar = _bar(show, total=limit, leave=False, desc=f"epoch {epoch}", unit="batch")
+            with Stopwatch(device) as sw_train:
+                if fast:
+                    losses = torch.empty(limit, device=device)
+                    order_dev = order.to(device, non_blocking=True)
+                    for i in range(limit):
+                        losses[i] = stepper.step(order_dev[i * config.batch_size:(i + 1) * config.batch_size])
+                        batch_bar.update()
+                    weights = torch.tensor([min(config.batch_size, n_train - i * config.batch_size)
+                                            for i in range(limit)], dtype=torch.float32)
+                else:
+                    sampler = [int(j) for j in order]
+                    loader = torch.utils.data.DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler)
+                    values, counts = [], []
+                    for i, (x, y) in enumerate(loader):
+                        if i >= limit:
+                            break
+                        x, y = x.to(device), y.to(device)
+                        loss = F.cross_entropy(model(x), y)
+                        optimizer.zero_grad()
+                        loss.backward()
+                        optimizer.step()
+                        values.append(loss.item())
+                        counts.append(x.shape[0])
+                        batch_bar.update()
+                    losses, weights = torch.tensor(values), torch.tensor(counts, dtype=torch.float32)
+            batch_bar.close()
+            steps_done += limit
+            lr_used = lr_at(config, epoch)
+            scheduler.step()
+            losses_cpu = losses.float().cpu()
+            if keep_step_losses:
+                step_losses_all.append(losses_cpu)
+            with Stopwatch(device) as sw_eval:
+                accuracy = evaluate(model, x_test, y_test)
+            entry = {
+                "epoch": epoch,
+                "train_loss": float((losses_cpu * weights).sum() / weights.sum()),
+                "train_seconds": sw_train.seconds,
+                "test_accuracy": accuracy,
+                "eval_seconds": sw_eval.seconds,
+                "lr": lr_used,
+                "steps": limit,
+            }
+            run.epochs.append(entry)
+            if checkpoint_dir is not None:
+                _save_checkpoint(checkpoint_dir, config, epoch, model, optimizer, scheduler, run)
+            if out is not None:
+                write_json_atomic(out, run.record())
+            epoch_bar.update()
+            epoch_bar.set_postfix(loss=f"{entry['train_loss']:.4f}", acc=f"{accuracy:.2f}%")
+            if on_epoch is not None:
+                on_epoch(entry, run.record())
+            if not math.isfinite(entry["train_loss"]):
+                run.extra["diverged"] = f"train loss became {entry['train_loss']} in epoch {epoch}; lr too high?"
+                break
+        run.status = "complete" if len(run.epochs) == config.epochs and "diverged" not in run.extra else "incomplete"
+    finally:
+        epoch_bar.close()
+        if sampler_cm is not None:
+            sampler_cm.__exit__(None, None, None)
+        if device.type == "cuda":
+            synchronize(device)
+            peak_alloc = torch.cuda.max_memory_allocated(device)
+            peak_reserved = torch.cuda.max_memory_reserved(device)
+        run.extra["memory"] = {
+            "peak_rss_bytes": peak_rss_bytes(),
+            "cuda_peak_allocated_bytes": peak_alloc,
+            "cuda_peak_reserved_bytes": peak_reserved,
+            "cuda_reason": None if device.type == "cuda" else "CPU run: no CUDA allocator",
+        }
+        run.extra["utilisation"] = {
+            "cpu": cpu_meter.read(),
+            "gpu": sampler_cm.result() if sampler_cm is not None else {
+                "utilisation_mean_percent": None, "reason": "CPU run: no GPU"},
+        }
+        if max_steps is not None:
+            run.extra["max_steps"] = max_steps
+            run.status = "incomplete"
+        if out is not None:
+            write_json_atomic(out, run.record())
+    record = run.record()
+    if keep_step_losses:
+        record["step_losses"] = torch.cat(step_losses_all).tolist() if step_losses_all else []
+    return (record, model) if return_model else record
+
+
+def _checkpoint_config(config: TrainConfig) -> dict:
+    return {k: v for k, v in config.as_dict().items()}
+
+
+def _save_checkpoint(folder: Path, config, epoch, model, optimizer, scheduler, run: Run) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "config": _checkpoint_config(config),
+        "epoch": epoch,
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "optimizer": _to_cpu(optimizer.state_dict()),
+        "scheduler": scheduler.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "epochs": copy.deepcopy(run.epochs),
+        "setup_seconds": dict(run.setup_seconds),
+    }
+    target = folder / CHECKPOINT_NAME
+    tmp = folder / f".{CHECKPOINT_NAME}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value
+
+
+def _load_checkpoint(folder: Path, config: TrainConfig) -> dict | None:
+    path = folder / CHECKPOINT_NAME
+    if not path.is_file():
+        return None  # nothing to resume: start from epoch 1
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ConfigError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); delete it to "
+                          f"start afresh") from exc
+    saved = checkpoint.get("config", {})
+    mismatched = {k: (saved.get(k), v) for k, v in _checkpoint_config(config).items() if saved.get(k) != v}
+    if mismatched:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in mismatched.items())
+        raise ConfigError(f"checkpoint {path} was made with other settings ({detail}); use the same settings "
+                          f"to resume, or another --checkpoint-dir")
+    return checkpoint
