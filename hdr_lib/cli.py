@@ -99,10 +99,6 @@ def _config_from(args, **overrides):
     return PAPER.replace(**fields).validate()
 
 
-def default_record_name(config, device_type: str) -> str:
-    return f"{device_type}-{config.path}-e{config.epochs}-b{config.batch_size}-seed{config.seed}.json"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -127,11 +123,12 @@ def _dispatch(args) -> int:
         return 0
     progress = False if args.quiet else None
     if args.command == "train":
+        from hdr_lib.replicate import record_name
         from hdr_lib.train import train
 
         config = _config_from(args)
         device = resolve_device(config.device)
-        out = Path(args.out) if args.out else Path("results") / default_record_name(config, device.type)
+        out = Path(args.out) if args.out else Path("results") / record_name(config, device.type)
         record = train(config, data_root=args.data_dir, out=out, checkpoint_dir=args.checkpoint_dir,
                        resume=args.resume, progress=progress)
         print(f"{record['status']}: test accuracy {record['test_accuracy']:.2f} %, "

@@ -1,0 +1,33 @@
+"""Several seeds of one configuration, one record each: the material for means and confidence intervals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hdr_lib import data as mnist
+from hdr_lib.config import TrainConfig
+from hdr_lib.hardware import resolve_device
+from hdr_lib.train import check_writable, train
+
+
+def record_name(config: TrainConfig, device_type: str) -> str:
+    return f"{device_type}-{config.path}-e{config.epochs}-b{config.batch_size}-seed{config.seed}.json"
+
+
+def replicate(config: TrainConfig, *, seeds: int = 5, out_dir: str | Path = "results", data_root=None,
+              progress: bool | None = None) -> list[dict]:
+    """Train `config` for seeds config.seed .. config.seed + seeds - 1; write each record to `out_dir`."""
+    config.validate()
+    device = resolve_device(config.device)
+    out_dir = Path(out_dir)
+    check_writable(out_dir)
+    data = mnist.load_mnist(data_root) if config.path == "fast" else None
+    records = []
+    for seed in range(config.seed, config.seed + seeds):
+        run_config = config.replace(seed=seed)
+        out = out_dir / record_name(run_config, device.type)
+        record = train(run_config, data=data, data_root=data_root, out=out, progress=progress)
+        print(f"seed {seed}: {record['status']}, test accuracy {record['test_accuracy']:.2f} %, "
+              f"training {record['total_train_seconds']:.1f} s -> {out}")
+        records.append(record)
+    return records
