@@ -1,0 +1,23 @@
+"""Shared fixtures: the real MNIST (from $HDR_DATA_DIR, as CI sets it) loaded once per session."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = os.environ.get("HDR_DATA_DIR")
+    if not root:
+        pytest.fail("set HDR_DATA_DIR to the folder holding MNIST/raw (CI: ../shared/data)")
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def mnist(data_root):
+    from hdr_lib.data import load_mnist
+
+    return load_mnist(data_root, download=False)

@@ -1,0 +1,36 @@
+"""The model against the paper's §3.3 table and LeNet-5 of 1998."""
+
+import pytest
+import torch
+
+from hdr_lib.model import LeNet5, count_parameters, layer_table
+
+
+def test_paper_variant_has_the_parameters_of_the_table():
+    # conv1 6*(5*5+1) + conv2 16*(6*25+1) + fc1 (16*4*4+1)*120 + fc2 121*84 + out 85*10
+    assert count_parameters(LeNet5()) == 156 + 2416 + 30840 + 10164 + 850 == 44_426
+
+
+def test_1998_variant_pads_to_32x32():
+    assert count_parameters(LeNet5("lenet1998")) == 61_706
+
+
+def test_layer_output_shapes_follow_section_3_3():
+    shapes = {row["layer"]: row["output_shape"] for row in layer_table() if row["layer"] != "ReLU"}
+    assert shapes == {
+        "Input": (1, 28, 28), "Conv1": (6, 24, 24), "Pool1": (6, 12, 12), "Conv2": (16, 8, 8),
+        "Pool2": (16, 4, 4), "Flatten": (256,), "FC1": (120,), "FC2": (84,), "Output": (10,),
+    }
+    assert sum(row["parameters"] for row in layer_table()) == 44_426
+
+
+@pytest.mark.parametrize("variant", ["paper", "lenet1998"])
+def test_forward_gives_ten_logits_per_image(variant):
+    out = LeNet5(variant)(torch.rand(7, 1, 28, 28))
+    assert out.shape == (7, 10)
+    assert torch.isfinite(out).all()
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="variant"):
+        LeNet5("resnet")
