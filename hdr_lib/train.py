@@ -86,9 +86,27 @@ def _progress_enabled(progress: bool | None) -> bool:
     return "ipykernel" in sys.modules
 
 
-def _bar(enabled: bool, **kwargs):
-    from tqdm.auto import tqdm
+class _NoBar:
+    """Stands in for tqdm where it is not installed (the GPU machine needs only torch and torchvision)."""
 
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def _bar(enabled: bool, **kwargs):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
     return tqdm(disable=not enabled, dynamic_ncols=True, **kwargs)
 
 

@@ -1,0 +1,69 @@
+"""The benchmark: the fast and reference paths timed in one process, alternating epochs, with one record."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from hdr_lib import data as mnist
+from hdr_lib.config import TrainConfig
+from hdr_lib.hardware import environment, resolve_device
+from hdr_lib.records import SCHEMA, write_json_atomic
+from hdr_lib.train import check_writable, train
+
+PATHS = ("reference", "fast")
+
+
+def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None, data_root=None,
+          progress: bool | None = None) -> dict:
+    """Time one epoch of each path `rounds` times, alternating (reference, fast, reference, ...), so both
+    see the same machine state. Every epoch starts from the same seed: the same work, the same accuracy.
+
+    Reports seconds per epoch (median, min, max), images per second, test accuracy and the speed ratio.
+    One-time costs (data loading, moving data, graph capture) are reported apart, per path.
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    if out is not None:
+        check_writable(Path(out))
+    data = mnist.load_mnist(data_root)
+    n_images = data.train_images.shape[0]
+    runs = {path: [] for path in PATHS}
+    for round_ in range(rounds):
+        for path in PATHS:
+            record = train(config.replace(path=path, epochs=1), data=data, progress=progress)
+            epoch = record["epochs"][0]
+            runs[path].append({"round": round_ + 1, "train_seconds": epoch["train_seconds"],
+                               "test_accuracy": epoch["test_accuracy"], "train_loss": epoch["train_loss"],
+                               "setup_seconds": record["setup_seconds"], "execution": record["execution"]})
+            print(f"round {round_ + 1}/{rounds} {path:>9}: {epoch['train_seconds']:.2f} s/epoch, "
+                  f"test accuracy {epoch['test_accuracy']:.2f} %", flush=True)
+    summary = {}
+    for path, items in runs.items():
+        seconds = [item["train_seconds"] for item in items]
+        median = statistics.median(seconds)
+        summary[path] = {"seconds_per_epoch_median": median, "seconds_per_epoch_min": min(seconds),
+                         "seconds_per_epoch_max": max(seconds), "images_per_second": n_images / median,
+                         "test_accuracy": [item["test_accuracy"] for item in items],
+                         "projected_seconds_for_paper_epochs": median * 20}
+    ratio = summary["reference"]["seconds_per_epoch_median"] / summary["fast"]["seconds_per_epoch_median"]
+    record = {
+        "schema": SCHEMA,
+        "kind": "bench",
+        "config": {**config.as_dict(), "device": device.type, "device_requested": config.device, "path": "both",
+                   "rounds": rounds},
+        "environment": environment(device),
+        "epochs": [],
+        "runs": runs,
+        "summary": summary,
+        "speedup_fast_over_reference": ratio,
+        "status": "complete",
+    }
+    print(f"fast: {summary['fast']['seconds_per_epoch_median']:.3f} s/epoch "
+          f"({summary['fast']['images_per_second']:,.0f} images/s); reference: "
+          f"{summary['reference']['seconds_per_epoch_median']:.3f} s/epoch "
+          f"({summary['reference']['images_per_second']:,.0f} images/s); fast is {ratio:.2f}x the reference")
+    if out is not None:
+        write_json_atomic(out, record)
+        print(f"-> {out}")
+    return record
