@@ -292,6 +292,9 @@ def train(
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
+        if use_graph:  # the checkpoint holds lr as a CPU value; the graph needs a device tensor it can read
+            for group in optimizer.param_groups:
+                group["lr"] = torch.tensor(float(group["lr"]), device=device)
         torch.set_rng_state(checkpoint["rng_cpu"])
         run.epochs = checkpoint["epochs"]
         run.setup_seconds = {**checkpoint["setup_seconds"], **run.setup_seconds}
