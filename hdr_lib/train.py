@@ -131,12 +131,17 @@ def predict_proba(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     return torch.softmax(model(images.to(device)), dim=1).cpu()
 
 
+def autocast(config: TrainConfig, device: torch.device):
+    """Mixed precision (bfloat16) when `config.amp`; otherwise a no-op: the paper's float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp)
+
+
 class _FastSteps:
     """The fast path's training step: data already on the device, batches cut by index, no host sync,
     fused SGD; on CUDA the whole step (gather, forward, backward, update) replays as one CUDA graph."""
 
-    def __init__(self, model, optimizer, x_all, y_all, batch_size, use_graph):
-        self.model, self.optimizer = model, optimizer
+    def __init__(self, model, optimizer, x_all, y_all, batch_size, use_graph, amp_context):
+        self.model, self.optimizer, self.amp = model, optimizer, amp_context
         self.x_all, self.y_all, self.batch_size = x_all, y_all, batch_size
         self.graph = None
         if use_graph:
@@ -145,7 +150,8 @@ class _FastSteps:
     def _eager(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.x_all.index_select(0, idx)
         y = self.y_all.index_select(0, idx)
-        loss = F.cross_entropy(self.model(x), y)
+        with self.amp():
+            loss = F.cross_entropy(self.model(x), y)
         self.optimizer.zero_grad(set_to_none=self.graph is None)
         loss.backward()
         self.optimizer.step()
@@ -163,8 +169,9 @@ class _FastSteps:
         with torch.cuda.stream(stream):
             for _ in range(3):
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(self.model(self.x_all.index_select(0, self.static_idx)),
-                                       self.y_all.index_select(0, self.static_idx))
+                with self.amp():
+                    loss = F.cross_entropy(self.model(self.x_all.index_select(0, self.static_idx)),
+                                           self.y_all.index_select(0, self.static_idx))
                 loss.backward()
                 self.optimizer.step()
         torch.cuda.current_stream().wait_stream(stream)
@@ -173,7 +180,8 @@ class _FastSteps:
         with torch.cuda.graph(self.graph):
             x = self.x_all.index_select(0, self.static_idx)
             y = self.y_all.index_select(0, self.static_idx)
-            self.static_loss = F.cross_entropy(self.model(x), y)
+            with self.amp():
+                self.static_loss = F.cross_entropy(self.model(x), y)
             self.static_loss.backward()
             self.optimizer.step()
         # Put back the weights and momentum the warm-up changed, in place (the graph holds these tensors).
@@ -317,9 +325,11 @@ def train(
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     if fast:
         with Stopwatch(device) as sw_capture:
-            stepper = _FastSteps(model, optimizer, x_all, y_all, config.batch_size, use_graph)
+            stepper = _FastSteps(model, optimizer, x_all, y_all, config.batch_size, use_graph,
+                                     lambda: autocast(config, device))
         run.setup_seconds["cuda_graph_capture"] = sw_capture.seconds if use_graph else 0.0
-    run.extra["execution"] = {"cuda_graph": use_graph, "fused_sgd": fast, "steps_per_epoch": steps_per_epoch}
+    run.extra["execution"] = {"cuda_graph": use_graph, "fused_sgd": fast, "steps_per_epoch": steps_per_epoch,
+                              "amp_bfloat16": config.amp}
 
     show = _progress_enabled(progress)
     cpu_meter = CpuMeter()
@@ -361,7 +371,8 @@ def train(
                         if i >= limit:
                             break
                         x, y = x.to(device), y.to(device)
-                        loss = F.cross_entropy(model(x), y)
+                        with autocast(config, device):
+                            loss = F.cross_entropy(model(x), y)
                         optimizer.zero_grad()
                         loss.backward()
                         optimizer.step()
