@@ -133,3 +133,17 @@ def test_run_killed_after_first_epoch_resumes_to_the_same_result(tmp_path):
     assert resumed["resumed_from_epoch"] >= 1
     assert [e["train_loss"] for e in resumed["epochs"]] == [e["train_loss"] for e in straight["epochs"]]
     assert resumed["test_accuracy"] == straight["test_accuracy"]
+
+
+def test_bench_times_both_paths_to_equal_accuracy(data_root, tmp_path):
+    from hdr_lib.bench import bench
+
+    record = bench(CPU.replace(batch_size=256, lr=0.05), rounds=1, out=tmp_path / "bench.json", data_root=data_root,
+                   progress=False)
+    assert read_record(tmp_path / "bench.json")["kind"] == "bench"
+    fast, ref = record["summary"]["fast"], record["summary"]["reference"]
+    assert fast["seconds_per_epoch_median"] > 0 and ref["images_per_second"] > 0
+    # Same mathematics; float rounding differs (fused SGD, gather vs collate) and grows over an epoch.
+    assert abs(fast["test_accuracy"][0] - ref["test_accuracy"][0]) < 0.5
+    assert record["speedup_fast_over_reference"] == pytest.approx(
+        ref["seconds_per_epoch_median"] / fast["seconds_per_epoch_median"])
