@@ -61,17 +61,21 @@ def pixel_histogram(images: torch.Tensor) -> go.Figure:
     return _layout(fig, "Pixel values over the training set", bargap=0)
 
 
-def _curve_frames(runs: dict[str, dict], metrics, last: int) -> list[go.Scatter]:
-    traces = []
-    for col, (metric, _) in enumerate(metrics, start=1):
-        for i, (label, record) in enumerate(runs.items()):
+def _curve_data(runs: dict[str, dict], metrics, last: int) -> tuple[list, list]:
+    """x and y of every trace (metric-major, as epoch_curves adds them) up to epoch `last`."""
+    xs, ys = [], []
+    for metric, _ in metrics:
+        for record in runs.values():
             epochs = [e for e in record["epochs"] if e["epoch"] <= last]
-            colour = px.colors.qualitative.Plotly[i % 10]
-            traces.append(go.Scatter(x=[e["epoch"] for e in epochs], y=[e[metric] for e in epochs],
-                                     mode="lines+markers", name=label, legendgroup=label, showlegend=col == 1,
-                                     line=dict(color=colour), xaxis=f"x{col if col > 1 else ''}",
-                                     yaxis=f"y{col if col > 1 else ''}"))
-    return traces
+            xs.append([e["epoch"] for e in epochs])
+            ys.append([e[metric] for e in epochs])
+    return xs, ys
+
+
+def _padded_range(values: list[float]) -> list[float]:
+    lo, hi = min(values, default=0), max(values, default=1)
+    pad = 0.08 * (hi - lo or abs(hi) or 1)
+    return [lo - pad, hi + pad]
 
 
 def epoch_curves(runs: dict[str, dict], metrics=(("train_loss", "training loss"),
@@ -79,21 +83,29 @@ def epoch_curves(runs: dict[str, dict], metrics=(("train_loss", "training loss")
     """Per-epoch curves of several runs side by side; the slider replays them epoch by epoch."""
     n_epochs = max((len(r["epochs"]) for r in runs.values()), default=0)
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[title for _, title in metrics])
-    for trace in _curve_frames(runs, metrics, n_epochs):
-        fig.add_trace(trace)
-    fig.frames = [go.Frame(data=_curve_frames(runs, metrics, k), name=str(k)) for k in range(1, n_epochs + 1)]
-    steps = [dict(method="animate", label=str(k), args=[[str(k)], dict(mode="immediate", frame=dict(
-        duration=0, redraw=True), transition=dict(duration=0))]) for k in range(1, n_epochs + 1)]
+    xs, ys = _curve_data(runs, metrics, n_epochs)
+    for k, (x, y) in enumerate(zip(xs, ys)):
+        col, i = divmod(k, len(runs))
+        label = list(runs)[i]
+        fig.add_scatter(x=x, y=y, mode="lines+markers", name=label, legendgroup=label, showlegend=col == 0,
+                        line=dict(color=px.colors.qualitative.Plotly[i % 10]), row=1, col=col + 1)
+    for col in range(len(metrics)):  # fixed axes, so replaying does not rescale them
+        fig.update_yaxes(range=_padded_range(sum(ys[col * len(runs):(col + 1) * len(runs)], [])), row=1,
+                         col=col + 1)
+    steps = []
+    for k in range(1, n_epochs + 1):
+        x, y = _curve_data(runs, metrics, k)
+        steps.append(dict(method="restyle", label=str(k), args=[{"x": x, "y": y}]))
     fig.update_xaxes(title="epoch", range=[0.5, max(n_epochs, 1) + 0.5], dtick=max(1, n_epochs // 10))
-    _layout(fig, "Training curves (drag the slider to replay epoch by epoch)", height=430,
+    _layout(fig, "Per-epoch curves (drag the slider to replay them epoch by epoch)", height=500,
             sliders=[dict(active=max(n_epochs - 1, 0), steps=steps, currentvalue=dict(prefix="up to epoch "),
-                          pad=dict(t=40))], legend=dict(orientation="h", y=-0.45))
-    return fig
+                          pad=dict(t=50))], legend=dict(orientation="h", y=1.1, yanchor="bottom", x=0))
+    return fig.update_layout(margin_t=120)
 
 
 def _bar_label(kind: str, device: str, hardware: str, epochs: int | None = None) -> str:
-    extra = f", {epochs} epochs" if epochs not in (None, 20) else ""
-    return f"{device.upper()}<br>{kind}, {hardware}{extra}"
+    extra = f"<br>({epochs} epoch{'s' if epochs != 1 else ''} only)" if epochs not in (None, 20) else ""
+    return f"<b>{device.upper()}</b><br>{kind}<br>{hardware}{extra}"
 
 
 def training_time_bars(ours: dict[str, dict | None]) -> go.Figure:
@@ -119,8 +131,9 @@ def training_time_bars(ours: dict[str, dict | None]) -> go.Figure:
                     marker_color=DEVICE_COLOURS[device], text=[f"{s['mean']:.1f} s (n={s['n']})"],
                     textposition="outside")
     fig.update_yaxes(title="total training time (s, log scale)", type="log")
-    return _layout(fig, "Training time: the paper's claims beside our measurements", height=480,
-                   uniformtext_minsize=9)
+    fig.update_xaxes(tickangle=0)
+    return _layout(fig, "Training time: the paper's claims beside our measurements", height=500,
+                   legend=dict(orientation="h", y=1.1, x=0))
 
 
 def accuracy_ci(groups: dict[str, list[float]], claims: dict[str, float] | None = None) -> go.Figure:
@@ -140,10 +153,10 @@ def accuracy_ci(groups: dict[str, list[float]], claims: dict[str, float] | None 
     for label, value in (claims or {}).items():
         fig.add_scatter(x=[label], y=[value], mode="markers+text", name=f"{label}",
                         marker=dict(symbol="diamond", size=12, color=PAPER_COLOUR), text=[f"{value} %"],
-                        textposition="middle right")
+                        textposition="top center", cliponaxis=False)
     fig.update_yaxes(title="test accuracy (%)")
     return _layout(fig, "Test accuracy: our runs with 95 % confidence intervals, the paper's claims in grey",
-                   height=460)
+                   height=480, legend=dict(orientation="h", y=-0.15, x=0))
 
 
 def _digit_heatmap(image: torch.Tensor) -> go.Heatmap:
@@ -157,25 +170,24 @@ def misclassified(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tenso
     preds = probs.argmax(1)
     wrong = (preds != labels).nonzero().flatten()[:limit].tolist()
     fig = make_subplots(rows=1, cols=2, column_widths=[0.4, 0.6],
-                        subplot_titles=("digit", "predicted probabilities"))
+                        subplot_titles=("digit (hover for grey levels)", "predicted probabilities, true digit green"))
     if not wrong:
         return _layout(fig, "No misclassified test digits")
-    frames, steps = [], []
+    title = lambda i: f"test image {i}: true {int(labels[i])}, predicted {int(preds[i])}"  # noqa: E731
+    fig.add_trace(_digit_heatmap(images[wrong[0]]), row=1, col=1)
+    fig.add_trace(_prob_bar(probs[wrong[0]], int(labels[wrong[0]])), row=1, col=2)
+    steps = []
     for k, i in enumerate(wrong):
-        title = f"test image {i}: true {int(labels[i])}, predicted {int(preds[i])}"
-        data = [_digit_heatmap(images[i]), _prob_bar(probs[i], int(labels[i]))]
-        frames.append(go.Frame(data=data, name=str(i), layout=dict(title_text=title)))
-        steps.append(dict(method="animate", label=str(k + 1), args=[[str(i)], dict(mode="immediate",
-                          frame=dict(duration=0, redraw=True), transition=dict(duration=0))]))
-    fig.add_trace(frames[0].data[0], row=1, col=1)
-    fig.add_trace(frames[0].data[1], row=1, col=2)
-    fig.frames = frames
-    fig.update_yaxes(showticklabels=False, scaleanchor="x", row=1, col=1)
-    fig.update_xaxes(showticklabels=False, row=1, col=1)
+        bar = _prob_bar(probs[i], int(labels[i]))
+        steps.append(dict(method="update", label=str(k + 1), args=[
+            {"z": [images[i].flip(0).tolist(), None], "y": [None, list(bar.y)],
+             "marker.color": [None, list(bar.marker.color)]}, {"title.text": title(i)}]))
+    fig.update_yaxes(showticklabels=False, scaleanchor="x", constrain="domain", row=1, col=1)
+    fig.update_xaxes(showticklabels=False, constrain="domain", row=1, col=1)
     fig.update_xaxes(title="digit", dtick=1, row=1, col=2).update_yaxes(title="probability", range=[0, 1],
                                                                          row=1, col=2)
     n_wrong = int((preds != labels).sum())
-    return _layout(fig, frames[0].layout.title.text, height=430, showlegend=False, sliders=[dict(
+    return _layout(fig, title(wrong[0]), height=450, showlegend=False, sliders=[dict(
         steps=steps, currentvalue=dict(prefix=f"misclassified digit (of {n_wrong}; first {len(wrong)} shown): "),
         pad=dict(t=40))])
 
@@ -225,14 +237,21 @@ def lr_schedule(epochs: list[int], lrs: list[float]) -> go.Figure:
 
 
 def memory_bars(items: dict[str, int | None], claimed_bytes: float = 6e9) -> go.Figure:
-    """Bytes on a log scale: what LeNet-5 needs, what was measured, and the paper's ~6 GB (grey)."""
-    labels = list(items) + ["paper (claimed): ~6 GB in use"]
-    values = list(items.values()) + [claimed_bytes]
-    colours = [DEVICE_COLOURS["cpu"]] * len(items) + [PAPER_COLOUR]
-    text = [NOT_MEASURED_TEXT if v is None else f"{v / 2**20:,.1f} MiB" for v in values]
-    fig = go.Figure(go.Bar(y=labels, x=[v or 0 for v in values], orientation="h", marker_color=colours,
-                           text=text, textposition="outside",
+    """Bytes on a log scale: what LeNet-5 needs, what was measured ("not yet measured" where None), and the
+    paper's ~6 GB (grey)."""
+    items = {**items, "paper (claimed): ~6 GB in use": claimed_bytes}
+    known = [v for v in items.values() if v]
+    fig = go.Figure(go.Bar(y=list(items), x=[v or None for v in items.values()], orientation="h",
+                           marker_color=[PAPER_COLOUR if k.startswith("paper") else DEVICE_COLOURS["cpu"]
+                                         for k in items],
+                           text=[f"{v / 2**20:,.1f} MiB" if v else "" for v in items.values()],
+                           textposition="outside", cliponaxis=False,
                            hovertemplate="%{y}: %{x:,} bytes<extra></extra>"))
-    fig.update_xaxes(title="bytes (log scale)", type="log").update_yaxes(autorange="reversed")
-    return _layout(fig, "Memory: what the network needs vs what was reported", height=120 + 45 * len(labels))
-
+    for label, value in items.items():
+        if not value:
+            fig.add_annotation(y=label, x=math.log10(min(known)), text=NOT_MEASURED_TEXT, showarrow=False,
+                               xanchor="left", font=dict(color="#c00"))
+    fig.update_xaxes(title="bytes (log scale)", type="log",
+                     range=[math.log10(min(known)) - 0.3, math.log10(max(known)) + 0.6])
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, "Memory: what the network needs vs what was reported", height=140 + 45 * len(items))
