@@ -15,7 +15,7 @@ from hdr_lib.config import PAPER, ConfigError, TrainConfig
 from hdr_lib.hardware import resolve_device
 from hdr_lib.model import LeNet5, count_parameters, layer_table
 from hdr_lib.plots import PAPER_CLAIMS
-from hdr_lib.records import load_records, write_json_atomic
+from hdr_lib.records import load_records
 from hdr_lib.stats import summarize
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: results/ and _build/ live here
