@@ -36,6 +36,7 @@ def refresh(path: Path, timeout: int = 300) -> int:
         else:
             cell.execution_count = None
             cell.outputs = []
+    nb.metadata["language_info"] = {"name": "python"}  # not the executing machine's Python version
     nbformat.validate(nb)
     nbformat.write(nb, path)
     return kept
