@@ -317,30 +317,18 @@ def memory_lines(records: list[dict]) -> list[str]:
 
 
 def bench_rows(results_dir=None) -> list[dict]:
-    """Per-epoch seconds of each path from bench records: rows of device, path, seconds, hardware.
-
-    Reads `paths: {name: {"epoch_seconds": [...]}}` or `rounds: [{"path", "train_seconds"}]`; a record in
-    neither shape is skipped with a printed note rather than guessed at.
-    """
+    """Per-epoch seconds of each path from bench records (`hdr_lib.bench`): rows of device, path, seconds,
+    images per second and hardware. A bench record without `runs` is reported as damaged, never skipped."""
     folder = results_folder(results_dir)
-    records = load_records(folder, kind="bench", status=None) if folder.is_dir() else []
+    records = load_records(folder, kind="bench") if folder.is_dir() else []
     rows = []
     for r in records:
-        device = r.get("config", {}).get("device", "?")
-        found = {}
-        for name, value in (r.get("paths") or {}).items():
-            if isinstance(value, dict):
-                found[name] = value.get("epoch_seconds") or value.get("train_seconds") or []
-        for item in r.get("rounds") or []:
-            if isinstance(item, dict) and "path" in item:
-                found.setdefault(item["path"], []).append(item.get("train_seconds"))
-        for name, seconds in found.items():
-            seconds = [s for s in (seconds if isinstance(seconds, list) else [seconds]) if isinstance(s, (int, float))]
-            if seconds:
-                rows.append({"device": device, "path": name, "seconds": seconds, "hardware": hardware(r)})
-        if not found:
-            print(f"note: {r['_path']} is a bench record in a shape this page does not read "
-                  f"(keys: {', '.join(sorted(r))}); skipped")
+        if not isinstance(r.get("runs"), dict):
+            raise RecordError(f"bench record {r['_path']} has no 'runs'; it was not written by hdr_lib.bench")
+        for name, items in r["runs"].items():
+            seconds = [item["train_seconds"] for item in items]
+            rows.append({"device": r["config"]["device"], "path": name, "seconds": seconds,
+                         "images_per_second": r["summary"][name]["images_per_second"], "hardware": hardware(r)})
     return rows
 
 
