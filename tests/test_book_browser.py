@@ -23,7 +23,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 HTML_DIR = Path(os.environ.get("HDR_BOOK_HTML", ROOT / "_build" / "html"))
 CI = bool(os.environ.get("CI"))
-PAGE_TIMEOUT_S = 60  # one page: load plus drawing every figure (plotly.js is 4.8 MB to parse)
+PAGE_TIMEOUT_S = 60  # one page to load (plotly.js is 4.8 MB to parse on a busy 2-core machine)
+DRAW_TIMEOUT_S = 20  # after the load event, for every figure to draw
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-extensions", "--remote-debugging-port=0"]
@@ -229,9 +230,11 @@ def _check_page(port: int, page: Path) -> tuple[dict, list[str]]:
         while time.monotonic() < deadline:
             tools.pump(0.5)
             state = tools.evaluate(FIGURE_STATE) or {}
-            if state.get("ready") == "complete" and state.get("drawn") == state.get("figures"):
-                tools.pump(0.5)  # errors a last script might still log
-                break
+            if state.get("ready") == "complete":
+                deadline = min(deadline, time.monotonic() + DRAW_TIMEOUT_S)
+                if state.get("drawn") == state.get("figures"):
+                    tools.pump(0.5)  # errors a last script might still log
+                    break
         problems = []
         for event in tools.events:
             method, params = event.get("method"), event.get("params", {})
