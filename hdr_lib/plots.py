@@ -1,0 +1,257 @@
+"""Interactive plotly figures for the book: the data, the training curves, the paper's claims beside ours."""
+
+from __future__ import annotations
+
+import math
+
+import plotly.express as px
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from hdr_lib.stats import summarize
+
+TEMPLATE = "plotly_white"
+PAPER_COLOUR = "#9e9e9e"  # every "paper (claimed)" mark is grey, every measurement coloured
+DEVICE_COLOURS = {"cpu": "#1f77b4", "cuda": "#2ca02c"}
+NOT_MEASURED_TEXT = "not yet measured"
+
+# The paper's numbers (§4.1, §4.2, §4.3); hardware as given in §3.4.
+PAPER_CLAIMS = {
+    "cpu": {"train_seconds": 3600.0, "test_accuracy": 98.2, "hardware": "Intel Core i7, 4 cores, 3.4 GHz"},
+    "cuda": {"train_seconds": 300.0, "test_accuracy": 98.3, "hardware": "GeForce GTX 1080 Ti, 11 GB"},
+}
+
+
+def _layout(fig: go.Figure, title: str, **kw) -> go.Figure:
+    fig.update_layout(template=TEMPLATE, title=title, margin=dict(l=60, r=30, t=70, b=50), **kw)
+    return fig
+
+
+def digit_grid(images: torch.Tensor, labels: torch.Tensor, n: int = 30, cols: int = 10) -> go.Figure:
+    """The first `n` digits in a grid, each titled with its label; hover shows the pixel value."""
+    fig = px.imshow(images[:n].numpy(), facet_col=0, facet_col_wrap=cols, binary_string=True,
+                    facet_row_spacing=0.04, facet_col_spacing=0.01)
+    names = [str(int(y)) for y in labels[:n]]
+    fig.for_each_annotation(lambda a: a.update(text=f"label {names[int(a.text.split('=')[1])]}"))
+    fig.update_xaxes(showticklabels=False).update_yaxes(showticklabels=False)
+    return _layout(fig, f"The first {n} training digits", height=110 * math.ceil(n / cols) + 80)
+
+
+def class_balance(train_labels: torch.Tensor, test_labels: torch.Tensor) -> go.Figure:
+    """Images per digit in the training and the test set, as grouped bars."""
+    fig = go.Figure()
+    for name, labels in (("train (60,000)", train_labels), ("test (10,000)", test_labels)):
+        counts = torch.bincount(labels, minlength=10)
+        share = 100 * counts / counts.sum()
+        fig.add_bar(x=list(range(10)), y=counts.tolist(), name=name, customdata=share.tolist(),
+                    hovertemplate="digit %{x}: %{y} images (%{customdata:.2f} %)<extra></extra>")
+    fig.update_xaxes(title="digit", dtick=1).update_yaxes(title="images")
+    return _layout(fig, "Class balance: images per digit", barmode="group")
+
+
+def pixel_histogram(images: torch.Tensor) -> go.Figure:
+    """How often each of the 256 grey levels occurs (log scale: most pixels are background 0)."""
+    counts = torch.bincount(images.flatten().long(), minlength=256)
+    fig = go.Figure(go.Bar(x=list(range(256)), y=counts.tolist(), marker_color=DEVICE_COLOURS["cpu"],
+                           hovertemplate="grey level %{x} (%{customdata:.3f} after scaling): %{y:,} pixels"
+                                         "<extra></extra>", customdata=[v / 255 for v in range(256)]))
+    fig.update_xaxes(title="grey level (0 = background, 255 = ink); the model sees level / 255")
+    fig.update_yaxes(title="pixels", type="log")
+    return _layout(fig, "Pixel values over the training set", bargap=0)
+
+
+def _curve_data(runs: dict[str, dict], metrics, last: int) -> tuple[list, list]:
+    """x and y of every trace (metric-major, as epoch_curves adds them) up to epoch `last`."""
+    xs, ys = [], []
+    for metric, _ in metrics:
+        for record in runs.values():
+            epochs = [e for e in record["epochs"] if e["epoch"] <= last]
+            xs.append([e["epoch"] for e in epochs])
+            ys.append([e[metric] for e in epochs])
+    return xs, ys
+
+
+def _padded_range(values: list[float]) -> list[float]:
+    lo, hi = min(values, default=0), max(values, default=1)
+    pad = 0.08 * (hi - lo or abs(hi) or 1)
+    return [lo - pad, hi + pad]
+
+
+def epoch_curves(runs: dict[str, dict], metrics=(("train_loss", "training loss"),
+                                                  ("test_accuracy", "test accuracy (%)"))) -> go.Figure:
+    """Per-epoch curves of several runs side by side; the slider replays them epoch by epoch."""
+    n_epochs = max((len(r["epochs"]) for r in runs.values()), default=0)
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[title for _, title in metrics])
+    xs, ys = _curve_data(runs, metrics, n_epochs)
+    for k, (x, y) in enumerate(zip(xs, ys)):
+        col, i = divmod(k, len(runs))
+        label = list(runs)[i]
+        fig.add_scatter(x=x, y=y, mode="lines+markers", name=label, legendgroup=label, showlegend=col == 0,
+                        line=dict(color=px.colors.qualitative.Plotly[i % 10]), row=1, col=col + 1)
+    for col in range(len(metrics)):  # fixed axes, so replaying does not rescale them
+        fig.update_yaxes(range=_padded_range(sum(ys[col * len(runs):(col + 1) * len(runs)], [])), row=1,
+                         col=col + 1)
+    steps = []
+    for k in range(1, n_epochs + 1):
+        x, y = _curve_data(runs, metrics, k)
+        steps.append(dict(method="restyle", label=str(k), args=[{"x": x, "y": y}]))
+    fig.update_xaxes(title="epoch", range=[0.5, max(n_epochs, 1) + 0.5], dtick=max(1, n_epochs // 10))
+    _layout(fig, "Per-epoch curves (drag the slider to replay them epoch by epoch)", height=500,
+            sliders=[dict(active=max(n_epochs - 1, 0), steps=steps, currentvalue=dict(prefix="up to epoch "),
+                          pad=dict(t=50))], legend=dict(orientation="h", y=1.1, yanchor="bottom", x=0))
+    return fig.update_layout(margin_t=120)
+
+
+def _bar_label(kind: str, device: str, hardware: str, epochs: int | None = None) -> str:
+    extra = f"<br>({epochs} epoch{'s' if epochs != 1 else ''} only)" if epochs not in (None, 20) else ""
+    return f"<b>{device.upper()}</b><br>{kind}<br>{hardware}{extra}"
+
+
+def training_time_bars(ours: dict[str, dict | None]) -> go.Figure:
+    """Total training seconds: the paper's claims (grey) beside our measurements (coloured), log scale.
+
+    `ours` maps "cpu"/"cuda" to {"seconds": [...], "hardware": str, "epochs": int} or None (not yet measured).
+    """
+    fig = go.Figure()
+    for device, claim in PAPER_CLAIMS.items():
+        fig.add_bar(x=[_bar_label("paper (claimed)", device, claim["hardware"])], y=[claim["train_seconds"]],
+                    name="paper (claimed)", marker_color=PAPER_COLOUR, legendgroup="paper",
+                    showlegend=device == "cpu", text=[f"{claim['train_seconds']:.0f} s"], textposition="outside")
+        mine = ours.get(device)
+        if not mine or not mine.get("seconds"):
+            fig.add_annotation(x=_bar_label("ours", device, NOT_MEASURED_TEXT), y=0, yref="paper",
+                               text=NOT_MEASURED_TEXT, showarrow=False, yanchor="bottom")
+            fig.add_bar(x=[_bar_label("ours", device, NOT_MEASURED_TEXT)], y=[None], showlegend=False)
+            continue
+        s = summarize(mine["seconds"])
+        label = _bar_label("ours (measured)", device, mine["hardware"], mine.get("epochs"))
+        error = dict(type="data", symmetric=False, array=[s["max"] - s["mean"]], arrayminus=[s["mean"] - s["min"]])
+        fig.add_bar(x=[label], y=[s["mean"]], name=f"ours (measured), {device.upper()}", error_y=error,
+                    marker_color=DEVICE_COLOURS[device], text=[f"{s['mean']:.1f} s (n={s['n']})"],
+                    textposition="outside")
+    fig.update_yaxes(title="total training time (s, log scale)", type="log")
+    fig.update_xaxes(tickangle=0)
+    return _layout(fig, "Training time: the paper's claims beside our measurements", height=500,
+                   legend=dict(orientation="h", y=1.1, x=0))
+
+
+def accuracy_ci(groups: dict[str, list[float]], claims: dict[str, float] | None = None) -> go.Figure:
+    """Test accuracy per group: every run as a dot, the mean with its 95 % interval, the paper's claim grey."""
+    fig = go.Figure()
+    for i, (label, values) in enumerate(groups.items()):
+        s = summarize(values)
+        if s["n"] == 0:
+            continue
+        fig.add_scatter(x=[label] * s["n"], y=values, mode="markers", name=f"{label}: single runs",
+                        marker=dict(size=7, opacity=0.5, color=px.colors.qualitative.Plotly[i % 10]))
+        half = None if s["ci95_high"] is None else s["ci95_high"] - s["mean"]
+        fig.add_scatter(x=[label], y=[s["mean"]], mode="markers", name=f"{label}: mean, 95 % CI (n={s['n']})",
+                        marker=dict(size=14, symbol="line-ew-open", color=px.colors.qualitative.Plotly[i % 10],
+                                    line=dict(width=3)),
+                        error_y=dict(type="data", array=[half], visible=half is not None))
+    for label, value in (claims or {}).items():
+        fig.add_scatter(x=[label], y=[value], mode="markers+text", name=f"{label}",
+                        marker=dict(symbol="diamond", size=12, color=PAPER_COLOUR), text=[f"{value} %"],
+                        textposition="top center", cliponaxis=False)
+    fig.update_yaxes(title="test accuracy (%)")
+    return _layout(fig, "Test accuracy: our runs with 95 % confidence intervals, the paper's claims in grey",
+                   height=480, legend=dict(orientation="h", y=-0.15, x=0))
+
+
+def _digit_heatmap(image: torch.Tensor) -> go.Heatmap:
+    return go.Heatmap(z=image.flip(0).tolist(), colorscale="gray_r", showscale=False, zmin=0, zmax=255,
+                      hovertemplate="row %{y}, col %{x}: %{z}<extra></extra>")
+
+
+def misclassified(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, limit: int = 60) -> go.Figure:
+    """The test digits the model gets wrong, one at a time: a slider steps through them, each with its
+    predicted probabilities beside it."""
+    preds = probs.argmax(1)
+    wrong = (preds != labels).nonzero().flatten()[:limit].tolist()
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.4, 0.6],
+                        subplot_titles=("digit (hover for grey levels)", "predicted probabilities, true digit green"))
+    if not wrong:
+        return _layout(fig, "No misclassified test digits")
+    title = lambda i: f"test image {i}: true {int(labels[i])}, predicted {int(preds[i])}"  # noqa: E731
+    fig.add_trace(_digit_heatmap(images[wrong[0]]), row=1, col=1)
+    fig.add_trace(_prob_bar(probs[wrong[0]], int(labels[wrong[0]])), row=1, col=2)
+    steps = []
+    for k, i in enumerate(wrong):
+        bar = _prob_bar(probs[i], int(labels[i]))
+        steps.append(dict(method="update", label=str(k + 1), args=[
+            {"z": [images[i].flip(0).tolist(), None], "y": [None, list(bar.y)],
+             "marker.color": [None, list(bar.marker.color)]}, {"title.text": title(i)}]))
+    fig.update_yaxes(showticklabels=False, scaleanchor="x", constrain="domain", row=1, col=1)
+    fig.update_xaxes(showticklabels=False, constrain="domain", row=1, col=1)
+    fig.update_xaxes(title="digit", dtick=1, row=1, col=2).update_yaxes(title="probability", range=[0, 1],
+                                                                         row=1, col=2)
+    n_wrong = int((preds != labels).sum())
+    return _layout(fig, title(wrong[0]), height=450, showlegend=False, sliders=[dict(
+        steps=steps, currentvalue=dict(prefix=f"misclassified digit (of {n_wrong}; first {len(wrong)} shown): "),
+        pad=dict(t=40))])
+
+
+def _prob_bar(p: torch.Tensor, true_label: int | None) -> go.Bar:
+    colours = [DEVICE_COLOURS["cuda"] if d == true_label else DEVICE_COLOURS["cpu"] for d in range(10)]
+    return go.Bar(x=list(range(10)), y=p.tolist(), marker_color=colours,
+                  hovertemplate="digit %{x}: p = %{y:.4f}<extra></extra>")
+
+
+def probability_bars(probs: torch.Tensor, true_label: int | None = None) -> go.Figure:
+    """The model's softmax output for one image; the true digit's bar in green."""
+    fig = go.Figure(_prob_bar(probs, true_label))
+    fig.update_xaxes(title="digit", dtick=1).update_yaxes(title="probability", range=[0, 1])
+    title = "Predicted probabilities" + (f" (true digit {true_label} in green)" if true_label is not None else "")
+    return _layout(fig, title, height=320)
+
+
+def digit_image(image: torch.Tensor, title: str = "") -> go.Figure:
+    """One 28x28 digit as a heatmap (hover shows each grey level)."""
+    fig = go.Figure(_digit_heatmap(image))
+    fig.update_yaxes(showticklabels=False, scaleanchor="x").update_xaxes(showticklabels=False)
+    return _layout(fig, title, height=320, width=340)
+
+
+def bench_bars(rows: list[dict], unit: str = "seconds per epoch") -> go.Figure:
+    """Training seconds of the fast and the reference path, per device (rows: device, path, seconds list)."""
+    fig = go.Figure()
+    for path, colour in (("reference", PAPER_COLOUR), ("fast", DEVICE_COLOURS["cpu"])):
+        for row in (r for r in rows if r["path"] == path):
+            s = summarize(row["seconds"])
+            fig.add_bar(x=[row["device"]], y=[s["mean"]], name=f"{path} path", marker_color=colour,
+                        legendgroup=path, showlegend=row is next(r for r in rows if r["path"] == path),
+                        text=[f"{s['mean']:.2f} s (n={s['n']})"], textposition="outside",
+                        error_y=dict(type="data", symmetric=False, array=[s["max"] - s["mean"]],
+                                     arrayminus=[s["mean"] - s["min"]]))
+    fig.update_yaxes(title=f"{unit} (mean; whiskers span min to max)")
+    return _layout(fig, "Fast path (data on device, fused SGD, CUDA graph) vs plain PyTorch loop", barmode="group")
+
+
+def lr_schedule(epochs: list[int], lrs: list[float]) -> go.Figure:
+    """The learning rate of every epoch (our reading of the paper's "step decay"), log scale."""
+    fig = go.Figure(go.Scatter(x=epochs, y=lrs, mode="lines+markers", line_shape="hv",
+                               hovertemplate="epoch %{x}: lr %{y}<extra></extra>"))
+    fig.update_xaxes(title="epoch", dtick=1).update_yaxes(title="learning rate (log scale)", type="log")
+    return _layout(fig, "Learning rate per epoch", height=320)
+
+
+def memory_bars(items: dict[str, int | None], claimed_bytes: float = 6e9) -> go.Figure:
+    """Bytes on a log scale: what LeNet-5 needs, what was measured ("not yet measured" where None), and the
+    paper's ~6 GB (grey)."""
+    items = {**items, "paper (claimed): ~6 GB in use": claimed_bytes}
+    known = [v for v in items.values() if v]
+    fig = go.Figure(go.Bar(y=list(items), x=[v or None for v in items.values()], orientation="h",
+                           marker_color=[PAPER_COLOUR if k.startswith("paper") else DEVICE_COLOURS["cpu"]
+                                         for k in items],
+                           text=[f"{v / 2**20:,.1f} MiB" if v else "" for v in items.values()],
+                           textposition="outside", cliponaxis=False,
+                           hovertemplate="%{y}: %{x:,} bytes<extra></extra>"))
+    for label, value in items.items():
+        if not value:
+            fig.add_annotation(y=label, x=math.log10(min(known)), text=NOT_MEASURED_TEXT, showarrow=False,
+                               xanchor="left", font=dict(color="#c00"))
+    fig.update_xaxes(title="bytes (log scale)", type="log",
+                     range=[math.log10(min(known)) - 0.3, math.log10(max(known)) + 0.6])
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, "Memory: what the network needs vs what was reported", height=140 + 45 * len(items))

@@ -1,0 +1,56 @@
+"""hdr_lib.notebook without a kernel: parameter checks, the shared cached run, and 'not yet measured'."""
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from hdr_lib import notebook as nb
+from hdr_lib.config import ConfigError, PAPER
+
+
+def test_check_parameters_defaults_are_the_paper():
+    assert nb.check_parameters(needs_data=False) == PAPER
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"epochs": -1}, "epochs must be a positive integer"),
+    ({"epochs": 2.5}, "epochs must be a whole number"),
+    ({"batch_size": "64"}, "batch_size must be a number, got '64'"),
+    ({"lr": math.inf}, "lr must be a positive finite number"),
+    ({"seed": True}, "seed must be a number"),
+    ({"device": None}, "device must be 'cpu', 'cuda' or 'auto'"),
+    ({"bench_steps": 0}, "bench_steps must be a positive integer or None"),
+])
+def test_check_parameters_rejects_nonsense(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        nb.check_parameters(needs_data=False, **kwargs)
+
+
+def test_check_parameters_accepts_whole_floats():
+    assert nb.check_parameters(epochs=3.0, needs_data=False).epochs == 3
+
+
+def test_no_records_reads_not_yet_measured(tmp_path):
+    assert nb.recorded_runs(tmp_path / "missing") == []
+    assert "not yet measured" in nb.cuda_statement(tmp_path)
+    table = nb.claims_table({"cpu": None, "cuda": None})
+    assert table.count("not yet measured") == 7
+    assert nb.speedup({"cpu": None, "cuda": None}) is None
+
+
+@pytest.mark.skipif(not os.environ.get("HDR_DATA_DIR"), reason="needs MNIST (HDR_DATA_DIR)")
+def test_cached_run_trains_once_and_then_reuses(tmp_path, monkeypatch):
+    import hdr_lib.train
+
+    config = PAPER.replace(device="cpu", epochs=1, batch_size=6000)
+    first, _ = nb.cached_run(config, tmp_path, verbose=False)
+    monkeypatch.setattr(hdr_lib.train, "train", lambda *a, **k: pytest.fail("trained again"))
+    again, model = nb.cached_run(config, tmp_path, verbose=False)
+    assert again["environment"]["created_at"] == first["environment"]["created_at"]
+    assert again["test_accuracy"] == first["test_accuracy"]
+    assert Path(again["_path"]).with_suffix(".pt").is_file()
+    monkeypatch.undo()
+    other, _ = nb.cached_run(config.replace(seed=1), tmp_path, verbose=False)  # another config trains anew
+    assert other["config"]["seed"] == 1 and len(list(tmp_path.glob("*.json"))) == 2

@@ -1,0 +1,88 @@
+"""The chapter notebooks through papermill: bad parameters stop them at the parameter check with a clear
+message; one chapter runs end to end; the book runner names a notebook that fails."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+DATA = os.environ.get("HDR_DATA_DIR")
+
+needs_data = pytest.mark.skipif(not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(),
+                                reason="set HDR_DATA_DIR to a folder holding MNIST/raw")
+
+
+def execute(name, tmp_path, **parameters):
+    out = tmp_path / name
+    pm.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=parameters, cwd=str(NOTEBOOKS),
+                        kernel_name="python3", progress_bar=False)
+    return nbformat.read(out, as_version=4)
+
+
+def test_every_chapter_has_a_parameters_cell_followed_by_the_check():
+    names = sorted(p.name for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    assert len(names) == 9
+    for name in names:
+        cells = nbformat.read(NOTEBOOKS / name, as_version=4).cells
+        index = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
+        assert "nb.check_parameters(" in cells[index + 1].source, name
+        for cell in cells:
+            checked = cell.source.startswith("# NBVAL_CHECK_OUTPUT")
+            if cell.cell_type == "code" and not checked:
+                assert cell.outputs == [] and cell.execution_count is None, f"{name}: committed output"
+
+
+BAD = [
+    ({"epochs": -1}, "epochs must be a positive integer, got -1"),
+    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ({"lr": "abc"}, "parameter lr must be a number, got 'abc'"),
+    ({"lr": float("nan")}, "parameter lr must be a positive finite number"),
+    ({"lr": -0.1}, "lr must be a positive finite number, got -0.1"),
+    ({"epochs": "20"}, "parameter epochs must be a number, got '20'"),
+    ({"device": "gpu"}, "device must be one of cpu, cuda, auto; got 'gpu'"),
+]
+if not torch.cuda.is_available():
+    BAD.append(({"device": "cuda"}, "CUDA is not available on this machine"))
+
+
+@pytest.mark.parametrize("parameters, message", BAD, ids=[str(p) for p, _ in BAD])
+def test_bad_parameters_stop_the_notebook_at_the_check(parameters, message, tmp_path):
+    with pytest.raises(pm.PapermillExecutionError) as caught:
+        execute("05_training_time.ipynb", tmp_path, cache_dir=str(tmp_path / "cache"), **parameters)
+    assert caught.value.ename == "ConfigError"
+    assert message in caught.value.evalue
+    # It failed in the cell right after the (injected) parameters, before any data or training.
+    cells = nbformat.read(tmp_path / "05_training_time.ipynb", as_version=4).cells
+    failed = [c for c in cells if any(o.output_type == "error" for o in c.get("outputs", []))]
+    assert len(failed) == 1 and failed[0].source.startswith("config = nb.check_parameters(")
+    code = [c for c in cells if c.cell_type == "code"]
+    assert "injected-parameters" in code[code.index(failed[0]) - 1].metadata.tags
+    assert not (tmp_path / "cache").exists()
+
+
+@needs_data
+def test_training_time_chapter_runs_end_to_end_with_one_epoch(tmp_path):
+    results = tmp_path / "results"  # empty: the chapter must say the GPU is not yet measured
+    nb = execute("05_training_time.ipynb", tmp_path, epochs=1, device="cpu", results_dir=str(results),
+                 cache_dir=str(tmp_path / "cache"), data_dir=DATA)
+    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", ""))
+                     for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "epoch  1/1" in text and "GPU measurement: not yet measured" in text
+    assert "speedup: not yet measured" in text
+    assert len(list((tmp_path / "cache").glob("cpu-fast-e1-b64-seed0-*.json"))) == 1
+
+
+def test_runner_names_the_failing_notebook_and_exits_1(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_notebooks.py"), "--only", "01",
+                             "-p", "batch_size", "0", "--output-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "FAILED 01_introduction.ipynb" in result.stderr
+    assert "batch_size must be a positive integer, got 0" in result.stderr
