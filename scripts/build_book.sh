@@ -16,7 +16,8 @@ if [[ ! -d "$HDR_DATA_DIR/MNIST/raw" ]]; then
     exit 2
 fi
 
-rm -rf _build/html _build/.doctrees  # every build starts clean: pages come only from this run
+# Every build starts clean, the live-run cache the chapters share included: pages come only from this run.
+rm -rf _build/html _build/.doctrees _build/run-cache
 start=$(date +%s)
 jupyter-book build . -W --keep-going
 echo "book built in $(( $(date +%s) - start )) s: _build/html/index.html"
