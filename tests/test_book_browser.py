@@ -1,0 +1,270 @@
+"""The built book in a real browser, offline: every page loads without a script error or a network request,
+every plotly figure draws its SVG; and no page or stylesheet points at an external script, style or font.
+
+Needs a built book (`scripts/build_book.sh` -> _build/html) and Debian's chromium (`scripts/install_browser.sh`).
+Locally a missing build or browser skips these tests with the reason; with CI set, it fails them.
+Chromium is driven over the Chrome DevTools Protocol with websocket-client (a jupyter_server dependency).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HTML_DIR = Path(os.environ.get("HDR_BOOK_HTML", ROOT / "_build" / "html"))
+CI = bool(os.environ.get("CI"))
+PAGE_TIMEOUT_S = 60  # one page to load (plotly.js is 4.8 MB to parse on a busy 2-core machine)
+DRAW_TIMEOUT_S = 20  # after the load event, for every figure to draw
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-extensions", "--remote-debugging-port=0"]
+LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
+
+
+def _missing(reason: str):
+    if CI:
+        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
+    pytest.skip(reason)
+
+
+def _pages() -> list[Path]:
+    if not (HTML_DIR / "index.html").is_file():
+        _missing(f"no built book at {HTML_DIR}: run scripts/build_book.sh first")
+    return sorted(p for p in HTML_DIR.rglob("*.html")
+                  if not {"_static", "_sources", "_images"} & set(p.relative_to(HTML_DIR).parts))
+
+
+def _chromium() -> str:
+    for name in (os.environ.get("HDR_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    _missing("no chromium found: run scripts/install_browser.sh (Debian package 'chromium')")
+
+
+# --- static check: no external script, style or font --------------------------------------------------
+
+EXTERNAL = re.compile(r"^\s*(https?:)?//", re.I)
+CSS_URL = re.compile(r"""(?:url\(\s*['"]?|@import\s+['"])\s*((?:https?:)?//[^'")\s]+)""", re.I)
+
+
+class _Refs(HTMLParser):
+    """Every URL a page loads by itself: script/img/iframe/... src, link href, and url()/@import in styles."""
+
+    LOADING = {"script": "src", "img": "src", "iframe": "src", "embed": "src", "source": "src",
+               "audio": "src", "video": "src", "object": "data", "link": "href"}
+
+    def __init__(self):
+        super().__init__()
+        self.urls: list[str] = []
+        self._in_style = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        name = self.LOADING.get(tag)
+        if name and attrs.get(name):
+            if tag == "link" and attrs.get("rel") in ("canonical", "alternate", "next", "prev", "author", "license"):
+                return  # links to navigate, never fetched by the browser
+            self.urls.append(f"<{tag} {name}> {attrs[name]}")
+        if attrs.get("style"):
+            self.urls += [f"style attribute url() {u}" for u in CSS_URL.findall(attrs["style"])]
+        self._in_style = tag == "style"
+
+    def handle_endtag(self, tag):
+        if tag == "style":
+            self._in_style = False
+
+    def handle_data(self, data):
+        if self._in_style:
+            self.urls += [f"<style> {u}" for u in CSS_URL.findall(data)]
+
+
+def test_no_external_script_style_or_font():
+    problems = []
+    for page in _pages():
+        parser = _Refs()
+        parser.feed(page.read_text(errors="replace"))
+        problems += [f"{page.relative_to(HTML_DIR)}: {u}" for u in parser.urls if EXTERNAL.search(u.split("> ")[-1].split(" ")[-1])]
+    for css in HTML_DIR.rglob("*.css"):
+        problems += [f"{css.relative_to(HTML_DIR)}: {u}" for u in CSS_URL.findall(css.read_text(errors="replace"))]
+    assert not problems, "the book must work offline; external references:\n" + "\n".join(problems)
+
+
+def test_plotly_js_bundled_once():
+    pages = _pages()
+    assert (HTML_DIR / "_static" / "plotly.min.js").is_file(), "plotly.min.js missing from _static"
+    for page in pages:
+        text = page.read_text(errors="replace")
+        # The library's own banner: a page that inlines plotly.js instead of loading _static/plotly.min.js.
+        assert text.count("plotly.js v") == 0, f"{page.relative_to(HTML_DIR)} inlines plotly.js"
+
+
+# --- the browser --------------------------------------------------------------------------------------
+
+class _DevTools:
+    """A minimal Chrome DevTools Protocol session on one page target."""
+
+    def __init__(self, ws_url: str):
+        import websocket  # websocket-client
+
+        self.ws = websocket.create_connection(ws_url, timeout=PAGE_TIMEOUT_S, suppress_origin=True)
+        self.next_id = 0
+        self.events: list[dict] = []
+
+    def call(self, method: str, **params) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+            self._event(message)
+
+    def pump(self, seconds: float) -> None:
+        """Handle events for `seconds` (requests to let through or block, errors to note)."""
+        end = time.monotonic() + seconds
+        self.ws.settimeout(0.1)
+        try:
+            while time.monotonic() < end:
+                try:
+                    self._event(json.loads(self.ws.recv()))
+                except Exception as exc:  # websocket timeout: nothing arrived in 0.1 s
+                    if type(exc).__name__ != "WebSocketTimeoutException":
+                        raise
+        finally:
+            self.ws.settimeout(PAGE_TIMEOUT_S)
+
+    def _event(self, message: dict) -> None:
+        if message.get("method") == "Fetch.requestPaused":
+            params = message["params"]
+            url = params["request"]["url"]
+            if url.startswith(LOCAL_SCHEMES):
+                self._send("Fetch.continueRequest", requestId=params["requestId"])
+            else:
+                self.events.append({"blocked": url})
+                self._send("Fetch.failRequest", requestId=params["requestId"], errorReason="BlockedByClient")
+        elif "method" in message:
+            self.events.append(message)
+
+    def _send(self, method: str, **params) -> None:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+
+    def evaluate(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result.get("result", {}).get("value")
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    pages = _pages()
+    binary = _chromium()
+    profile = tempfile.mkdtemp(prefix="hdr-chromium-")
+    proc = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        port_file = Path(profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.is_file() and port_file.read_text().count("\n") >= 1):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"chromium did not start: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+        port = int(port_file.read_text().split()[0])
+        yield port, pages
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _new_target(port: int) -> dict:
+    from urllib.request import Request, urlopen
+
+    request = Request(f"http://127.0.0.1:{port}/json/new?about:blank", method="PUT")
+    with urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _close_target(port: int, target_id: str) -> None:
+    from urllib.request import urlopen
+
+    with urlopen(f"http://127.0.0.1:{port}/json/close/{target_id}", timeout=30):
+        pass
+
+
+FIGURE_STATE = """(() => {
+  const divs = Array.from(document.querySelectorAll('.plotly-graph-div'));
+  return {figures: divs.length, drawn: divs.filter(d => d.querySelector('.main-svg')).length,
+          undrawn: divs.filter(d => !d.querySelector('.main-svg')).map(d => d.id),
+          ready: document.readyState};
+})()"""
+
+
+def _check_page(port: int, page: Path) -> tuple[dict, list[str]]:
+    target = _new_target(port)
+    tools = _DevTools(target["webSocketDebuggerUrl"])
+    try:
+        tools.call("Fetch.enable", patterns=[{"urlPattern": "*"}])
+        for domain in ("Runtime", "Log", "Page"):
+            tools.call(f"{domain}.enable")
+        tools.call("Page.navigate", url=page.as_uri())
+        deadline = time.monotonic() + PAGE_TIMEOUT_S
+        state = {}
+        while time.monotonic() < deadline:
+            tools.pump(0.5)
+            state = tools.evaluate(FIGURE_STATE) or {}
+            if state.get("ready") == "complete":
+                deadline = min(deadline, time.monotonic() + DRAW_TIMEOUT_S)
+                if state.get("drawn") == state.get("figures"):
+                    tools.pump(0.5)  # errors a last script might still log
+                    break
+        problems = []
+        for event in tools.events:
+            method, params = event.get("method"), event.get("params", {})
+            if "blocked" in event:
+                problems.append(f"network request outside the book: {event['blocked']}")
+            elif method == "Runtime.exceptionThrown":
+                details = params["exceptionDetails"]
+                problems.append("script error: " + details.get("exception", {}).get("description", details.get("text", "")))
+            elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+                problems.append("console error: " + " ".join(str(a.get("value", a.get("description", "")))
+                                                          for a in params.get("args", [])))
+            elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
+                entry = params["entry"]
+                problems.append(f"browser error: {entry.get('text')} {entry.get('url', '')}".strip())
+        return state, problems
+    finally:
+        tools.close()
+        _close_target(port, target["id"])
+
+
+def test_every_page_offline_without_errors_and_every_figure_drawn(browser):
+    port, pages = browser
+    failures, figures = [], 0
+    for page in pages:
+        state, problems = _check_page(port, page)
+        name = page.relative_to(HTML_DIR)
+        figures += state.get("figures", 0)
+        if state.get("drawn") != state.get("figures"):
+            problems.append(f"{state.get('figures')} plotly figures, {state.get('drawn')} drew an SVG; "
+                            f"not drawn: {state.get('undrawn')}")
+        failures += [f"{name}: {p}" for p in problems]
+    assert not failures, "\n".join(failures)
+    assert figures > 0, "no plotly figure in the whole book: the renderer or the build is broken"

@@ -1,0 +1,36 @@
+"""hdr_lib.display: the plotly mime type for JupyterLab, a div + Plotly.newPlot on the book's plotly.js."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from hdr_lib import display
+
+
+def figure():
+    return go.Figure(go.Scatter(x=[1, 2], y=[3, 4]), layout={"title": {"text": "a </script> title"}, "height": 300})
+
+
+def test_lab_bundle_is_the_plotly_mime_type(monkeypatch):
+    monkeypatch.delenv(display.BOOK_BUILD_ENV, raising=False)
+    display.setup()
+    bundle = pio.renderers[display.RENDERER].to_mimebundle(figure().to_dict())
+    assert set(bundle) == {"application/vnd.plotly.v1+json", "text/plain"}
+    assert bundle["application/vnd.plotly.v1+json"]["config"]["displaylogo"] is False
+
+
+def test_book_bundle_is_html_on_the_global_plotly_js(monkeypatch):
+    monkeypatch.setenv(display.BOOK_BUILD_ENV, "1")
+    display.setup()
+    renderer = pio.renderers[display.RENDERER]
+    bundle = renderer.to_mimebundle(figure().to_dict())
+    assert set(bundle) == {"text/html", "text/plain"}  # nothing myst-nb cannot render
+    html = bundle["text/html"]
+    assert 'class="plotly-graph-div' in html and "Plotly.newPlot(" in html and "height:300px" in html
+    assert "</script>" not in html.split("<script", 1)[1][:-len("</script>")]  # the title cannot end the script
+    assert "plotly.js v" not in html and "cdn" not in html.lower()  # plotly.js is loaded once by the page
+    again = display.BookRenderer().to_html(figure().to_dict())
+    assert again.split('"')[1] == html.split('"')[1]  # same figure, same place: same id in every build
+    monkeypatch.delenv(display.BOOK_BUILD_ENV)
+    display.setup()
