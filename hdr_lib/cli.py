@@ -53,6 +53,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
         p.add_argument("--seed", type=_nonneg_int, default=PAPER.seed, help="default %(default)s")
     p.add_argument("--variant", choices=["paper", "lenet1998"], default=PAPER.variant,
                    help="paper: §3.3 on 28x28 (default); lenet1998: padded to 32x32 as in 1998")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory layout (same arithmetic)")
     p.add_argument("--amp", action="store_true", help="bfloat16 mixed precision (beyond the paper; off by default)")
     p.add_argument("--tf32", action="store_true", help="CUDA: allow TF32 (off: IEEE float32, as the paper)")
     p.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config_from(args, **overrides):
     fields = dict(device=args.device, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                  variant=args.variant, amp=args.amp, tf32=args.tf32, cuda_graph=args.cuda_graph, deterministic=args.deterministic)
+                  variant=args.variant, amp=args.amp, channels_last=args.channels_last, tf32=args.tf32, cuda_graph=args.cuda_graph, deterministic=args.deterministic)
     for name in ("seed", "path"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)

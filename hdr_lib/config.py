@@ -35,6 +35,7 @@ class TrainConfig:
     seed: int = 0  # initial weights and batch order
     path: str = "fast"  # "fast" (data on device, no DataLoader) or "reference" (plain PyTorch loop)
     # --- options beyond the paper, all off by default and named in the record when on ---
+    channels_last: bool = False  # NHWC memory layout for images and weights: same arithmetic, other kernels
     amp: bool = False  # bfloat16 autocast for forward and loss (mixed precision, the paper's "future work")
     tf32: bool = False  # CUDA only: allow TF32 matmuls/convolutions (paper-faithful is IEEE float32)
     cuda_graph: bool = True  # CUDA fast path only: capture the training step in a CUDA graph

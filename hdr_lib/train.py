@@ -292,6 +292,8 @@ def train(
     run.setup_seconds["data_load"] = sw_load.seconds
 
     model = init_model(config, device)
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     fast = config.path == "fast"
     use_graph = fast and device.type == "cuda" and config.cuda_graph
     optimizer, scheduler = _make_optimizer(model, config, device, fast, lr_tensor=use_graph)
@@ -312,12 +314,12 @@ def train(
     # Test images for evaluation, on the device, in both paths (evaluation is timed apart).
     with Stopwatch(device) as sw_move:
         if fast:
-            x_all = mnist.to_float(data.train_images, device)
+            x_all = mnist.to_float(data.train_images, device).contiguous(memory_format=layout)
             y_all = data.train_labels.to(device)
-            x_test = mnist.to_float(data.test_images, device)
+            x_test = mnist.to_float(data.test_images, device).contiguous(memory_format=layout)
             y_test = data.test_labels.to(device)
         else:
-            x_test = mnist.to_float(test_ds.data, device)
+            x_test = mnist.to_float(test_ds.data, device).contiguous(memory_format=layout)
             y_test = test_ds.targets.long().to(device)
     run.setup_seconds["to_device"] = sw_move.seconds
 
@@ -329,7 +331,7 @@ def train(
                                      lambda: autocast(config, device))
         run.setup_seconds["cuda_graph_capture"] = sw_capture.seconds if use_graph else 0.0
     run.extra["execution"] = {"cuda_graph": use_graph, "fused_sgd": fast, "steps_per_epoch": steps_per_epoch,
-                              "amp_bfloat16": config.amp}
+                              "amp_bfloat16": config.amp, "channels_last": config.channels_last}
 
     show = _progress_enabled(progress)
     cpu_meter = CpuMeter()
@@ -370,7 +372,7 @@ def train(
                     for i, (x, y) in enumerate(loader):
                         if i >= limit:
                             break
-                        x, y = x.to(device), y.to(device)
+                        x, y = x.to(device).contiguous(memory_format=layout), y.to(device)
                         with autocast(config, device):
                             loss = F.cross_entropy(model(x), y)
                         optimizer.zero_grad()
