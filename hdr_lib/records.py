@@ -27,6 +27,9 @@ def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a record is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -92,3 +95,18 @@ def load_records(folder: str | os.PathLike, *, kind: str | None = None, status: 
 
 def is_finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def is_paper_config(record: dict) -> bool:
+    """A record of exactly the paper's settings (§3.3, §3.4): nothing in `deviations_from_paper`."""
+    return record.get("deviations_from_paper") == {}
+
+
+def paper_runs(folder: str | os.PathLike, device: str | None = None, path: str | None = None) -> list[dict]:
+    """Complete training records of the paper's configuration under `folder`, optionally of one device
+    ("cpu", "cuda") and one training path ("fast", "reference"); [] when the folder does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    filters = {key: value for key, value in (("device", device), ("path", path)) if value is not None}
+    return [r for r in load_records(folder, kind="train", status="complete", **filters) if is_paper_config(r)]

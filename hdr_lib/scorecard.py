@@ -34,8 +34,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hdr_lib.config import PAPER
-from hdr_lib.records import is_finite, load_records
+from hdr_lib import records
+from hdr_lib.records import is_finite, is_paper_config
 from hdr_lib.stats import summarize, welch
 
 REPRODUCED, NOT_REPRODUCED, NOT_MEASURED = "reproduced", "not reproduced", "not yet measured"
@@ -86,21 +86,9 @@ def results_dir() -> Path:
     return Path(os.environ.get("HDR_RESULTS_DIR") or Path(__file__).resolve().parent.parent / "results")
 
 
-def is_paper_config(record: dict) -> bool:
-    deviations = record.get("deviations_from_paper")
-    if deviations is None:  # an older record: compare its settings with the paper's ourselves
-        config = record.get("config", {})
-        skip = {"device", "seed", "path", "cuda_graph"}
-        deviations = {k: v for k, v in PAPER.as_dict().items() if k not in skip and config.get(k) != v}
-    return deviations == {}
-
-
 def paper_runs(folder: str | os.PathLike | None = None) -> list[dict]:
     """Complete training records of the paper's configuration under `folder` (default `results_dir()`)."""
-    folder = Path(folder) if folder is not None else results_dir()
-    if not folder.is_dir():
-        return []
-    return [r for r in load_records(folder, kind="train", status="complete") if is_paper_config(r)]
+    return records.paper_runs(folder if folder is not None else results_dir())
 
 
 def _values(records, get) -> list[float]:

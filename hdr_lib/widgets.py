@@ -10,14 +10,16 @@ from plotly.subplots import make_subplots
 
 from hdr_lib import plots
 from hdr_lib.config import PAPER, ConfigError
+from hdr_lib.display import in_book_build
 
 LIVE_NOTE = ("<div style='border-left:4px solid #1f77b4;padding:4px 10px;color:#333'><b>Live controls.</b> "
-             "{what} The controls below need a running Python kernel: open this notebook in JupyterLab and "
-             "run it. On a static page (the built book) they cannot work and show nothing here.</div>")
+             "{what} They need a running Python kernel, as here in JupyterLab.</div>")
 
 
 def _note(what: str) -> None:
-    display(HTML(LIVE_NOTE.format(what=what)))
+    """In a live kernel, say what the controls do; in the book, hdr_lib.display puts its own note in their place."""
+    if not in_book_build():
+        display(HTML(LIVE_NOTE.format(what=what)))
 
 
 def _growing_figure():
@@ -105,14 +107,20 @@ def digit_browser(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
     slider = w.IntSlider(value=0, min=0, max=len(labels) - 1, description="test image", continuous_update=False)
     out = w.Output()
 
+    def draw(index: int) -> None:
+        p = probs[index]
+        title = f"test image {index}: true {int(labels[index])}, predicted {int(p.argmax())} (p = {p.max():.3f})"
+        plots.digit_image(images[index], title).show()
+        plots.probability_bars(p, int(labels[index])).show()
+
     def show(_change=None):
         index = wrong[slider.value] if only_wrong.value and wrong else slider.value
-        p = probs[index]
         with out:
             out.clear_output(wait=True)
-            title = f"test image {index}: true {int(labels[index])}, predicted {int(p.argmax())} (p = {p.max():.3f})"
-            plots.digit_image(images[index], title).show()
-            plots.probability_bars(p, int(labels[index])).show()
+            draw(index)
+
+    if in_book_build():  # a static page cannot show figures inside a widget: draw the starting state plainly
+        draw(0)
 
     def switch(_change):
         slider.max = max(len(wrong) - 1, 0) if only_wrong.value else len(labels) - 1
@@ -121,5 +129,6 @@ def digit_browser(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
 
     slider.observe(show, names="value")
     only_wrong.observe(switch, names="value")
-    show()
+    if not in_book_build():
+        show()
     return w.VBox([w.HBox([slider, only_wrong]), out])

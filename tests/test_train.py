@@ -1,6 +1,5 @@
 """Training on the real MNIST: accuracy after one epoch, determinism, the two paths, records, resumption."""
 
-import json
 import os
 import signal
 import subprocess
