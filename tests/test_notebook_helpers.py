@@ -1,7 +1,6 @@
 """hdr_lib.notebook without a kernel: parameter checks, the shared cached run, and 'not yet measured'."""
 
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -40,8 +39,7 @@ def test_no_records_reads_not_yet_measured(tmp_path):
     assert nb.speedup({"cpu": None, "cuda": None}) is None
 
 
-@pytest.mark.skipif(not os.environ.get("HDR_DATA_DIR"), reason="needs MNIST (HDR_DATA_DIR)")
-def test_cached_run_trains_once_and_then_reuses(tmp_path, monkeypatch):
+def test_cached_run_trains_once_and_then_reuses(tmp_path, monkeypatch, data_root):
     import hdr_lib.train
 
     config = PAPER.replace(device="cpu", epochs=1, batch_size=6000)

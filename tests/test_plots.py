@@ -1,21 +1,17 @@
 """The figure functions on real MNIST and a real (short) training record: the traces, sliders and labels."""
 
-import os
 
 import pytest
 import torch
 
 from hdr_lib import notebook as nb, plots
 from hdr_lib.config import PAPER
-from hdr_lib.data import DataError, load_mnist, to_float
+from hdr_lib.data import load_mnist, to_float
 
 
 @pytest.fixture(scope="module")
-def data():
-    try:
-        return load_mnist(os.environ.get("HDR_DATA_DIR"), download=False)
-    except DataError as exc:
-        pytest.skip(f"needs MNIST (set HDR_DATA_DIR): {exc}")
+def data(data_root):
+    return load_mnist(data_root, download=False)
 
 
 @pytest.fixture(scope="module")
