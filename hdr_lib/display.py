@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import html
 import json
 import os
@@ -49,11 +50,11 @@ class LabRenderer(MimetypeRenderer):
         return {"application/vnd.plotly.v1+json": fig, "text/plain": _describe(fig_dict)}
 
 
+_FIGURE_COUNT = itertools.count(1)
+
+
 class BookRenderer(MimetypeRenderer):
     """A div and a script that draws it with the page's global plotly.js (loaded once by the book)."""
-
-    def __init__(self):
-        self._count = 0
 
     def to_mimebundle(self, fig_dict: dict) -> dict:
         return {"text/html": self.to_html(fig_dict), "text/plain": _describe(fig_dict)}
@@ -62,9 +63,9 @@ class BookRenderer(MimetypeRenderer):
         import plotly.io as pio
 
         payload = pio.to_json(fig_dict, validate=False, remove_uids=True)
-        # Ids from the figure's content and its place in the notebook: the same build gives the same page.
-        self._count += 1
-        div_id = f"hdr-fig-{self._count}-{hashlib.sha1(payload.encode()).hexdigest()[:10]}"
+        # Ids from the figure's place in the notebook and its content: the same build gives the same page, and
+        # one figure shown twice on a page still gets two ids. (plotly copies renderers, so the count is global.)
+        div_id = f"hdr-fig-{next(_FIGURE_COUNT)}-{hashlib.sha1(payload.encode()).hexdigest()[:10]}"
         height = (fig_dict.get("layout") or {}).get("height") or 450
         # "</" would end the script element early inside a page; JSON allows the escaped form.
         payload = payload.replace("</", "<\\/")

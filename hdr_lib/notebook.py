@@ -279,7 +279,8 @@ def config_table(config: TrainConfig) -> str:
     """The configuration as run, one field a line, with where each value comes from."""
     origin = {"epochs": "§3.4", "batch_size": "§3.4", "lr": "§3.4", "momentum": "§3.4", "loss": "§3.4",
               "pixel_scale": "§3.2", "variant": "§3.3 (no padding)", "lr_step_epochs": "our reading of §3.4",
-              "lr_gamma": "our reading of §3.4"}
+              "lr_gamma": "our reading of §3.4", "channels_last": "beyond the paper", "amp": "beyond the paper",
+              "tf32": "beyond the paper"}
     lines = []
     for name, value in config.as_dict().items():
         source = origin.get(name, "how we run it")
