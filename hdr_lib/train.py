@@ -401,10 +401,12 @@ def train(
                 "steps": limit,
             }
             run.epochs.append(entry)
-            if checkpoint_dir is not None:
-                _save_checkpoint(checkpoint_dir, config, epoch, model, optimizer, scheduler, run)
+            # The record first, then the checkpoint: a run killed between the two resumes from the previous
+            # checkpoint and redoes this epoch, but a checkpoint never gets ahead of the record it belongs to.
             if out is not None:
                 write_json_atomic(out, run.record())
+            if checkpoint_dir is not None:
+                _save_checkpoint(checkpoint_dir, config, epoch, model, optimizer, scheduler, run)
             epoch_bar.update()
             epoch_bar.set_postfix(loss=f"{entry['train_loss']:.4f}", acc=f"{accuracy:.2f}%")
             if on_epoch is not None:

@@ -30,7 +30,11 @@ def test_book_bundle_is_html_on_the_global_plotly_js(monkeypatch):
     assert 'class="plotly-graph-div' in html and "Plotly.newPlot(" in html and "height:300px" in html
     assert "</script>" not in html.split("<script", 1)[1][:-len("</script>")]  # the title cannot end the script
     assert "plotly.js v" not in html and "cdn" not in html.lower()  # plotly.js is loaded once by the page
-    again = display.BookRenderer().to_html(figure().to_dict())
-    assert again.split('"')[1] == html.split('"')[1]  # same figure, same place: same id in every build
+    # The id is the figure's place on the page (a count) and its content (a hash): the same figure shown twice
+    # gets two ids (else the second div would never be drawn), and each build numbers the figures alike.
+    first, again = html.split('"')[1], display.BookRenderer().to_html(figure().to_dict()).split('"')[1]
+    assert first != again
+    assert first.rsplit("-", 1)[1] == again.rsplit("-", 1)[1]
+    assert int(again.split("-")[2]) == int(first.split("-")[2]) + 1
     monkeypatch.delenv(display.BOOK_BUILD_ENV)
     display.setup()
