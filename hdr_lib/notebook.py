@@ -80,6 +80,14 @@ def results_folder(results_dir=None) -> Path:
     return _folder(results_dir, ROOT / "results")
 
 
+def _shown(folder: Path) -> str:
+    """A folder as a page shows it: relative to the repository where it lies inside it (no build-machine paths)."""
+    try:
+        return f"{folder.resolve().relative_to(ROOT)}/"
+    except ValueError:
+        return str(folder)
+
+
 def cache_folder(cache_dir=None) -> Path:
     return _folder(cache_dir, ROOT / "_build" / "run-cache")
 
@@ -114,7 +122,8 @@ def cached_run(config: TrainConfig, cache_dir=None, *, data=None, verbose: bool 
                 model = LeNet5(config.variant)
                 model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
                 if verbose:
-                    print(f"reusing the live run recorded {record['environment']['created_at']} in {stem}.json")
+                    print(f"reusing the live run recorded {record['environment']['created_at']} in "
+                          f"{_shown(folder)}{stem.name}.json")
                 return record, model.to(key["device"])
     from hdr_lib.train import train
 
@@ -170,7 +179,7 @@ def cuda_statement(results_dir=None) -> str:
     runs = recorded_runs(results_dir, "cuda")
     if not runs:
         return (f"**GPU measurement: {NOT_MEASURED}.** There is no complete CUDA record under "
-                f"`{results_folder(results_dir)}`; nothing about the GPU below is ours.")
+                f"`{_shown(results_folder(results_dir))}`; nothing about the GPU below is ours.")
     gpus = sorted({hardware(r) for r in runs})
     dates = sorted(r["environment"]["created_at"][:10] for r in runs)
     return (f"**GPU measurement: {len(runs)} recorded CUDA run(s)** on {', '.join(gpus)}, made "
@@ -329,8 +338,10 @@ def bench_rows(results_dir=None) -> list[dict]:
             raise RecordError(f"bench record {r['_path']} has no 'runs'; it was not written by hdr_lib.bench")
         for name, items in r["runs"].items():
             seconds = [item["train_seconds"] for item in items]
+            summary = r["summary"][name]
             rows.append({"device": r["config"]["device"], "path": name, "seconds": seconds,
-                         "images_per_second": r["summary"][name]["images_per_second"], "hardware": hardware(r)})
+                         "median_seconds": summary["seconds_per_epoch_median"],
+                         "images_per_second": summary["images_per_second"], "hardware": hardware(r)})
     return rows
 
 

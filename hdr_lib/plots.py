@@ -89,18 +89,26 @@ def epoch_curves(runs: dict[str, dict], metrics=(("train_loss", "training loss")
         label = list(runs)[i]
         fig.add_scatter(x=x, y=y, mode="lines+markers", name=label, legendgroup=label, showlegend=col == 0,
                         line=dict(color=px.colors.qualitative.Plotly[i % 10]), row=1, col=col + 1)
-    for col in range(len(metrics)):  # fixed axes, so replaying does not rescale them
-        fig.update_yaxes(range=_padded_range(sum(ys[col * len(runs):(col + 1) * len(runs)], [])), row=1,
-                         col=col + 1)
+    for col, (metric, _) in enumerate(metrics):  # fixed axes, so replaying does not rescale them
+        values = [v for v in sum(ys[col * len(runs):(col + 1) * len(runs)], []) if v is not None]
+        if metric == "train_loss" and values and min(values) > 0:  # a loss falls by orders of magnitude
+            fig.update_yaxes(type="log", title_text="log scale", row=1, col=col + 1,
+                             range=_padded_range([math.log10(v) for v in values]))
+        else:
+            fig.update_yaxes(range=_padded_range(values), row=1, col=col + 1)
     steps = []
     for k in range(1, n_epochs + 1):
         x, y = _curve_data(runs, metrics, k)
         steps.append(dict(method="restyle", label=str(k), args=[{"x": x, "y": y}]))
     fig.update_xaxes(title="epoch", range=[0.5, max(n_epochs, 1) + 0.5], dtick=max(1, n_epochs // 10))
-    _layout(fig, "Per-epoch curves (drag the slider to replay them epoch by epoch)", height=500,
+    # The legend goes under the slider, where it can take as many lines as there are runs without
+    # covering the title or the curves; the figure grows by one line per two runs.
+    legend_lines = math.ceil(len(runs) / 2)
+    _layout(fig, "Per-epoch curves (drag the slider to replay them epoch by epoch)", height=460 + 22 * legend_lines,
             sliders=[dict(active=max(n_epochs - 1, 0), steps=steps, currentvalue=dict(prefix="up to epoch "),
-                          pad=dict(t=50))], legend=dict(orientation="h", y=1.1, yanchor="bottom", x=0))
-    return fig.update_layout(margin_t=120)
+                          pad=dict(t=50), y=0, yanchor="top")],
+            legend=dict(orientation="h", x=0, y=0.01, yanchor="bottom", yref="container"))
+    return fig.update_layout(margin_b=150 + 22 * legend_lines)
 
 
 def _bar_label(kind: str, device: str, hardware: str, epochs: int | None = None) -> str:
@@ -133,7 +141,7 @@ def training_time_bars(ours: dict[str, dict | None]) -> go.Figure:
     fig.update_yaxes(title="total training time (s, log scale)", type="log")
     fig.update_xaxes(tickangle=0)
     return _layout(fig, "Training time: the paper's claims beside our measurements", height=500,
-                   legend=dict(orientation="h", y=1.1, x=0))
+                   legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
 
 
 def accuracy_ci(groups: dict[str, list[float]], claims: dict[str, float] | None = None) -> go.Figure:
@@ -155,7 +163,7 @@ def accuracy_ci(groups: dict[str, list[float]], claims: dict[str, float] | None 
                         marker=dict(symbol="diamond", size=12, color=PAPER_COLOUR), text=[f"{value} %"],
                         textposition="top center", cliponaxis=False)
     fig.update_yaxes(title="test accuracy (%)")
-    return _layout(fig, "Test accuracy: our runs with 95 % confidence intervals, the paper's claims in grey",
+    return _layout(fig, "Test accuracy: our runs with 95 % confidence intervals,<br>the paper's claims in grey",
                    height=480, legend=dict(orientation="h", y=-0.15, x=0))
 
 

@@ -40,4 +40,5 @@ def provenance_rows(records: list[dict], root: str | Path | None = None) -> list
 def to_html(rows: list[tuple[str, ...]], columns=COLUMNS) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="table hdr-provenance"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return (f'<div class="hdr-table-wrap"><table class="table hdr-provenance"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{body}</tbody></table></div>')

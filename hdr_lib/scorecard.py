@@ -276,8 +276,8 @@ def to_html(rows: list[Row]) -> str:
             else:
                 tds.append(f"<td>{html.escape(cell)}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
-    return (f'<table class="table hdr-scorecard"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table>")
+    return (f'<div class="hdr-table-wrap"><table class="table hdr-scorecard"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
 def time_figure(rows: list[Row]):

@@ -2,6 +2,7 @@
 
 - plotly.js is copied from the installed plotly package (so it always matches the figures' JSON) into a
   static folder of the build; `_config.yml` loads it once per page (`html_js_files: [plotly.min.js]`).
+- The book's own stylesheet (book/_static/hdr.css: wide tables scroll instead of being cut off).
 - Each script goes into a page once: this Sphinx and jupyter-book add some inline scripts twice, and
   sphinx-thebe's `const THEBE_JS_URL` declared twice is a SyntaxError in the browser. Thebe itself is off
   (it would load from a CDN), so its configuration and loader are left out of the pages.
@@ -36,6 +37,7 @@ def _vendor_plotly(app) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, folder / "plotly.min.js")
     app.config.html_static_path.append(str(folder))
+    app.config.html_static_path.append(str(ROOT / "book" / "_static"))  # hdr.css: the book's own styles
 
 
 def _one_copy_of_each_script(app, pagename, templatename, context, doctree) -> None:
@@ -55,5 +57,6 @@ def _one_copy_of_each_script(app, pagename, templatename, context, doctree) -> N
 def setup(app):
     _kernel_environment()  # before any notebook runs: execution happens while Sphinx reads the sources
     app.connect("builder-inited", _vendor_plotly)
+    app.add_css_file("hdr.css")
     app.connect("html-page-context", _one_copy_of_each_script, priority=900)  # after the themes' handlers
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
