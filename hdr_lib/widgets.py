@@ -81,7 +81,9 @@ def live_experiment(data=None, max_epochs: int = 3, max_steps: int | None = None
             with log:
                 log.clear_output()
                 record = train(config, data=data, progress=True, on_epoch=on_epoch, max_steps=max_steps)
-            status.value = (f"<b>done</b> on {record['config']['device']}: test accuracy "
+            done = ("done" if record["status"] == "complete" else
+                    f"stopped after {len(record['epochs'])} of {config.epochs} epochs (capped at {max_steps} steps)")
+            status.value = (f"<b>{done}</b> on {record['config']['device']}: test accuracy "
                             f"{record['test_accuracy']:.2f} % after {record['total_train_seconds']:.1f} s training")
         except ConfigError as exc:
             status.value = f"<b style='color:#c00'>cannot run:</b> {exc}"

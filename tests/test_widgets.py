@@ -1,0 +1,50 @@
+"""The live controls of chapter 06, driven as a reader would: move the sliders, press Run, browse digits."""
+
+import re
+
+import torch
+
+from hdr_lib import PAPER, widgets
+from hdr_lib.train import train
+
+
+def _controls(box):
+    controls, status, _figure, _log = box.children
+    (epochs, batch), (lr, device), (button, bar) = (column.children for column in controls.children)
+    return epochs, batch, lr, device, button, bar, status
+
+
+def test_run_button_trains_with_the_sliders_settings(mnist):
+    epochs, batch, lr, device, button, bar, status = _controls(widgets.live_experiment(mnist, max_epochs=3))
+    assert device.options == ("cpu",) + (("cuda",) if torch.cuda.is_available() else ())
+    epochs.value, batch.value, lr.value, device.value = 2, 512, 0.1, "cpu"
+    button.click()
+    assert bar.value == bar.max == 2  # one tick per finished epoch
+    assert not button.disabled
+    text = re.sub("<[^>]+>", "", status.value)
+    assert text.startswith("done on cpu"), text
+    assert float(re.search(r"test accuracy ([\d.]+) %", text).group(1)) > 95.0  # 2 real epochs at batch 512
+
+
+def test_a_capped_run_says_it_stopped_early(mnist):
+    epochs, batch, lr, device, button, bar, status = _controls(
+        widgets.live_experiment(mnist, max_epochs=3, max_steps=20))
+    epochs.value = 3
+    button.click()
+    assert bar.value == 1 and bar.max == 3
+    assert "stopped after 1 of 3 epochs (capped at 20 steps)" in status.value
+
+
+def test_digit_browser_steps_through_all_or_only_the_misclassified(mnist):
+    _, model = train(PAPER.replace(device="cpu", epochs=1, batch_size=256, lr=0.05), data=mnist,
+                     progress=False, max_steps=30, return_model=True)
+    images, labels = mnist.test_images[:500], mnist.test_labels[:500]
+    box = widgets.digit_browser(model, images, labels)
+    slider, only_wrong = box.children[0].children
+    assert slider.max == 499
+    wrong = int(only_wrong.description.split()[2])  # "only the N misclassified"
+    assert 0 < wrong < 500  # 30 steps of training: some right, some wrong
+    only_wrong.value = True
+    assert slider.max == wrong - 1 and slider.value == 0
+    only_wrong.value = False
+    assert slider.max == 499
