@@ -236,6 +236,25 @@ def bench_bars(rows: list[dict], unit: str = "seconds per epoch") -> go.Figure:
     return _layout(fig, "Fast path (data on device, fused SGD, CUDA graph) vs plain PyTorch loop", barmode="group")
 
 
+def step_time_split(profile: dict, top_ops: int = 4) -> go.Figure:
+    """One training step's wall time split by kind of operator (`hdr_lib.profiling.step_profile`), largest first;
+    hovering a bar lists the operators behind it."""
+    kinds = list(profile["kinds"].items())[::-1]  # plotly draws the first bar at the bottom
+    hover = []
+    for kind, _ in kinds:
+        ops = sorted(profile["ops"].get(kind, {}).items(), key=lambda item: item[1], reverse=True)[:top_ops]
+        hover.append("<br>".join(f"{name}: {ms:.3f} ms" for name, ms in ops) or "time no operator accounts for")
+    total = profile["ms_per_step"]
+    fig = go.Figure(go.Bar(x=[ms for _, ms in kinds], y=[kind for kind, _ in kinds], orientation="h",
+                           marker_color=DEVICE_COLOURS["cpu"], customdata=hover,
+                           text=[f"{ms:.2f} ms ({100 * ms / total:.0f} %)" for _, ms in kinds], textposition="auto",
+                           hovertemplate="%{y}: %{x:.3f} ms per step<br>%{customdata}<extra></extra>"))
+    fig.update_xaxes(title=f"ms per step (mean of {profile['steps']} profiled steps)")
+    fig.update_yaxes(automargin=True)  # room for the kinds' names, however long
+    return _layout(fig, f"Where a training step's {total:.2f} ms go ({profile['path']} path, "
+                        f"{profile['device'].upper()}, under the profiler)", height=140 + 36 * len(kinds))
+
+
 def lr_schedule(epochs: list[int], lrs: list[float]) -> go.Figure:
     """The learning rate of every epoch (our reading of the paper's "step decay"), log scale."""
     fig = go.Figure(go.Scatter(x=epochs, y=lrs, mode="lines+markers", line_shape="hv",

@@ -21,6 +21,7 @@ from hdr_lib.records import SCHEMA, write_json_atomic
 from hdr_lib.timing import Stopwatch, synchronize
 
 CHECKPOINT_NAME = "checkpoint.pt"
+TRAIN_STEPS_LABEL = "hdr.train_steps"  # marks an epoch's optimiser steps for hdr_lib.profiling
 
 
 def batch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -356,7 +357,7 @@ def train(
             if limit <= 0:
                 break
             batch_bar = _bar(show, total=limit, leave=False, desc=f"epoch {epoch}", unit="batch")
-            with Stopwatch(device) as sw_train:
+            with Stopwatch(device) as sw_train, torch.profiler.record_function(TRAIN_STEPS_LABEL):
                 if fast:
                     losses = torch.empty(limit, device=device)
                     order_dev = order.to(device, non_blocking=True)

@@ -89,3 +89,16 @@ def test_probability_bars_marks_the_true_digit():
 def test_memory_bars_say_not_yet_measured():
     fig = plots.memory_bars({**nb.memory_estimate(), "ours: CUDA reserved": None})
     assert any(a.text == "not yet measured" for a in fig.layout.annotations)
+
+
+def test_step_time_split_puts_the_largest_kind_on_top_and_names_its_operators():
+    profile = {"ms_per_step": 3.0, "steps": 20, "path": "fast", "device": "cpu",
+               "kinds": {"convolutions": 2.0, "between operators": 0.6, "pooling": 0.4},
+               "ops": {"convolutions": {"aten::mkldnn_convolution": 1.2, "aten::convolution_backward": 0.8},
+                       "pooling": {"aten::max_pool2d_with_indices": 0.4}}}
+    bar = plots.step_time_split(profile).data[0]
+    assert list(bar.y) == ["pooling", "between operators", "convolutions"]  # plotly draws the first at the bottom
+    assert list(bar.x) == [0.4, 0.6, 2.0]
+    assert bar.text[-1] == "2.00 ms (67 %)"
+    assert bar.customdata[-1].startswith("aten::mkldnn_convolution: 1.200 ms<br>aten::convolution_backward")
+    assert bar.customdata[1] == "time no operator accounts for"

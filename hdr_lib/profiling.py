@@ -1,0 +1,65 @@
+"""Where a CPU training step's time goes: PyTorch's profiler over a few steps, grouped by kind of operator."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+from hdr_lib.config import TrainConfig
+from hdr_lib.train import TRAIN_STEPS_LABEL, train
+
+# Operator names (as the profiler reports them) -> what they do in LeNet-5's step; first match wins.
+KINDS = (
+    ("convolutions (forward and backward)", ("convolution",)),
+    ("max pooling (forward and backward)", ("max_pool",)),
+    ("ReLU (forward and backward)", ("relu", "clamp_min", "threshold")),
+    ("fully connected layers", ("addmm", "aten::mm", "aten::t", "linear")),
+    ("loss (softmax, cross-entropy)", ("softmax", "nll_loss", "cross_entropy")),
+    ("optimiser (fused SGD, zeroing gradients)", ("optimizer", "sgd", "zero")),
+    ("loading the batch", ("index_select", "dataloader")),
+)
+OUTSIDE = "between operators (Python, autograd, the loop)"
+
+
+def kind_of(op: str) -> str:
+    name = op.lower()
+    return next((kind for kind, keys in KINDS if any(key in name for key in keys)), "other operators")
+
+
+def step_profile(config: TrainConfig, data, steps: int = 60) -> dict:
+    """Profile `steps` optimiser steps of `config` (after a short warm-up) and split a step's wall time by kind.
+
+    Returns {"ms_per_step", "kinds": {kind: ms per step}, "ops": {kind: {operator: ms per step}}, "steps",
+    "path", "device"}. Each operator counts its self time only (time inside the operators it calls goes to those),
+    so the kinds add up to the time spent in operators; the rest of the step is `OUTSIDE`. Only the optimiser
+    steps are counted: evaluation and data loading lie outside the profiled span.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    # Kineto, the profiler's backend, logs its stages to stderr (and, without a GPU, an "ERROR" that it found
+    # none), which a notebook would show as output. Level 6 silences it; read when the profiler first starts.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    config = config.replace(epochs=1).validate()
+    train(config, data=data, progress=False, max_steps=min(10, steps))  # warm-up: allocator, kernel choices
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        record = train(config, data=data, progress=False, max_steps=steps)
+    events = prof.events()
+    spans = [e.time_range for e in events if e.name == TRAIN_STEPS_LABEL]
+    if not spans:
+        raise RuntimeError(f"the profile holds no {TRAIN_STEPS_LABEL!r} span: hdr_lib.train no longer marks its steps")
+    start, end = spans[0].start, spans[0].end
+    # What runs inside the DataLoader (ToTensor's copies and divisions, say) is loading, whatever its name.
+    loading = [e.time_range for e in events if "DataLoader" in e.name]
+    ops: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for e in events:
+        t = e.time_range
+        if e.name == TRAIN_STEPS_LABEL or not (start <= t.start and t.end <= end):
+            continue
+        in_loader = any(span.start <= t.start and t.end <= span.end for span in loading)
+        ops["loading the batch" if in_loader else kind_of(e.name)][e.name] += e.self_cpu_time_total / 1e3 / steps
+    step_ms = record["epochs"][0]["train_seconds"] * 1e3 / steps
+    kinds = {kind: sum(by_op.values()) for kind, by_op in ops.items()}
+    kinds[OUTSIDE] = max(step_ms - sum(kinds.values()), 0.0)
+    order = sorted(kinds, key=kinds.get, reverse=True)
+    return {"ms_per_step": step_ms, "steps": steps, "path": config.path, "device": record["config"]["device"],
+            "kinds": {k: kinds[k] for k in order}, "ops": {k: dict(ops[k]) for k in order if k in ops}}

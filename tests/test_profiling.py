@@ -1,0 +1,37 @@
+"""hdr_lib.profiling on the real MNIST: a step's time split by kind of operator, evaluation left out."""
+
+from hdr_lib import PAPER
+from hdr_lib.profiling import OUTSIDE, kind_of, step_profile
+
+CPU = PAPER.replace(device="cpu")
+
+
+def test_operator_names_map_to_what_they_do_in_the_network():
+    assert kind_of("aten::mkldnn_convolution") == kind_of("aten::convolution_backward")
+    assert kind_of("aten::max_pool2d_with_indices").startswith("max pooling")
+    assert kind_of("aten::threshold_backward").startswith("ReLU")
+    assert kind_of("aten::addmm") == kind_of("aten::mm") == "fully connected layers"
+    assert kind_of("Optimizer.step#SGD.step") == kind_of("aten::_fused_sgd_")
+    assert kind_of("aten::index_select") == kind_of("enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__")
+    assert kind_of("aten::empty") == "other operators"
+
+
+def test_fast_path_profile_splits_a_step_and_leaves_evaluation_out(mnist):
+    profile = step_profile(CPU, mnist, steps=20)
+    assert profile["steps"] == 20 and profile["path"] == "fast" and profile["device"] == "cpu"
+    kinds, ops = profile["kinds"], profile["ops"]
+    assert list(kinds.values()) == sorted(kinds.values(), reverse=True)
+    assert sum(kinds.values()) >= profile["ms_per_step"] * 0.999  # the kinds and OUTSIDE cover the whole step
+    assert OUTSIDE in kinds and all(ms >= 0 for ms in kinds.values())
+    conv = ops["convolutions (forward and backward)"]
+    assert conv["aten::mkldnn_convolution"] > 0 and conv["aten::convolution_backward"] > 0
+    assert "aten::_fused_sgd_" in ops["optimiser (fused SGD, zeroing gradients)"]
+    every_op = {name for by_op in ops.values() for name in by_op}
+    assert "aten::argmax" not in every_op  # evaluation (argmax of the logits) lies outside the profiled steps
+
+
+def test_reference_path_profile_counts_the_dataloader_as_loading(mnist):
+    profile = step_profile(CPU.replace(path="reference"), mnist, steps=10)
+    loading = profile["ops"]["loading the batch"]
+    assert any("DataLoader" in name for name in loading)
+    assert profile["kinds"]["loading the batch"] > profile["kinds"]["loss (softmax, cross-entropy)"]
