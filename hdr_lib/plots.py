@@ -113,6 +113,7 @@ def epoch_curves(runs: dict[str, dict], metrics=(("train_loss", "training loss")
 
 def _bar_label(kind: str, device: str, hardware: str, epochs: int | None = None) -> str:
     extra = f"<br>({epochs} epoch{'s' if epochs != 1 else ''} only)" if epochs not in (None, 20) else ""
+    hardware = hardware.replace(", ", "<br>").replace(" (", "<br>(")  # narrow lines: four bars share a page width
     return f"<b>{device.upper()}</b><br>{kind}<br>{hardware}{extra}"
 
 
