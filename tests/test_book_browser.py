@@ -99,6 +99,15 @@ def test_no_external_script_style_or_font():
     assert not problems, "the book must work offline; external references:\n" + "\n".join(problems)
 
 
+def test_markdown_tables_that_cells_display_are_rendered_as_tables():
+    # display(Markdown(...)) of a table must come out as <table>, not as a paragraph of pipes.
+    raw = [str(page.relative_to(HTML_DIR)) for page in _pages() if re.search(r"<p>\|[^<]*\|\s*\|", page.read_text())]
+    assert not raw, f"Markdown tables shown as raw text on: {raw}"
+    for chapter, header in (("01_introduction", "training time, 20 epochs"), ("08_discussion", "ours (measured)")):
+        text = (HTML_DIR / "notebooks" / f"{chapter}.html").read_text()
+        assert re.search(r"<table[^>]*>(?:(?!</table>).)*" + re.escape(header), text, re.S), chapter
+
+
 def test_plotly_js_bundled_once():
     pages = _pages()
     assert (HTML_DIR / "_static" / "plotly.min.js").is_file(), "plotly.min.js missing from _static"
