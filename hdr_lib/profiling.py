@@ -32,7 +32,8 @@ def step_profile(config: TrainConfig, data, steps: int = 60) -> dict:
     Returns {"ms_per_step", "kinds": {kind: ms per step}, "ops": {kind: {operator: ms per step}}, "steps",
     "path", "device"}. Each operator counts its self time only (time inside the operators it calls goes to those),
     so the kinds add up to the time spent in operators; the rest of the step is `OUTSIDE`. Only the optimiser
-    steps are counted: evaluation and data loading lie outside the profiled span.
+    steps (with the reference path's DataLoader) are counted: evaluation and the one-time data set-up lie outside
+    the profiled span. An epoch with fewer than `steps` steps (a large batch) is profiled whole.
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -48,6 +49,7 @@ def step_profile(config: TrainConfig, data, steps: int = 60) -> dict:
     if not spans:
         raise RuntimeError(f"the profile holds no {TRAIN_STEPS_LABEL!r} span: hdr_lib.train no longer marks its steps")
     start, end = spans[0].start, spans[0].end
+    steps = record["epochs"][0]["steps"]  # fewer than asked when one epoch has fewer
     # What runs inside the DataLoader (ToTensor's copies and divisions, say) is loading, whatever its name.
     loading = [e.time_range for e in events if "DataLoader" in e.name]
     ops: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))

@@ -35,3 +35,9 @@ def test_reference_path_profile_counts_the_dataloader_as_loading(mnist):
     loading = profile["ops"]["loading the batch"]
     assert any("DataLoader" in name for name in loading)
     assert profile["kinds"]["loading the batch"] > profile["kinds"]["loss (softmax, cross-entropy)"]
+
+
+def test_an_epoch_shorter_than_the_steps_asked_for_is_profiled_whole(mnist):
+    profile = step_profile(CPU.replace(batch_size=6000), mnist, steps=60)  # 10 steps per epoch
+    assert profile["steps"] == 10
+    assert sum(profile["kinds"].values()) >= profile["ms_per_step"] * 0.999
