@@ -81,8 +81,12 @@ def live_experiment(data=None, max_epochs: int = 3, max_steps: int | None = None
             with log:
                 log.clear_output()
                 record = train(config, data=data, progress=True, on_epoch=on_epoch, max_steps=max_steps)
-            done = ("done" if record["status"] == "complete" else
-                    f"stopped after {len(record['epochs'])} of {config.epochs} epochs (capped at {max_steps} steps)")
+            if record["status"] == "complete":
+                done = "done"
+            elif "diverged" in record:  # train() stops a run whose loss is no longer finite
+                done = f"stopped: {record['diverged']}"
+            else:
+                done = f"stopped after {len(record['epochs'])} of {config.epochs} epochs (capped at {max_steps} steps)"
             status.value = (f"<b>{done}</b> on {record['config']['device']}: test accuracy "
                             f"{record['test_accuracy']:.2f} % after {record['total_train_seconds']:.1f} s training")
         except ConfigError as exc:

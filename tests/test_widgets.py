@@ -48,3 +48,17 @@ def test_digit_browser_steps_through_all_or_only_the_misclassified(mnist):
     assert slider.max == wrong - 1 and slider.value == 0
     only_wrong.value = False
     assert slider.max == 499
+
+
+def test_a_diverging_run_says_why_it_stopped(mnist, monkeypatch):
+    # The sliders stop at lr 1, which stalls rather than diverges; a real run at lr 10000 gives the record a
+    # diverged run has, and the widget must report that, not a step cap it never had.
+    import hdr_lib.train as training
+
+    real_train = training.train
+    monkeypatch.setattr(training, "train", lambda config, **kw: real_train(config.replace(lr=1e4), **kw))
+    epochs, batch, lr, device, button, bar, status = _controls(widgets.live_experiment(mnist, max_epochs=3))
+    epochs.value, batch.value = 3, 512
+    button.click()
+    assert "stopped: train loss became nan in epoch 1" in status.value, status.value
+    assert "capped" not in status.value
