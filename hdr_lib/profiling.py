@@ -10,7 +10,8 @@ from hdr_lib.train import TRAIN_STEPS_LABEL, train
 
 # Operator names (as the profiler reports them) -> what they do in LeNet-5's step; first match wins.
 KINDS = (
-    ("convolutions (forward and backward)", ("convolution",)),
+    # The fast path on the CPU builds conv1's corner kernels from its weight by padding and stacking (fastcpu).
+    ("convolutions (forward and backward)", ("convolution", "constant_pad_nd", "aten::cat", "aten::repeat")),
     ("max pooling (forward and backward)", ("max_pool",)),
     ("ReLU (forward and backward)", ("relu", "clamp_min", "threshold")),
     ("fully connected layers", ("addmm", "aten::mm", "aten::t", "linear")),
@@ -19,6 +20,9 @@ KINDS = (
     ("loading the batch", ("index_select", "dataloader")),
 )
 OUTSIDE = "between operators (Python, autograd, the loop)"
+# Whatever runs inside these spans is max pooling, whatever its operators are called: the fast CPU path pools
+# conv1 with elementwise maxima and masks (fastcpu.CornerMaxReLU, with conv1's ReLU folded in).
+POOLING_SPANS = ("CornerMaxReLU",)
 
 
 def kind_of(op: str) -> str:
@@ -52,13 +56,19 @@ def step_profile(config: TrainConfig, data, steps: int = 60) -> dict:
     steps = record["epochs"][0]["steps"]  # fewer than asked when one epoch has fewer
     # What runs inside the DataLoader (ToTensor's copies and divisions, say) is loading, whatever its name.
     loading = [e.time_range for e in events if "DataLoader" in e.name]
+    pooling = [e.time_range for e in events if any(name in e.name for name in POOLING_SPANS)]
     ops: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+
+    def inside(t, spans):
+        return any(span.start <= t.start and t.end <= span.end for span in spans)
+
     for e in events:
         t = e.time_range
         if e.name == TRAIN_STEPS_LABEL or not (start <= t.start and t.end <= end):
             continue
-        in_loader = any(span.start <= t.start and t.end <= span.end for span in loading)
-        ops["loading the batch" if in_loader else kind_of(e.name)][e.name] += e.self_cpu_time_total / 1e3 / steps
+        kind = ("loading the batch" if inside(t, loading) else
+                "max pooling (forward and backward)" if inside(t, pooling) else kind_of(e.name))
+        ops[kind][e.name] += e.self_cpu_time_total / 1e3 / steps
     step_ms = record["epochs"][0]["train_seconds"] * 1e3 / steps
     kinds = {kind: sum(by_op.values()) for kind, by_op in ops.items()}
     kinds[OUTSIDE] = max(step_ms - sum(kinds.values()), 0.0)

@@ -14,6 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from hdr_lib import data as mnist
+from hdr_lib import fastcpu
 from hdr_lib.config import ConfigError, TrainConfig
 from hdr_lib.hardware import CpuMeter, NvmlSampler, environment, peak_rss_bytes, resolve_device
 from hdr_lib.model import LeNet5
@@ -137,13 +138,18 @@ def autocast(config: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp)
 
 
+CPU_FORWARD = "hdr_lib.fastcpu: conv1 computed per pooling corner, pooling as elementwise maxima"
+
+
 class _FastSteps:
     """The fast path's training step: data already on the device, batches cut by index, no host sync,
-    fused SGD; on CUDA the whole step (gather, forward, backward, update) replays as one CUDA graph."""
+    fused SGD; on the CPU the forward pass of `hdr_lib.fastcpu`; on CUDA the whole step (gather, forward,
+    backward, update) replays as one CUDA graph."""
 
     def __init__(self, model, optimizer, x_all, y_all, batch_size, use_graph, amp_context):
         self.model, self.optimizer, self.amp = model, optimizer, amp_context
         self.x_all, self.y_all, self.batch_size = x_all, y_all, batch_size
+        self.forward = (lambda x: fastcpu.forward(model, x)) if x_all.device.type == "cpu" else model
         self.graph = None
         if use_graph:
             self._capture()
@@ -152,7 +158,7 @@ class _FastSteps:
         x = self.x_all.index_select(0, idx)
         y = self.y_all.index_select(0, idx)
         with self.amp():
-            loss = F.cross_entropy(self.model(x), y)
+            loss = F.cross_entropy(self.forward(x), y)
         self.optimizer.zero_grad(set_to_none=self.graph is None)
         loss.backward()
         self.optimizer.step()
@@ -332,6 +338,7 @@ def train(
                                      lambda: autocast(config, device))
         run.setup_seconds["cuda_graph_capture"] = sw_capture.seconds if use_graph else 0.0
     run.extra["execution"] = {"cuda_graph": use_graph, "fused_sgd": fast, "steps_per_epoch": steps_per_epoch,
+                              "cpu_forward": CPU_FORWARD if fast and device.type == "cpu" else None,
                               "amp_bfloat16": config.amp, "channels_last": config.channels_last}
 
     show = _progress_enabled(progress)

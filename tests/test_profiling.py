@@ -26,6 +26,8 @@ def test_fast_path_profile_splits_a_step_and_leaves_evaluation_out(mnist):
     conv = ops["convolutions (forward and backward)"]
     assert conv["aten::mkldnn_convolution"] > 0 and conv["aten::convolution_backward"] > 0
     assert "aten::_fused_sgd_" in ops["optimiser (fused SGD, zeroing gradients)"]
+    pooling = ops["max pooling (forward and backward)"]  # conv1's pooling is elementwise maxima on this path
+    assert "aten::maximum" in pooling and "aten::mul" in pooling and "aten::max_pool2d_with_indices" in pooling
     every_op = {name for by_op in ops.values() for name in by_op}
     assert "aten::argmax" not in every_op  # evaluation (argmax of the logits) lies outside the profiled steps
 
