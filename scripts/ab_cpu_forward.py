@@ -1,0 +1,75 @@
+"""A/B of the fast path's CPU forward pass (hdr_lib.fastcpu) against the module's own forward, in one process.
+
+Both train the paper's network from the same seed on the same real batches, with everything else of the fast
+path equal (data held as one tensor, batches by index, fused SGD). They alternate in chunks of 50 steps, the
+order flipping every round, so that both see the same machine state: on a shared 2-core VM the same code varies
+by tens of percent from minute to minute, and only an alternating comparison is worth quoting.
+
+    python scripts/ab_cpu_forward.py --rounds 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hdr_lib import fastcpu  # noqa: E402
+from hdr_lib.data import load_mnist, to_float  # noqa: E402
+from hdr_lib.model import LeNet5  # noqa: E402
+from hdr_lib.train import batch_order  # noqa: E402
+
+VARIANTS = {"module forward": lambda model, x: model(x), "fastcpu.forward": fastcpu.forward}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--chunk", type=int, default=50, help="steps per variant per round")
+    args = parser.parse_args()
+    data = load_mnist()
+    x_all, y_all = to_float(data.train_images), data.train_labels
+    order = batch_order(0, 1, x_all.shape[0])
+    steps_per_epoch = x_all.shape[0] // 64
+    state = {}
+    for name in VARIANTS:
+        torch.manual_seed(0)
+        model = LeNet5()
+        state[name] = (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, fused=True))
+
+    def chunk(name: str, start: int, steps: int) -> float:
+        model, optimizer = state[name]
+        forward = VARIANTS[name]
+        began = time.perf_counter()
+        for i in range(start, start + steps):
+            idx = order[(i % steps_per_epoch) * 64:(i % steps_per_epoch + 1) * 64]
+            loss = F.cross_entropy(forward(model, x_all.index_select(0, idx)), y_all.index_select(0, idx))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return (time.perf_counter() - began) / steps * 1e3
+
+    names = list(VARIANTS)
+    for name in names:
+        chunk(name, 0, 20)  # warm-up
+    times = {name: [] for name in names}
+    for r in range(args.rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            times[name].append(chunk(name, r * args.chunk, args.chunk))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds of {args.chunk} steps")
+    for name, values in times.items():
+        print(f"{name:>16}: median {statistics.median(values):.3f} ms/step (min {min(values):.3f}, "
+              f"max {max(values):.3f})")
+    a, b = (statistics.median(times[n]) for n in names)
+    print(f"fastcpu.forward takes {b / a:.2f} of the module forward's time per step ({(1 - b / a) * 100:.0f} % less)")
+
+
+if __name__ == "__main__":
+    main()
