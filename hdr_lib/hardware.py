@@ -44,14 +44,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def git_commit() -> str | None:
-    """The commit of the checkout hdr_lib runs from, '+dirty' when it has uncommitted changes; None outside git."""
-    root = Path(__file__).resolve().parent.parent
+def git_commit(root: Path | None = None) -> str | None:
+    """The commit of the checkout hdr_lib runs from (or of `root`), '+dirty' when it has uncommitted changes;
+    None outside git.
+
+    Changes under results/ do not count: they are the records themselves, so the second of several runs made
+    one after another (`replicate`, say) would otherwise be marked dirty by the first one's record."""
+    root = Path(__file__).resolve().parent.parent if root is None else Path(root)
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("HDR_GIT_COMMIT")

@@ -1,12 +1,15 @@
-"""Records that are damaged are reported by name; statistics on known values."""
+"""Records that are damaged are reported by name; statistics on known values; the commit a record names."""
 
 import json
 import math
+import subprocess
 
 import pytest
 
 from hdr_lib.records import RecordError, SCHEMA, load_records, read_record, write_json_atomic
 from hdr_lib.stats import summarize, welch
+
+from conftest import REPO
 
 
 def _record(**extra):
@@ -53,3 +56,19 @@ def test_welch_finds_a_clear_difference_and_not_a_noisy_one():
     assert welch([1.0, 1.1, 0.9, 1.0], [2.0, 2.1, 1.9, 2.0])["significant"] is True
     assert welch([98.1, 98.4, 98.2], [98.3, 98.0, 98.5])["significant"] is False
     assert welch([1.0], [2.0, 3.0])["significant"] is None
+
+
+def test_records_under_results_do_not_mark_the_commit_dirty_but_code_changes_do(tmp_path):
+    from hdr_lib.hardware import git_commit
+
+    clone = tmp_path / "repo"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert git_commit(clone) == head
+    record = next((clone / "results").glob("*.json"))
+    record.write_text(record.read_text() + "\n")  # as a run writing its record would
+    assert git_commit(clone) == head
+    model = clone / "hdr_lib" / "model.py"
+    model.write_text(model.read_text() + "\n# an uncommitted edit\n")
+    assert git_commit(clone) == head + "+dirty"

@@ -134,12 +134,15 @@ def test_run_killed_after_first_epoch_resumes_to_the_same_result(tmp_path):
     assert resumed["test_accuracy"] == straight["test_accuracy"]
 
 
-def test_bench_times_both_paths_to_equal_accuracy(data_root, tmp_path):
+def test_bench_times_both_paths_to_equal_accuracy(data_root, tmp_path, capsys):
     from hdr_lib.bench import bench
 
-    record = bench(CPU.replace(batch_size=256, lr=0.05), rounds=1, out=tmp_path / "bench.json", data_root=data_root,
+    record = bench(CPU.replace(batch_size=256, lr=0.05), rounds=2, out=tmp_path / "bench.json", data_root=data_root,
                    progress=False)
     assert read_record(tmp_path / "bench.json")["kind"] == "bench"
+    assert record["config"]["epochs"] == 1 and record["config"]["rounds"] == 2  # one epoch per path per round
+    order = [line.split(":")[0].split()[-1] for line in capsys.readouterr().out.splitlines() if line.startswith("round")]
+    assert order == ["reference", "fast", "fast", "reference"]  # neither path always runs second
     fast, ref = record["summary"]["fast"], record["summary"]["reference"]
     assert fast["seconds_per_epoch_median"] > 0 and ref["images_per_second"] > 0
     # Same mathematics; float rounding differs (fused SGD, gather vs collate) and grows over an epoch.
