@@ -76,11 +76,7 @@ def forward(model: LeNet5, x: torch.Tensor) -> torch.Tensor:
     if model.variant != "paper" or x.shape[-2:] != (28, 28):
         return model(x)
     conv1 = model.conv1
-    channels = conv1.out_channels
     corners = F.conv2d(x, phase_weight(conv1.weight), conv1.bias.repeat(4), stride=2)  # [B, 4 C, 12, 12]
     corners = corners.contiguous()  # a copy only with the channels-last option
-    h = CornerMaxReLU.apply(corners.view(x.shape[0], 4, channels, 12, 12))
-    h = F.relu(F.max_pool2d(model.conv2(h), 2, 2))
-    h = F.relu(model.fc1(torch.flatten(h, 1)))
-    h = F.relu(model.fc2(h))
-    return model.fc3(h)
+    pooled = CornerMaxReLU.apply(corners.view(x.shape[0], 4, conv1.out_channels, *corners.shape[-2:]))
+    return model.after_pool1(pooled)

@@ -45,7 +45,10 @@ class LeNet5(nn.Module):
         self.fc3 = nn.Linear(84, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2, 2)
+        return self.after_pool1(F.max_pool2d(F.relu(self.conv1(x)), 2, 2))
+
+    def after_pool1(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything after the first pooling layer (hdr_lib.fastcpu computes the layers before it its own way)."""
         x = F.max_pool2d(F.relu(self.conv2(x)), 2, 2)
         x = torch.flatten(x, 1)
         x = F.relu(self.fc1(x))

@@ -149,7 +149,9 @@ class _FastSteps:
     def __init__(self, model, optimizer, x_all, y_all, batch_size, use_graph, amp_context):
         self.model, self.optimizer, self.amp = model, optimizer, amp_context
         self.x_all, self.y_all, self.batch_size = x_all, y_all, batch_size
-        self.forward = (lambda x: fastcpu.forward(model, x)) if x_all.device.type == "cpu" else model
+        on_cpu = x_all.device.type == "cpu"
+        self.forward = (lambda x: fastcpu.forward(model, x)) if on_cpu else model
+        self.cpu_forward = CPU_FORWARD if on_cpu else None  # what the record names
         self.graph = None
         if use_graph:
             self._capture()
@@ -338,7 +340,7 @@ def train(
                                      lambda: autocast(config, device))
         run.setup_seconds["cuda_graph_capture"] = sw_capture.seconds if use_graph else 0.0
     run.extra["execution"] = {"cuda_graph": use_graph, "fused_sgd": fast, "steps_per_epoch": steps_per_epoch,
-                              "cpu_forward": CPU_FORWARD if fast and device.type == "cpu" else None,
+                              "cpu_forward": stepper.cpu_forward if fast else None,
                               "amp_bfloat16": config.amp, "channels_last": config.channels_last}
 
     show = _progress_enabled(progress)
