@@ -20,9 +20,13 @@ KINDS = (
     ("loading the batch", ("index_select", "dataloader")),
 )
 OUTSIDE = "between operators (Python, autograd, the loop)"
-# Whatever runs inside these spans is max pooling, whatever its operators are called: the fast CPU path pools
-# conv1 with elementwise maxima and masks (fastcpu.CornerMaxReLU, with conv1's ReLU folded in).
-POOLING_SPANS = ("CornerMaxReLU",)
+# Whatever runs inside a span of these names is of that kind, whatever its operators are called: the DataLoader's
+# work (ToTensor's copies and divisions, say) is loading; the fast CPU path pools conv1 with elementwise maxima
+# and masks (fastcpu.CornerMaxReLU, with conv1's ReLU folded in). The first span that holds an operator wins.
+SPAN_KINDS = (
+    ("DataLoader", "loading the batch"),
+    ("CornerMaxReLU", "max pooling (forward and backward)"),
+)
 
 
 def kind_of(op: str) -> str:
@@ -54,20 +58,14 @@ def step_profile(config: TrainConfig, data, steps: int = 60) -> dict:
         raise RuntimeError(f"the profile holds no {TRAIN_STEPS_LABEL!r} span: hdr_lib.train no longer marks its steps")
     start, end = spans[0].start, spans[0].end
     steps = record["epochs"][0]["steps"]  # fewer than asked when one epoch has fewer
-    # What runs inside the DataLoader (ToTensor's copies and divisions, say) is loading, whatever its name.
-    loading = [e.time_range for e in events if "DataLoader" in e.name]
-    pooling = [e.time_range for e in events if any(name in e.name for name in POOLING_SPANS)]
+    spans_of = [([e.time_range for e in events if name in e.name], kind) for name, kind in SPAN_KINDS]
     ops: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-
-    def inside(t, spans):
-        return any(span.start <= t.start and t.end <= span.end for span in spans)
-
     for e in events:
         t = e.time_range
         if e.name == TRAIN_STEPS_LABEL or not (start <= t.start and t.end <= end):
             continue
-        kind = ("loading the batch" if inside(t, loading) else
-                "max pooling (forward and backward)" if inside(t, pooling) else kind_of(e.name))
+        kind = next((kind for spans, kind in spans_of
+                     if any(span.start <= t.start and t.end <= span.end for span in spans)), kind_of(e.name))
         ops[kind][e.name] += e.self_cpu_time_total / 1e3 / steps
     step_ms = record["epochs"][0]["train_seconds"] * 1e3 / steps
     kinds = {kind: sum(by_op.values()) for kind, by_op in ops.items()}
