@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hdr_lib import fastcpu  # noqa: E402
+from hdr_lib import PAPER, fastcpu  # noqa: E402
 from hdr_lib.data import load_mnist, to_float  # noqa: E402
 from hdr_lib.model import LeNet5  # noqa: E402
 from hdr_lib.train import batch_order  # noqa: E402
@@ -37,19 +37,20 @@ def main() -> None:
     data = load_mnist()
     x_all, y_all = to_float(data.train_images), data.train_labels
     order = batch_order(0, 1, x_all.shape[0])
-    steps_per_epoch = x_all.shape[0] // 64
+    batch = PAPER.batch_size
+    steps_per_epoch = x_all.shape[0] // batch
     state = {}
     for name in VARIANTS:
         torch.manual_seed(0)
         model = LeNet5()
-        state[name] = (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, fused=True))
+        state[name] = (model, torch.optim.SGD(model.parameters(), lr=PAPER.lr, momentum=PAPER.momentum, fused=True))
 
     def chunk(name: str, start: int, steps: int) -> float:
         model, optimizer = state[name]
         forward = VARIANTS[name]
         began = time.perf_counter()
         for i in range(start, start + steps):
-            idx = order[(i % steps_per_epoch) * 64:(i % steps_per_epoch + 1) * 64]
+            idx = order[(i % steps_per_epoch) * batch:(i % steps_per_epoch + 1) * batch]
             loss = F.cross_entropy(forward(model, x_all.index_select(0, idx)), y_all.index_select(0, idx))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

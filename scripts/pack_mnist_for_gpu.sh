@@ -7,12 +7,8 @@ mkdir -p .gpu/MNIST/raw
 for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
   gzip -9 -c "$src/$f" > ".gpu/MNIST/raw/$f.gz"
 done
-# The commit the GPU records will name (the GPU machine's copy of the tree has no .git); "+dirty" as hdr_lib
-# would say it, so a record never names a commit that lacks the code it ran.
-if commit="$(git rev-parse HEAD 2>/dev/null)"; then
-  [ -n "$(git status --porcelain --untracked-files=no -- . ':(exclude)results')" ] && commit="$commit+dirty"
-  echo "$commit" > .gpu/COMMIT
-else
-  rm -f .gpu/COMMIT
-fi
+# The commit the GPU records will name (the GPU machine's copy of the tree has no .git), with "+dirty" where the
+# code has uncommitted changes: hdr_lib's own answer, so a record never names a commit that lacks the code it ran.
+commit="$(python3 -c 'from hdr_lib.hardware import git_commit; print(git_commit() or "")')"
+if [ -n "$commit" ]; then echo "$commit" > .gpu/COMMIT; else rm -f .gpu/COMMIT; fi
 du -sh .gpu
