@@ -138,20 +138,30 @@ def autocast(config: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp)
 
 
-CPU_FORWARD = "hdr_lib.fastcpu: conv1 computed per pooling corner, pooling as elementwise maxima"
+# What the fast path runs for a step on the CPU, by the name its records give it (`execution.cpu_step`).
+CPU_STEPS = {
+    "explicit": "hdr_lib.fastcpu.train_step: conv1 computed per pooling corner, pooling as elementwise maxima, "
+                "gradients written out layer by layer (no autograd graph)",
+    "forward": "hdr_lib.fastcpu.forward with autograd: conv1 computed per pooling corner, pooling as elementwise "
+               "maxima",
+    "module": "the module's forward with autograd",
+}
 
 
 class _FastSteps:
     """The fast path's training step: data already on the device, batches cut by index, no host sync,
-    fused SGD; on the CPU the forward pass of `hdr_lib.fastcpu`; on CUDA the whole step (gather, forward,
-    backward, update) replays as one CUDA graph."""
+    fused SGD; on the CPU `hdr_lib.fastcpu`'s step (its forward pass with autograd under the bfloat16 and
+    channels-last options); on CUDA the whole step (gather, forward, backward, update) replays as one CUDA graph."""
 
-    def __init__(self, model, optimizer, x_all, y_all, batch_size, use_graph, amp_context):
+    def __init__(self, model, optimizer, x_all, y_all, batch_size, use_graph, amp_context, options_on):
         self.model, self.optimizer, self.amp = model, optimizer, amp_context
         self.x_all, self.y_all, self.batch_size = x_all, y_all, batch_size
         on_cpu = x_all.device.type == "cpu"
-        self.forward = (lambda x: fastcpu.forward(model, x)) if on_cpu else model
-        self.cpu_forward = CPU_FORWARD if on_cpu else None  # what the record names
+        rearranged = on_cpu and fastcpu.applies(model, x_all[:1])
+        self.explicit = rearranged and not options_on
+        self.forward = (lambda x: fastcpu.forward(model, x)) if rearranged else model
+        kind = "explicit" if self.explicit else "forward" if rearranged else "module"
+        self.cpu_step = CPU_STEPS[kind] if on_cpu else None  # what the record names
         self.graph = None
         if use_graph:
             self._capture()
@@ -159,6 +169,8 @@ class _FastSteps:
     def _eager(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.x_all.index_select(0, idx)
         y = self.y_all.index_select(0, idx)
+        if self.explicit:
+            return fastcpu.train_step(self.model, self.optimizer, x, y)
         with self.amp():
             loss = F.cross_entropy(self.forward(x), y)
         self.optimizer.zero_grad(set_to_none=self.graph is None)
@@ -337,10 +349,10 @@ def train(
     if fast:
         with Stopwatch(device) as sw_capture:
             stepper = _FastSteps(model, optimizer, x_all, y_all, config.batch_size, use_graph,
-                                     lambda: autocast(config, device))
+                                 lambda: autocast(config, device), options_on=config.amp or config.channels_last)
         run.setup_seconds["cuda_graph_capture"] = sw_capture.seconds if use_graph else 0.0
     run.extra["execution"] = {"cuda_graph": use_graph, "fused_sgd": fast, "steps_per_epoch": steps_per_epoch,
-                              "cpu_forward": stepper.cpu_forward if fast else None,
+                              "cpu_step": stepper.cpu_step if fast else None,
                               "amp_bfloat16": config.amp, "channels_last": config.channels_last}
 
     show = _progress_enabled(progress)

@@ -1,11 +1,19 @@
-"""The fast path's CPU forward pass computes what the module computes, values and gradients, on real digits."""
+"""The fast path's CPU step computes what the module and autograd compute, values and gradients, on real digits."""
 
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
 from torch.nn import functional as F
 
-from hdr_lib import fastcpu
+from hdr_lib import PAPER, fastcpu
 from hdr_lib.data import to_float
 from hdr_lib.model import LeNet5
+from hdr_lib.train import CPU_STEPS, train
+
+from conftest import REPO
 
 
 def _batch(mnist, n=64, start=0):
@@ -67,3 +75,65 @@ def test_the_1998_variant_runs_as_the_module_does(mnist):
     model = LeNet5("lenet1998")
     with torch.no_grad():
         assert torch.equal(fastcpu.forward(model, x), model(x))
+
+
+@pytest.mark.parametrize("n", [64, 32])  # a full batch, and the epoch's last one (60000 = 937 * 64 + 32)
+def test_explicit_gradients_equal_autograd_on_the_module(mnist, n):
+    x, y = _batch(mnist, n, start=1280)
+    torch.manual_seed(4)
+    model = LeNet5()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    got_loss, grads = fastcpu.loss_and_gradients(model, x, y)
+    torch.testing.assert_close(got_loss, loss.detach(), rtol=1e-6, atol=1e-6)
+    assert len(grads) == len(list(model.parameters()))
+    for (name, p), g in zip(model.named_parameters(), grads):
+        assert g.shape == p.shape and g.is_contiguous(), name
+        assert p.grad.abs().max() > 0, name  # a zero gradient would make the comparison empty
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_explicit_steps_train_as_autograd_steps_do(mnist):
+    # Ten SGD steps with momentum on real batches: the weights stay together, so the momentum buffers do too.
+    torch.manual_seed(5)
+    start = LeNet5()
+    models, optimizers = [], []
+    for _ in range(2):
+        torch.manual_seed(5)
+        models.append(LeNet5())
+        optimizers.append(torch.optim.SGD(models[-1].parameters(), lr=PAPER.lr, momentum=PAPER.momentum, fused=True))
+    (auto, explicit), (opt_auto, opt_explicit) = models, optimizers
+    for i in range(10):
+        x, y = _batch(mnist, 64, start=64 * i)
+        loss = F.cross_entropy(auto(x), y)
+        opt_auto.zero_grad()
+        loss.backward()
+        opt_auto.step()
+        explicit_loss = fastcpu.train_step(explicit, opt_explicit, x, y)
+        torch.testing.assert_close(explicit_loss, loss.detach(), rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(auto.named_parameters(), explicit.parameters()):
+        assert not torch.equal(a, start.get_parameter(name)), name  # the steps moved every parameter
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+    assert opt_explicit.state_dict()["state"].keys() == opt_auto.state_dict()["state"].keys()
+
+
+@pytest.mark.parametrize("options, kind", [
+    ({}, "explicit"),
+    ({"amp": True}, "forward"),
+    ({"channels_last": True}, "forward"),
+    ({"variant": "lenet1998"}, "module"),
+])
+def test_the_record_names_the_cpu_step_that_ran(mnist, options, kind):
+    record = train(PAPER.replace(device="cpu", **options), data=mnist, progress=False, max_steps=3)
+    assert record["execution"]["cpu_step"] == CPU_STEPS[kind]
+    assert all(torch.isfinite(torch.tensor(e["train_loss"])) for e in record["epochs"])
+
+
+def test_the_ab_script_times_the_three_ways_to_write_a_cpu_step(data_root):
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "ab_cpu_step.py"), "--rounds", "2", "--chunk", "3"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "HDR_DATA_DIR": str(data_root)})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    for name in ("module + autograd", "fastcpu.forward + autograd", "fastcpu.train_step"):
+        assert any(line.strip().startswith(f"{name}: median") for line in lines), name
+    assert sum("of module + autograd's time per step" in line for line in lines) == 2

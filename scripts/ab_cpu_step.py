@@ -1,11 +1,15 @@
-"""A/B of the fast path's CPU forward pass (hdr_lib.fastcpu) against the module's own forward, in one process.
+"""A/B/C of the fast path's CPU training step (hdr_lib.fastcpu) against the plainer ways to write it, in one process.
 
-Both train the paper's network from the same seed on the same real batches, with everything else of the fast
+- "module + autograd": the module's forward, loss.backward(), optimizer.step();
+- "fastcpu.forward + autograd": conv1 per pooling corner and pooling as elementwise maxima, then autograd;
+- "fastcpu.train_step": the same forward with the gradients written out, no autograd graph (the fast path's step).
+
+All three train the paper's network from the same seed on the same real batches, with everything else of the fast
 path equal (data held as one tensor, batches by index, fused SGD). They alternate in chunks of 50 steps, the
-order flipping every round, so that both see the same machine state: on a shared 2-core VM the same code varies
+order flipping every round, so that all see the same machine state: on a shared 2-core VM the same code varies
 by tens of percent from minute to minute, and only an alternating comparison is worth quoting.
 
-    python scripts/ab_cpu_forward.py --rounds 40
+    python scripts/ab_cpu_step.py --rounds 40
 """
 
 from __future__ import annotations
@@ -26,7 +30,21 @@ from hdr_lib.data import load_mnist, to_float  # noqa: E402
 from hdr_lib.model import LeNet5  # noqa: E402
 from hdr_lib.train import batch_order  # noqa: E402
 
-VARIANTS = {"module forward": lambda model, x: model(x), "fastcpu.forward": fastcpu.forward}
+
+def _autograd_step(forward):
+    def step(model, optimizer, x, y):
+        loss = F.cross_entropy(forward(model, x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+VARIANTS = {
+    "module + autograd": _autograd_step(lambda model, x: model(x)),
+    "fastcpu.forward + autograd": _autograd_step(fastcpu.forward),
+    "fastcpu.train_step": fastcpu.train_step,
+}
 
 
 def main() -> None:
@@ -47,14 +65,11 @@ def main() -> None:
 
     def chunk(name: str, start: int, steps: int) -> float:
         model, optimizer = state[name]
-        forward = VARIANTS[name]
+        step = VARIANTS[name]
         began = time.perf_counter()
         for i in range(start, start + steps):
             idx = order[(i % steps_per_epoch) * batch:(i % steps_per_epoch + 1) * batch]
-            loss = F.cross_entropy(forward(model, x_all.index_select(0, idx)), y_all.index_select(0, idx))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            step(model, optimizer, x_all.index_select(0, idx), y_all.index_select(0, idx))
         return (time.perf_counter() - began) / steps * 1e3
 
     names = list(VARIANTS)
@@ -66,10 +81,13 @@ def main() -> None:
             times[name].append(chunk(name, r * args.chunk, args.chunk))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds of {args.chunk} steps")
     for name, values in times.items():
-        print(f"{name:>16}: median {statistics.median(values):.3f} ms/step (min {min(values):.3f}, "
+        print(f"{name:>26}: median {statistics.median(values):.3f} ms/step (min {min(values):.3f}, "
               f"max {max(values):.3f})")
-    a, b = (statistics.median(times[n]) for n in names)
-    print(f"fastcpu.forward takes {b / a:.2f} of the module forward's time per step ({(1 - b / a) * 100:.0f} % less)")
+    base = times[names[0]]
+    for name in names[1:]:
+        ratio = statistics.median([t / b for t, b in zip(times[name], base)])
+        print(f"{name} takes {ratio:.2f} of {names[0]}'s time per step, median of the rounds' ratios "
+              f"({(1 - ratio) * 100:.0f} % less)")
 
 
 if __name__ == "__main__":
