@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
+from hdr_lib import fastcpu
 from hdr_lib.config import TrainConfig
 from hdr_lib.train import TRAIN_STEPS_LABEL, train
 
@@ -21,17 +22,30 @@ KINDS = (
 )
 OUTSIDE = "between operators (Python, autograd, the loop)"
 # Whatever runs inside a span of these names is of that kind, whatever its operators are called: the DataLoader's
-# work (ToTensor's copies and divisions, say) is loading; the fast CPU path pools conv1 with elementwise maxima
-# and masks (fastcpu.CornerMaxReLU, with conv1's ReLU folded in). The first span that holds an operator wins.
+# work (ToTensor's copies and divisions, collate's stacking) is loading; the fast CPU path pools conv1 with
+# elementwise maxima and masks (CornerMaxReLU, with conv1's ReLU folded in). The first span that holds an operator
+# wins.
 SPAN_KINDS = (
     ("DataLoader", "loading the batch"),
     ("CornerMaxReLU", "max pooling (forward and backward)"),
 )
+# The fast CPU path's explicit step marks each layer's part with a span (fastcpu.SPANS); these name the kind only of
+# the operators that their own names leave unsorted (a bias gradient's sum, a transpose's copy), so that a ReLU
+# inside a layer's span still counts as ReLU.
+SPAN_FALLBACK_KINDS = (
+    (fastcpu.SPANS["conv1"], "convolutions (forward and backward)"),
+    (fastcpu.SPANS["conv2"], "convolutions (forward and backward)"),
+    (fastcpu.SPANS["fc"], "fully connected layers"),
+    (fastcpu.SPANS["loss"], "loss (softmax, cross-entropy)"),
+)
+UNSORTED = "other operators"
+# Spans that only mark: their own time is the Python between their operators, so it stays with OUTSIDE.
+MARKS = {TRAIN_STEPS_LABEL, *fastcpu.SPANS.values()}
 
 
 def kind_of(op: str) -> str:
     name = op.lower()
-    return next((kind for kind, keys in KINDS if any(key in name for key in keys)), "other operators")
+    return next((kind for kind, keys in KINDS if any(key in name for key in keys)), UNSORTED)
 
 
 def step_profile(config: TrainConfig, data, steps: int = 60) -> dict:
@@ -58,14 +72,21 @@ def step_profile(config: TrainConfig, data, steps: int = 60) -> dict:
         raise RuntimeError(f"the profile holds no {TRAIN_STEPS_LABEL!r} span: hdr_lib.train no longer marks its steps")
     start, end = spans[0].start, spans[0].end
     steps = record["epochs"][0]["steps"]  # fewer than asked when one epoch has fewer
-    spans_of = [([e.time_range for e in events if name in e.name], kind) for name, kind in SPAN_KINDS]
+    def spans_of(table):
+        return [([e.time_range for e in events if name in e.name], kind) for name, kind in table]
+
+    def span_kind(t, table) -> str | None:
+        return next((kind for spans, kind in table if any(s.start <= t.start and t.end <= s.end for s in spans)), None)
+
+    overriding, filling = spans_of(SPAN_KINDS), spans_of(SPAN_FALLBACK_KINDS)
     ops: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for e in events:
         t = e.time_range
-        if e.name == TRAIN_STEPS_LABEL or not (start <= t.start and t.end <= end):
+        if e.name in MARKS or not (start <= t.start and t.end <= end):
             continue
-        kind = next((kind for spans, kind in spans_of
-                     if any(span.start <= t.start and t.end <= span.end for span in spans)), kind_of(e.name))
+        kind = span_kind(t, overriding) or kind_of(e.name)
+        if kind == UNSORTED:
+            kind = span_kind(t, filling) or UNSORTED
         ops[kind][e.name] += e.self_cpu_time_total / 1e3 / steps
     step_ms = record["epochs"][0]["train_seconds"] * 1e3 / steps
     kinds = {kind: sum(by_op.values()) for kind, by_op in ops.items()}

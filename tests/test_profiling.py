@@ -1,7 +1,7 @@
 """hdr_lib.profiling on the real MNIST: a step's time split by kind of operator, evaluation left out."""
 
 from hdr_lib import PAPER
-from hdr_lib.profiling import OUTSIDE, kind_of, step_profile
+from hdr_lib.profiling import MARKS, OUTSIDE, kind_of, step_profile
 
 CPU = PAPER.replace(device="cpu")
 
@@ -28,8 +28,12 @@ def test_fast_path_profile_splits_a_step_and_leaves_evaluation_out(mnist):
     assert "aten::_fused_sgd_" in ops["optimiser (fused SGD, zeroing gradients)"]
     pooling = ops["max pooling (forward and backward)"]  # conv1's pooling is elementwise maxima on this path
     assert "aten::maximum" in pooling and "aten::mul" in pooling and "aten::max_pool2d_with_indices" in pooling
+    # The explicit step's spans sort what operator names leave open: the loss gradient's exp_, the bias sums.
+    assert "aten::exp_" in ops["loss (softmax, cross-entropy)"] and "aten::sum" in ops["fully connected layers"]
+    assert "aten::threshold_backward" in ops["ReLU (forward and backward)"]  # a ReLU inside a layer's span
     every_op = {name for by_op in ops.values() for name in by_op}
     assert "aten::argmax" not in every_op  # evaluation (argmax of the logits) lies outside the profiled steps
+    assert not every_op & MARKS  # the spans' own time is Python between operators: OUTSIDE
 
 
 def test_reference_path_profile_counts_the_dataloader_as_loading(mnist):
