@@ -20,7 +20,9 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     (reference, fast), round 2 (fast, reference), and so on, so that neither path always runs second in a
     process that may slow down as it goes. Every epoch starts from the same seed: the same work, the same accuracy.
 
-    Reports seconds per epoch (median, min, max), images per second, test accuracy and the speed ratio.
+    Reports seconds per epoch (median, min, max), images per second, test accuracy and the speed ratio: of the
+    medians, and round by round (the two epochs of a round run back to back, so their ratio is the one
+    least moved by a machine whose speed drifts; the record keeps each round's and their median).
     One-time costs (data loading, moving data, graph capture) are reported apart, per path.
     """
     config.validate()
@@ -48,6 +50,7 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
                          "test_accuracy": [item["test_accuracy"] for item in items],
                          "projected_seconds_for_paper_epochs": median * 20}
     ratio = summary["reference"]["seconds_per_epoch_median"] / summary["fast"]["seconds_per_epoch_median"]
+    per_round = [ref["train_seconds"] / fast["train_seconds"] for ref, fast in zip(runs["reference"], runs["fast"])]
     record = {
         "schema": SCHEMA,
         "kind": "bench",
@@ -59,12 +62,15 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
         "runs": runs,
         "summary": summary,
         "speedup_fast_over_reference": ratio,
+        "speedup_per_round": per_round,
+        "speedup_median_of_rounds": statistics.median(per_round),
         "status": "complete",
     }
     print(f"fast: {summary['fast']['seconds_per_epoch_median']:.3f} s/epoch "
           f"({summary['fast']['images_per_second']:,.0f} images/s); reference: "
           f"{summary['reference']['seconds_per_epoch_median']:.3f} s/epoch "
-          f"({summary['reference']['images_per_second']:,.0f} images/s); fast is {ratio:.2f}x the reference")
+          f"({summary['reference']['images_per_second']:,.0f} images/s); fast is {ratio:.2f}x the reference "
+          f"(round by round: {', '.join(f'{r:.2f}' for r in per_round)}; median {statistics.median(per_round):.2f}x)")
     if out is not None:
         write_json_atomic(out, record)
         print(f"-> {out}")

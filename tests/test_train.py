@@ -149,3 +149,7 @@ def test_bench_times_both_paths_to_equal_accuracy(data_root, tmp_path, capsys):
     assert abs(fast["test_accuracy"][0] - ref["test_accuracy"][0]) < 0.5
     assert record["speedup_fast_over_reference"] == pytest.approx(
         ref["seconds_per_epoch_median"] / fast["seconds_per_epoch_median"])
+    runs = record["runs"]
+    per_round = [r["train_seconds"] / f["train_seconds"] for r, f in zip(runs["reference"], runs["fast"])]
+    assert record["speedup_per_round"] == pytest.approx(per_round) and len(per_round) == 2
+    assert min(per_round) <= record["speedup_median_of_rounds"] <= max(per_round)
