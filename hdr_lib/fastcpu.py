@@ -96,8 +96,8 @@ class CornerMaxReLU(torch.autograd.Function):
 
 
 def applies(model: LeNet5, x: torch.Tensor) -> bool:
-    """Whether the rearranged first layers fit: the paper's variant (28x28 input, no padding) in float32 on the
-    CPU. The 1998 variant, with its padded first convolution, runs as the module does."""
+    """Whether the rearranged first layers fit: the paper's variant (28x28 input, no padding) on the CPU. The 1998
+    variant, with its padded first convolution, runs as the module does."""
     return model.variant == "paper" and x.shape[-2:] == (28, 28) and x.device.type == "cpu"
 
 
