@@ -17,13 +17,15 @@ def _controls(box):
 def test_run_button_trains_with_the_sliders_settings(mnist):
     epochs, batch, lr, device, button, bar, status = _controls(widgets.live_experiment(mnist, max_epochs=3))
     assert device.options == ("cpu",) + (("cuda",) if torch.cuda.is_available() else ())
-    epochs.value, batch.value, lr.value, device.value = 2, 512, 0.1, "cpu"
+    # A stable setting: 97.1-98.1 % after two epochs over seeds 0-4. At batch 512 and lr 0.1 two epochs are chaotic:
+    # 11-98 % by seed, and the same seed lands elsewhere when float rounding changes (autograd vs fastcpu's step).
+    epochs.value, batch.value, lr.value, device.value = 2, 256, 10 ** -1.25, "cpu"
     button.click()
     assert bar.value == bar.max == 2  # one tick per finished epoch
     assert not button.disabled
     text = re.sub("<[^>]+>", "", status.value)
     assert text.startswith("done on cpu"), text
-    assert float(re.search(r"test accuracy ([\d.]+) %", text).group(1)) > 95.0  # 2 real epochs at batch 512
+    assert float(re.search(r"test accuracy ([\d.]+) %", text).group(1)) > 95.0  # 2 real epochs at batch 256
 
 
 def test_a_capped_run_says_it_stopped_early(mnist):
