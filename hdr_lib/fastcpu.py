@@ -38,10 +38,29 @@ from torch.nn import functional as F
 from hdr_lib.model import LeNet5
 
 
+CORNERS = ((0, 0), (0, 1), (1, 0), (1, 1))  # the corners (pi, pj) of a 2x2 pooling window, in row-major order
+
+
 def phase_weight(weight: torch.Tensor) -> torch.Tensor:
     """[C, 1, 5, 5] -> [4 C, 1, 6, 6]: for each corner (pi, pj) of a pooling window, in row-major order, the
     kernel shifted by (pi, pj) inside a 6x6 frame, so a stride-2 convolution with it gives that corner."""
-    return torch.cat([F.pad(weight, (pj, 1 - pj, pi, 1 - pi)) for pi in (0, 1) for pj in (0, 1)], dim=0)
+    return torch.cat([F.pad(weight, (pj, 1 - pj, pi, 1 - pi)) for pi, pj in CORNERS], dim=0)
+
+
+def phase_weight_backward(grad: torch.Tensor) -> torch.Tensor:
+    """[4 C, 1, 6, 6] -> [C, 1, 5, 5]: the gradient for the 5x5 kernel given that of its four shifted copies, as
+    autograd gives it back through `phase_weight`'s padding."""
+    corners = grad.view(4, -1, *grad.shape[1:])
+    return torch.stack([corners[k, ..., pi:pi + 5, pj:pj + 5] for k, (pi, pj) in enumerate(CORNERS)]).sum(0)
+
+
+def conv1_corners(conv1: torch.nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """conv1 of images x [B, 1, 28, 28] as its four pooling corners: [B, 4, C, 12, 12], corner k holding
+    conv1(x)[..., 2i + pi, 2j + pj] for CORNERS[k]; with the phase kernels it was computed with."""
+    kernels = phase_weight(conv1.weight)
+    corners = F.conv2d(x, kernels, conv1.bias.repeat(4), stride=2)  # [B, 4 C, 12, 12]
+    corners = corners.contiguous()  # a copy only with the channels-last option
+    return kernels, corners.view(x.shape[0], 4, conv1.out_channels, *corners.shape[-2:])
 
 
 def _greater(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -106,11 +125,8 @@ def forward(model: LeNet5, x: torch.Tensor) -> torch.Tensor:
     faster on the CPU; for autograd, and for the options (bfloat16, channels-last) the explicit step leaves out."""
     if not applies(model, x):
         return model(x)
-    conv1 = model.conv1
-    corners = F.conv2d(x, phase_weight(conv1.weight), conv1.bias.repeat(4), stride=2)  # [B, 4 C, 12, 12]
-    corners = corners.contiguous()  # a copy only with the channels-last option
-    pooled = CornerMaxReLU.apply(corners.view(x.shape[0], 4, conv1.out_channels, *corners.shape[-2:]))
-    return model.after_pool1(pooled)
+    _, corners = conv1_corners(model.conv1, x)
+    return model.after_pool1(CornerMaxReLU.apply(corners))
 
 
 # The profiler spans of the explicit step, by part (hdr_lib.profiling counts what runs inside them as that part).
@@ -152,14 +168,13 @@ def _loss_and_layer_gradients(model: LeNet5, x: torch.Tensor, y: torch.Tensor) -
     """The loss, and {layer: (weight gradient, bias gradient)}. Each part of the step runs in a span named after
     its layer (SPANS), so that the profiler can say where the time goes, as it can with autograd's own names."""
     conv1, conv2, fc1, fc2, fc3 = _layers(model)
-    batch, channels = x.shape[0], conv1.out_channels
+    batch = x.shape[0]
     aten = torch.ops.aten
     # Forward, keeping what the backward pass reads.
     with _span(SPANS["conv1"]):
-        kernels = phase_weight(conv1.weight)
-        corners = F.conv2d(x, kernels, conv1.bias.repeat(4), stride=2)  # [B, 4 C, 12, 12]
+        kernels, corners = conv1_corners(conv1, x)
     with _span(SPANS["pool1"]):
-        a1, masks = corner_max_relu(corners.view(batch, 4, channels, *corners.shape[-2:]))
+        a1, masks = corner_max_relu(corners)
     with _span(SPANS["conv2"]):
         a2 = F.conv2d(a1, conv2.weight, conv2.bias).relu_()
     pooled, where = F.max_pool2d(a2, 2, 2, return_indices=True)
@@ -191,13 +206,9 @@ def _loss_and_layer_gradients(model: LeNet5, x: torch.Tensor, y: torch.Tensor) -
         grad = corner_max_relu_backward(grad, a1, masks)
     with _span(SPANS["conv1"]):
         _, grad_kernels, grad_bias = aten.convolution_backward(
-            grad.view(corners.shape), x, kernels, [kernels.shape[0]], [2, 2], [0, 0], [1, 1], False, [0, 0], 1,
+            grad.flatten(1, 2), x, kernels, [kernels.shape[0]], [2, 2], [0, 0], [1, 1], False, [0, 0], 1,
             [False, True, True])
-        # Each corner's kernel gives its gradient back to conv1's 5x5 kernel, as autograd would through the padding.
-        grad_kernels = grad_kernels.view(4, *conv1.weight.shape[:2], 6, 6)
-        grad_weight = (grad_kernels[0, ..., :5, :5] + grad_kernels[1, ..., :5, 1:]
-                       + grad_kernels[2, ..., 1:, :5] + grad_kernels[3, ..., 1:, 1:])
-        grads[conv1] = (grad_weight, grad_bias.view(4, channels).sum(0))
+        grads[conv1] = (phase_weight_backward(grad_kernels), grad_bias.view(4, -1).sum(0))
     return loss, grads
 
 

@@ -25,9 +25,17 @@ def test_a_phase_kernel_at_stride_2_gives_that_corner_of_every_pooling_window(mn
     conv1 = LeNet5().conv1
     with torch.no_grad():
         full = conv1(x)  # [16, 6, 24, 24]
-        corners = F.conv2d(x, fastcpu.phase_weight(conv1.weight), conv1.bias.repeat(4), stride=2)
+        _, corners = fastcpu.conv1_corners(conv1, x)  # [16, 4, 6, 12, 12]
     for k, (pi, pj) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-        torch.testing.assert_close(corners[:, 6 * k:6 * (k + 1)], full[:, :, pi::2, pj::2], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(corners[:, k], full[:, :, pi::2, pj::2], rtol=1e-5, atol=1e-6)
+
+
+def test_phase_weight_backward_gives_what_autograd_gives_through_the_padding():
+    torch.manual_seed(3)
+    weight = torch.randn(6, 1, 5, 5, requires_grad=True)
+    grad = torch.randn(24, 1, 6, 6)
+    fastcpu.phase_weight(weight).backward(grad)
+    torch.testing.assert_close(fastcpu.phase_weight_backward(grad), weight.grad)
 
 
 def test_corner_max_relu_is_max_pool_then_relu_with_its_gradient_rule_on_ties(mnist):
