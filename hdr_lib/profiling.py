@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 
 from hdr_lib import fastcpu
 from hdr_lib.config import TrainConfig
 from hdr_lib.train import TRAIN_STEPS_LABEL, train
 
-# Operator names (as the profiler reports them) -> what they do in LeNet-5's step; first match wins.
+# Operator names (as the profiler reports them, lower-cased) -> what they do in LeNet-5's step: each key is a regular
+# expression searched for in the name, and the first kind with a match wins.
 KINDS = (
     # The fast path on the CPU builds conv1's corner kernels from its weight by padding and stacking (fastcpu).
     ("convolutions (forward and backward)", ("convolution", "constant_pad_nd", "aten::cat", "aten::repeat")),
     ("max pooling (forward and backward)", ("max_pool",)),
     ("ReLU (forward and backward)", ("relu", "clamp_min", "threshold")),
-    ("fully connected layers", ("addmm", "aten::mm", "aten::t", "linear")),
+    ("fully connected layers", ("addmm", "aten::mm", "aten::t$", "linear")),  # aten::t, not aten::to
     ("loss (softmax, cross-entropy)", ("softmax", "nll_loss", "cross_entropy")),
     ("optimiser (fused SGD, zeroing gradients)", ("optimizer", "sgd", "zero")),
     ("loading the batch", ("index_select", "dataloader")),
@@ -45,7 +47,7 @@ MARKS = {TRAIN_STEPS_LABEL, *fastcpu.SPANS.values()}
 
 def kind_of(op: str) -> str:
     name = op.lower()
-    return next((kind for kind, keys in KINDS if any(key in name for key in keys)), UNSORTED)
+    return next((kind for kind, keys in KINDS if any(re.search(key, name) for key in keys)), UNSORTED)
 
 
 def step_profile(config: TrainConfig, data, steps: int = 60) -> dict:
@@ -72,11 +74,13 @@ def step_profile(config: TrainConfig, data, steps: int = 60) -> dict:
         raise RuntimeError(f"the profile holds no {TRAIN_STEPS_LABEL!r} span: hdr_lib.train no longer marks its steps")
     start, end = spans[0].start, spans[0].end
     steps = record["epochs"][0]["steps"]  # fewer than asked when one epoch has fewer
+
     def spans_of(table):
         return [([e.time_range for e in events if name in e.name], kind) for name, kind in table]
 
     def span_kind(t, table) -> str | None:
-        return next((kind for spans, kind in table if any(s.start <= t.start and t.end <= s.end for s in spans)), None)
+        return next((kind for ranges, kind in table if any(r.start <= t.start and t.end <= r.end for r in ranges)),
+                    None)
 
     overriding, filling = spans_of(SPAN_KINDS), spans_of(SPAN_FALLBACK_KINDS)
     ops: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))

@@ -10,7 +10,8 @@ def test_operator_names_map_to_what_they_do_in_the_network():
     assert kind_of("aten::mkldnn_convolution") == kind_of("aten::convolution_backward")
     assert kind_of("aten::max_pool2d_with_indices").startswith("max pooling")
     assert kind_of("aten::threshold_backward").startswith("ReLU")
-    assert kind_of("aten::addmm") == kind_of("aten::mm") == "fully connected layers"
+    assert kind_of("aten::addmm") == kind_of("aten::mm") == kind_of("aten::t") == "fully connected layers"
+    assert kind_of("aten::to") == "other operators"  # a copy to another dtype or device, not the transpose aten::t
     assert kind_of("Optimizer.step#SGD.step") == kind_of("aten::_fused_sgd_")
     assert kind_of("aten::index_select") == kind_of("enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__")
     assert kind_of("aten::empty") == "other operators"
