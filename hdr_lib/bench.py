@@ -51,6 +51,7 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
                          "projected_seconds_for_paper_epochs": median * 20}
     ratio = summary["reference"]["seconds_per_epoch_median"] / summary["fast"]["seconds_per_epoch_median"]
     per_round = [ref["train_seconds"] / fast["train_seconds"] for ref, fast in zip(runs["reference"], runs["fast"])]
+    per_round_median = statistics.median(per_round)
     record = {
         "schema": SCHEMA,
         "kind": "bench",
@@ -63,14 +64,14 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
         "summary": summary,
         "speedup_fast_over_reference": ratio,
         "speedup_per_round": per_round,
-        "speedup_median_of_rounds": statistics.median(per_round),
+        "speedup_median_of_rounds": per_round_median,
         "status": "complete",
     }
     print(f"fast: {summary['fast']['seconds_per_epoch_median']:.3f} s/epoch "
           f"({summary['fast']['images_per_second']:,.0f} images/s); reference: "
           f"{summary['reference']['seconds_per_epoch_median']:.3f} s/epoch "
           f"({summary['reference']['images_per_second']:,.0f} images/s); fast is {ratio:.2f}x the reference "
-          f"(round by round: {', '.join(f'{r:.2f}' for r in per_round)}; median {statistics.median(per_round):.2f}x)")
+          f"(round by round: {', '.join(f'{r:.2f}' for r in per_round)}; median {per_round_median:.2f}x)")
     if out is not None:
         write_json_atomic(out, record)
         print(f"-> {out}")

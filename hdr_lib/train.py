@@ -157,7 +157,7 @@ class _FastSteps:
         self.model, self.optimizer, self.amp = model, optimizer, amp_context
         self.x_all, self.y_all, self.batch_size = x_all, y_all, batch_size
         on_cpu = x_all.device.type == "cpu"
-        rearranged = on_cpu and fastcpu.applies(model, x_all[:1])
+        rearranged = fastcpu.applies(model, x_all[:1])  # on the CPU only
         self.explicit = rearranged and not options_on
         self.forward = (lambda x: fastcpu.forward(model, x)) if rearranged else model
         kind = "explicit" if self.explicit else "forward" if rearranged else "module"
