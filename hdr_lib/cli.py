@@ -1,4 +1,4 @@
-"""The command line: `python -m hdr_lib train|bench|replicate|info`; user errors exit 2 with one clear line."""
+"""The command line: `python -m hdr_lib train|bench|replicate|info|native`; user errors exit 2 with one clear line."""
 
 from __future__ import annotations
 
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="results", help="folder for the records (default %(default)s)")
 
     sub.add_parser("info", help="print the hardware and versions a record would hold")
+    sub.add_parser("native", help="build the fast path's native CPU step for this machine (once), say if it is used")
     return parser
 
 
@@ -121,6 +122,15 @@ def _dispatch(args) -> int:
         import torch
 
         print(json.dumps(environment(torch.device("cuda") if torch.cuda.is_available() else None), indent=1))
+        return 0
+    if args.command == "native":
+        from hdr_lib import native
+
+        if native.load():
+            print(f"native CPU step ready ({native.load_seconds():.1f} s): {native.build_directory()}")
+        else:
+            print(f"native CPU step not available ({native.reason()}); the CPU fast path runs "
+                  "hdr_lib.fastcpu.train_step instead")
         return 0
     progress = False if args.quiet else None
     if args.command == "train":

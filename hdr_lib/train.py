@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from hdr_lib import data as mnist
-from hdr_lib import fastcpu
+from hdr_lib import fastcpu, native
 from hdr_lib.config import ConfigError, TrainConfig
 from hdr_lib.hardware import CpuMeter, NvmlSampler, environment, peak_rss_bytes, resolve_device
 from hdr_lib.model import LeNet5
@@ -140,6 +140,9 @@ def autocast(config: TrainConfig, device: torch.device):
 
 # What the fast path runs for a step on the CPU, by the name its records give it (`execution.cpu_step`).
 CPU_STEPS = {
+    "native": "hdr_lib.native: the loss and gradients in one C++ operator compiled for this CPU (conv1 with its "
+              "ReLU and pooling, and conv2's pooling, as hand-vectorised loops; conv2 and the fully connected layers "
+              "through ATen), no autograd graph",
     "explicit": "hdr_lib.fastcpu.train_step: conv1 computed per pooling corner, pooling as elementwise maxima, "
                 "gradients written out layer by layer (no autograd graph)",
     "forward": "hdr_lib.fastcpu.forward with autograd: conv1 computed per pooling corner, pooling as elementwise "
@@ -150,17 +153,22 @@ CPU_STEPS = {
 
 class _FastSteps:
     """The fast path's training step: data already on the device, batches cut by index, no host sync,
-    fused SGD; on the CPU `hdr_lib.fastcpu`'s step (its forward pass with autograd under the bfloat16 and
-    channels-last options); on CUDA the whole step (gather, forward, backward, update) replays as one CUDA graph."""
+    fused SGD; on the CPU `hdr_lib.native`'s operator where it builds, else `hdr_lib.fastcpu`'s explicit step (and
+    its forward pass with autograd under the bfloat16 and channels-last options); on CUDA the whole step (gather, forward, backward, update) replays as one CUDA graph."""
 
     def __init__(self, model, optimizer, x_all, y_all, batch_size, use_graph, amp_context, options_on):
         self.model, self.optimizer, self.amp = model, optimizer, amp_context
         self.x_all, self.y_all, self.batch_size = x_all, y_all, batch_size
         on_cpu = x_all.device.type == "cpu"
         rearranged = fastcpu.applies(model, x_all[:1])  # on the CPU only
-        self.explicit = rearranged and not options_on
+        without_options = rearranged and not options_on
+        with Stopwatch() as sw_native:  # the first call in a process loads the library, or builds it once
+            self.native = without_options and native.applies(model, x_all[:1]) and native.load()
+        self.native_seconds = sw_native.seconds
+        self.native_unavailable = native.reason() if without_options and not self.native else None
+        self.explicit = without_options and not self.native
         self.forward = (lambda x: fastcpu.forward(model, x)) if rearranged else model
-        kind = "explicit" if self.explicit else "forward" if rearranged else "module"
+        kind = "native" if self.native else "explicit" if self.explicit else "forward" if rearranged else "module"
         self.cpu_step = CPU_STEPS[kind] if on_cpu else None  # what the record names
         self.graph = None
         if use_graph:
@@ -169,6 +177,8 @@ class _FastSteps:
     def _eager(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.x_all.index_select(0, idx)
         y = self.y_all.index_select(0, idx)
+        if self.native:
+            return native.train_step(self.model, self.optimizer, x, y)
         if self.explicit:
             return fastcpu.train_step(self.model, self.optimizer, x, y)
         with self.amp():
@@ -351,8 +361,10 @@ def train(
             stepper = _FastSteps(model, optimizer, x_all, y_all, config.batch_size, use_graph,
                                  lambda: autocast(config, device), options_on=config.amp or config.channels_last)
         run.setup_seconds["cuda_graph_capture"] = sw_capture.seconds if use_graph else 0.0
+        run.setup_seconds["native_cpu_step"] = stepper.native_seconds if stepper.native else 0.0
     run.extra["execution"] = {"cuda_graph": use_graph, "fused_sgd": fast, "steps_per_epoch": steps_per_epoch,
                               "cpu_step": stepper.cpu_step if fast else None,
+                              "native_unavailable": stepper.native_unavailable if fast else None,
                               "amp_bfloat16": config.amp, "channels_last": config.channels_last}
 
     show = _progress_enabled(progress)

@@ -1,10 +1,12 @@
-"""A/B/C of the fast path's CPU training step (hdr_lib.fastcpu) against the plainer ways to write it, in one process.
+"""The fast path's CPU training step (hdr_lib.native) against the plainer ways to write it, in one process.
 
 - "module + autograd": the module's forward, loss.backward(), optimizer.step();
 - "fastcpu.forward + autograd": conv1 per pooling corner and pooling as elementwise maxima, then autograd;
-- "fastcpu.train_step": the same forward with the gradients written out, no autograd graph (the fast path's step).
+- "fastcpu.train_step": the same forward with the gradients written out, no autograd graph (the fast path's step
+  where the native one cannot be built);
+- "native.train_step": the loss and gradients in one C++ operator (the fast path's step where it builds).
 
-All three train the paper's network from the same seed on the same real batches, with everything else of the fast
+All four train the paper's network from the same seed on the same real batches, with everything else of the fast
 path equal (data held as one tensor, batches by index, fused SGD). They alternate in chunks of 50 steps, the
 order flipping every round, so that all see the same machine state: on a shared 2-core VM the same code varies
 by tens of percent from minute to minute, and only an alternating comparison is worth quoting.
@@ -25,7 +27,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hdr_lib import PAPER, fastcpu  # noqa: E402
+from hdr_lib import PAPER, fastcpu, native  # noqa: E402
 from hdr_lib.data import load_mnist, to_float  # noqa: E402
 from hdr_lib.model import LeNet5  # noqa: E402
 from hdr_lib.train import batch_order  # noqa: E402
@@ -44,6 +46,7 @@ VARIANTS = {
     "module + autograd": _autograd_step(lambda model, x: model(x)),
     "fastcpu.forward + autograd": _autograd_step(fastcpu.forward),
     "fastcpu.train_step": fastcpu.train_step,
+    "native.train_step": native.train_step,
 }
 
 
@@ -52,6 +55,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--chunk", type=int, default=50, help="steps per variant per round")
     args = parser.parse_args()
+    if not native.load():
+        parser.exit(2, f"error: the native step is not available here: {native.reason()}\n")
     data = load_mnist()
     x_all, y_all = to_float(data.train_images), data.train_labels
     order = batch_order(0, 1, x_all.shape[0])

@@ -126,7 +126,7 @@ def test_explicit_steps_train_as_autograd_steps_do(mnist):
 
 
 @pytest.mark.parametrize("options, kind", [
-    ({}, "explicit"),
+    ({}, "native"),
     ({"amp": True}, "forward"),
     ({"channels_last": True}, "forward"),
     ({"variant": "lenet1998"}, "module"),
@@ -134,14 +134,15 @@ def test_explicit_steps_train_as_autograd_steps_do(mnist):
 def test_the_record_names_the_cpu_step_that_ran(mnist, options, kind):
     record = train(PAPER.replace(device="cpu", **options), data=mnist, progress=False, max_steps=3)
     assert record["execution"]["cpu_step"] == CPU_STEPS[kind]
+    assert record["execution"]["native_unavailable"] is None  # built here, and not wanted under the options
     assert all(torch.isfinite(torch.tensor(e["train_loss"])) for e in record["epochs"])
 
 
-def test_the_ab_script_times_the_three_ways_to_write_a_cpu_step(data_root):
+def test_the_ab_script_times_the_four_ways_to_write_a_cpu_step(data_root):
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "ab_cpu_step.py"), "--rounds", "2", "--chunk", "3"],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "HDR_DATA_DIR": str(data_root)})
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    for name in ("module + autograd", "fastcpu.forward + autograd", "fastcpu.train_step"):
+    for name in ("module + autograd", "fastcpu.forward + autograd", "fastcpu.train_step", "native.train_step"):
         assert any(line.strip().startswith(f"{name}: median") for line in lines), name
-    assert sum("of module + autograd's time per step" in line for line in lines) == 2
+    assert sum("of module + autograd's time per step" in line for line in lines) == 3

@@ -15,26 +15,47 @@ def test_operator_names_map_to_what_they_do_in_the_network():
     assert kind_of("Optimizer.step#SGD.step") == kind_of("aten::_fused_sgd_")
     assert kind_of("aten::index_select") == kind_of("enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__")
     assert kind_of("aten::empty") == "other operators"
+    assert kind_of("hdr_lenet5::conv1_pool_backward") == kind_of("aten::mkldnn_convolution")
+    assert kind_of("hdr_lenet5::pool_relu_forward").startswith("max pooling")  # not ReLU: pooling with its ReLU
 
 
-def test_fast_path_profile_splits_a_step_and_leaves_evaluation_out(mnist):
-    profile = step_profile(CPU, mnist, steps=20)
+def _check_split(profile):
     assert profile["steps"] == 20 and profile["path"] == "fast" and profile["device"] == "cpu"
     kinds, ops = profile["kinds"], profile["ops"]
     assert list(kinds.values()) == sorted(kinds.values(), reverse=True)
     assert sum(kinds.values()) >= profile["ms_per_step"] * 0.999  # the kinds and OUTSIDE cover the whole step
     assert OUTSIDE in kinds and all(ms >= 0 for ms in kinds.values())
+    assert "aten::_fused_sgd_" in ops["optimiser (fused SGD, zeroing gradients)"]
+    every_op = {name for by_op in ops.values() for name in by_op}
+    assert "aten::argmax" not in every_op  # evaluation (argmax of the logits) lies outside the profiled steps
+    assert not every_op & MARKS  # the spans' own time is code between operators: OUTSIDE
+    return ops
+
+
+def test_fast_path_profile_splits_a_step_and_leaves_evaluation_out(mnist):
+    # The native step (hdr_lib.native): its own loops by what they compute, the ATen operators it calls by name.
+    ops = _check_split(step_profile(CPU, mnist, steps=20))
+    conv = ops["convolutions (forward and backward)"]
+    assert conv["hdr_lenet5::conv1_pool_forward"] > 0 and conv["hdr_lenet5::conv1_pool_backward"] > 0
+    assert conv["aten::mkldnn_convolution"] > 0 and conv["aten::convolution_backward"] > 0
+    pooling = ops["max pooling (forward and backward)"]
+    assert "hdr_lenet5::pool_relu_forward" in pooling and "hdr_lenet5::pool_relu_backward" in pooling
+    assert "aten::sum" in pooling  # conv2's bias gradient, summed inside the pooling's backward
+    assert "hdr_lenet5::cross_entropy_forward_backward" in ops["loss (softmax, cross-entropy)"]
+    assert "aten::exp_" in ops["loss (softmax, cross-entropy)"] and "aten::sum" in ops["fully connected layers"]
+    assert "aten::threshold_backward" in ops["ReLU (forward and backward)"]  # a ReLU inside the layers' span
+
+
+def test_explicit_step_profile_sorts_its_operators_by_its_spans(mnist, monkeypatch):
+    monkeypatch.setenv("HDR_NATIVE", "0")  # the Python step, where no native step builds
+    ops = _check_split(step_profile(CPU, mnist, steps=20))
     conv = ops["convolutions (forward and backward)"]
     assert conv["aten::mkldnn_convolution"] > 0 and conv["aten::convolution_backward"] > 0
-    assert "aten::_fused_sgd_" in ops["optimiser (fused SGD, zeroing gradients)"]
     pooling = ops["max pooling (forward and backward)"]  # conv1's pooling is elementwise maxima on this path
     assert "aten::maximum" in pooling and "aten::mul" in pooling and "aten::max_pool2d_with_indices" in pooling
     # The explicit step's spans sort what operator names leave open: the loss gradient's exp_, the bias sums.
     assert "aten::exp_" in ops["loss (softmax, cross-entropy)"] and "aten::sum" in ops["fully connected layers"]
     assert "aten::threshold_backward" in ops["ReLU (forward and backward)"]  # a ReLU inside a layer's span
-    every_op = {name for by_op in ops.values() for name in by_op}
-    assert "aten::argmax" not in every_op  # evaluation (argmax of the logits) lies outside the profiled steps
-    assert not every_op & MARKS  # the spans' own time is Python between operators: OUTSIDE
 
 
 def test_reference_path_profile_counts_the_dataloader_as_loading(mnist):

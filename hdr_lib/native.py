@@ -1,0 +1,127 @@
+"""The fast path's native CPU step: `csrc/lenet5_cpu.cpp`, compiled for this machine on first use.
+
+It computes what `hdr_lib.fastcpu.loss_and_gradients` computes (the loss and every parameter's gradient, without
+an autograd graph) in one C++ operator, `torch.ops.hdr_lenet5.loss_and_gradients`:
+
+- conv1 (one input channel), its ReLU and its 2x2 max pooling are one hand-vectorised loop forward and one
+  backward: the image split by column parity so that the four corners of 12 pooling windows are four 16-lane
+  sums, and the weight gradient summed over each window's winning corner only;
+- conv2's ReLU and pooling, and the loss with its gradient, are short loops as well;
+- conv2 and the fully connected layers call the same ATen operators (oneDNN, MKL) as the Python step;
+- nothing returns to Python between operators.
+
+The build needs a C++ compiler with OpenMP and ninja (torch.utils.cpp_extension); it takes about 15 s once and is
+kept under ~/.cache/hdr_lib/native (HDR_NATIVE_CACHE), one build per source, flags, torch version and CPU. Where
+it cannot be built (no compiler, another platform) or HDR_NATIVE=0, `available()` says why and the fast path runs
+`fastcpu.train_step` instead; its records name the step that ran (`execution.cpu_step`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hdr_lib.hardware import cpu_model
+from hdr_lib.model import LeNet5
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "lenet5_cpu.cpp"
+NAME = "hdr_lenet5_cpu"
+CFLAGS = ("-O3", "-march=native", "-fopenmp")  # -march=native: the build is for this CPU, hence cached per CPU
+LDFLAGS = ("-fopenmp",)
+
+_state: dict = {}  # "ok": bool, "reason": str | None, "seconds": float, "built": bool; filled by the first load()
+
+
+def _cpu_flags() -> str:
+    try:
+        return next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return ""
+
+
+def build_directory() -> Path:
+    """Where this source, built with these flags against this torch for this CPU, is kept."""
+    key = hashlib.sha256(b"\0".join(s.encode() for s in [
+        SOURCE.read_text(), " ".join(CFLAGS + LDFLAGS), torch.__version__, cpu_model(), _cpu_flags()])).hexdigest()
+    base = Path(os.environ.get("HDR_NATIVE_CACHE") or Path.home() / ".cache" / "hdr_lib" / "native")
+    return base / key[:16]
+
+
+def _disabled() -> bool:
+    return os.environ.get("HDR_NATIVE", "").strip().lower() in ("0", "false", "no", "off")
+
+
+def _build(folder: Path) -> None:
+    # torch.utils.cpp_extension logs, on import, that it found no CUDA; this build needs none.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension
+
+    folder.mkdir(parents=True, exist_ok=True)
+    # Copies of the flags: cpp_extension appends its own to the lists it is given.
+    cpp_extension.load(NAME, [str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
+                       build_directory=str(folder), is_python_module=False, verbose=False)
+
+
+def load(verbose: bool = True) -> bool:
+    """Build (once per machine) and load the operator; False, with `reason()`, where that is not possible.
+    Loads at most once per process; a later call returns the first answer."""
+    if _disabled():  # read on every call, so that a test or a notebook can switch it off for a while
+        return False
+    if _state:
+        return _state["ok"]
+    began = time.perf_counter()
+    folder = build_directory()
+    library = folder / f"{NAME}.so"
+    built = not library.exists()
+    try:
+        if built:
+            if verbose:
+                print(f"hdr_lib: compiling the native CPU training step for this machine (once, about 15 s) in "
+                      f"{folder}", file=sys.stderr, flush=True)
+            _build(folder)
+        torch.ops.load_library(str(library))
+        torch.ops.hdr_lenet5.loss_and_gradients  # noqa: B018 (raises if the library registered nothing)
+    except Exception as error:  # a compiler, ninja or OpenMP missing, a read-only cache: say why, fall back
+        lines = str(error).strip().splitlines()
+        _state.update(ok=False, reason=f"could not build {SOURCE.name}: {lines[0] if lines else type(error).__name__}",
+                      seconds=time.perf_counter() - began, built=False)
+        return False
+    _state.update(ok=True, reason=None, seconds=time.perf_counter() - began, built=built)
+    return True
+
+
+def reason() -> str | None:
+    """Why the native step is not available (None when it is, or before `load()`)."""
+    return "switched off with HDR_NATIVE=0" if _disabled() else _state.get("reason")
+
+
+def load_seconds() -> float:
+    """The one-time cost of the first `load()` in this process: the build where it compiled, else loading."""
+    return _state.get("seconds", 0.0)
+
+
+def applies(model: LeNet5, x: torch.Tensor) -> bool:
+    """Whether the operator fits: the paper's variant (28x28 input, no padding) in float32 on the CPU."""
+    return (model.variant == "paper" and x.device.type == "cpu" and x.dtype == torch.float32
+            and tuple(x.shape[1:]) == (1, 28, 28))
+
+
+def loss_and_gradients(model: LeNet5, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """What `fastcpu.loss_and_gradients` returns, from the native operator (`load()` first)."""
+    out = torch.ops.hdr_lenet5.loss_and_gradients(x.contiguous(), y, *[p.detach() for p in model.parameters()])
+    return out[0], list(out[1:])
+
+
+def train_step(model: LeNet5, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One optimiser step with the native gradients; returns the loss (before the step)."""
+    loss, grads = loss_and_gradients(model, x, y)
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g
+    optimizer.step()
+    return loss

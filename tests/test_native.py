@@ -1,0 +1,125 @@
+"""hdr_lib.native, the fast path's C++ step on the CPU: built here, the same loss and gradients as autograd on the
+module, on real digits and on windows with ties; and where it cannot be built, the fast path still trains."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from hdr_lib import PAPER, native
+from hdr_lib.data import to_float
+from hdr_lib.model import LeNet5
+from hdr_lib.train import CPU_STEPS, train
+
+from conftest import REPO
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    # CI and the build machine have a C++ compiler, OpenMP and ninja: the native step must build there, not fall
+    # back in silence.
+    assert native.load(), native.reason()
+
+
+def _batch(mnist, n, start=0):
+    return to_float(mnist.train_images[start:start + n]), mnist.train_labels[start:start + n]
+
+
+def _assert_same_as_autograd(model, x, y):
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    got_loss, grads = native.loss_and_gradients(model, x, y)
+    torch.testing.assert_close(got_loss, loss.detach(), rtol=1e-6, atol=1e-6)
+    assert len(grads) == len(list(model.parameters()))
+    for (name, p), g in zip(model.named_parameters(), grads):
+        assert g.shape == p.shape and g.is_contiguous(), name
+        assert p.grad.abs().max() > 0, name  # a zero gradient would make the comparison empty
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# A full batch, the epoch's last one (60000 = 937 * 64 + 32), and sizes that split unevenly over the threads.
+@pytest.mark.parametrize("n", [64, 32, 7, 1])
+def test_native_gradients_equal_autograd_on_the_module(mnist, n):
+    x, y = _batch(mnist, n, start=1280)
+    torch.manual_seed(4)
+    _assert_same_as_autograd(LeNet5(), x, y)
+
+
+def test_pooling_ties_go_where_max_pool2d_sends_them(mnist):
+    # max_pool2d gives a window's gradient to its first maximum in row-major order, also on ties, and so must the
+    # native step. A tie only changes conv1's weight gradient where the tied corners see different patches: with
+    # conv1 reading only its centre tap, every window whose four centre pixels are equal (blank paper beside a
+    # stroke, the inside of a stroke) is a tie between different patches.
+    x, y = _batch(mnist, 16, start=640)
+    torch.manual_seed(6)
+    model = LeNet5()
+    with torch.no_grad():
+        model.conv1.weight.zero_()
+        model.conv1.weight[:, :, 2, 2] = torch.linspace(-1.0, 1.0, 6).view(6, 1)
+        model.conv1.bias.fill_(0.05)  # blank windows stay above zero, so ReLU lets their gradient through
+    _assert_same_as_autograd(model, x, y)
+
+
+def test_native_steps_train_as_autograd_steps_do(mnist):
+    models, optimizers = [], []
+    for _ in range(2):
+        torch.manual_seed(5)
+        models.append(LeNet5())
+        optimizers.append(torch.optim.SGD(models[-1].parameters(), lr=PAPER.lr, momentum=PAPER.momentum, fused=True))
+    (auto, fast), (opt_auto, opt_fast) = models, optimizers
+    for i in range(10):
+        x, y = _batch(mnist, 64, start=64 * i)
+        loss = F.cross_entropy(auto(x), y)
+        opt_auto.zero_grad()
+        loss.backward()
+        opt_auto.step()
+        torch.testing.assert_close(native.train_step(fast, opt_fast, x, y), loss.detach(), rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(auto.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+    assert opt_fast.state_dict()["state"].keys() == opt_auto.state_dict()["state"].keys()
+
+
+def test_wrong_inputs_get_a_clear_error_not_a_crash(mnist):
+    model = LeNet5()
+    params = [p.detach() for p in model.parameters()]
+    x, y = _batch(mnist, 4)
+    with pytest.raises(RuntimeError, match=r"x must be a contiguous float32 tensor \[B, 1, 28, 28\]"):
+        torch.ops.hdr_lenet5.loss_and_gradients(F.pad(x, (2, 2, 2, 2)), y, *params)
+    with pytest.raises(RuntimeError, match="y must be int64 labels"):
+        torch.ops.hdr_lenet5.loss_and_gradients(x, y[:3], *params)
+    assert not native.applies(LeNet5("lenet1998"), x) and not native.applies(model, x.double())
+
+
+def test_the_fast_path_trains_on_the_native_step_and_says_so(mnist):
+    record = train(PAPER.replace(device="cpu"), data=mnist, progress=False, max_steps=5)
+    assert record["execution"]["cpu_step"] == CPU_STEPS["native"]
+    assert record["execution"]["native_unavailable"] is None
+    assert "native_cpu_step" in record["setup_seconds"]  # the one-time load (or build), apart from training
+
+
+def test_switched_off_the_fast_path_runs_the_explicit_step_and_says_why(mnist, monkeypatch):
+    monkeypatch.setenv("HDR_NATIVE", "0")
+    record = train(PAPER.replace(device="cpu"), data=mnist, progress=False, max_steps=5)
+    assert record["execution"]["cpu_step"] == CPU_STEPS["explicit"]
+    assert record["execution"]["native_unavailable"] == "switched off with HDR_NATIVE=0"
+
+
+def test_without_a_compiler_the_fast_path_falls_back_and_says_why(mnist, monkeypatch, tmp_path):
+    # A fresh cache and a compiler that does not exist: the build fails, the reason is kept, training goes on.
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("HDR_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    record = train(PAPER.replace(device="cpu"), data=mnist, progress=False, max_steps=3)
+    assert record["execution"]["cpu_step"] == CPU_STEPS["explicit"]
+    assert record["execution"]["native_unavailable"].startswith("could not build lenet5_cpu.cpp")
+    assert record["epochs"][0]["train_loss"] > 0
+
+
+def test_the_command_line_builds_it_and_says_where(data_root):
+    out = subprocess.run([sys.executable, "-m", "hdr_lib", "native"], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("native CPU step ready") and str(native.build_directory()) in out.stdout
