@@ -3,17 +3,17 @@
 It computes what `hdr_lib.fastcpu.loss_and_gradients` computes (the loss and every parameter's gradient, without
 an autograd graph) in one C++ operator, `torch.ops.hdr_lenet5.loss_and_gradients`:
 
-- conv1 (one input channel), its ReLU and its 2x2 max pooling are one hand-vectorised loop forward and one
-  backward: the image split by column parity so that the four corners of 12 pooling windows are four 16-lane
-  sums, and the weight gradient summed over each window's winning corner only;
-- conv2's ReLU and pooling, and the loss with its gradient, are short loops as well;
-- conv2 and the fully connected layers call the same ATen operators (oneDNN, MKL) as the Python step;
+- each convolution, with its ReLU and its 2x2 max pooling, is one hand-vectorised loop forward and one backward
+  (conv1 computes the four corners of 12 pooling windows side by side; conv2 holds a pixel's 16 channels in one
+  vector), with max pooling's own rule for which value gets a window's gradient;
+- the fully connected layers call the same ATen operators (MKL) as the Python step, and the loss is log_softmax
+  and nll_loss, as in F.cross_entropy;
 - nothing returns to Python between operators.
 
 The build needs a C++ compiler with OpenMP and ninja (torch.utils.cpp_extension); it takes about 15 s once and is
 kept under ~/.cache/hdr_lib/native (HDR_NATIVE_CACHE), one build per source, flags, torch version and CPU. Where
-it cannot be built (no compiler, another platform) or HDR_NATIVE=0, `available()` says why and the fast path runs
-`fastcpu.train_step` instead; its records name the step that ran (`execution.cpu_step`).
+it cannot be built (no compiler, another platform) or HDR_NATIVE=0, `load()` says why (`reason()`) and the fast
+path runs `fastcpu.train_step` instead; its records name the step that ran (`execution.cpu_step`).
 """
 
 from __future__ import annotations

@@ -14,11 +14,11 @@ from hdr_lib.train import TRAIN_STEPS_LABEL, train
 # expression searched for in the name, and the first kind with a match wins.
 KINDS = (
     # The fast path on the CPU builds conv1's corner kernels from its weight by padding and stacking (fastcpu); its
-    # native step computes conv1 with its ReLU and pooling in one loop (hdr_lenet5::conv1_pool_*, mostly the
-    # convolution's arithmetic), and conv2's ReLU and pooling in another (hdr_lenet5::pool_relu_*).
+    # native step computes each convolution with its ReLU and pooling in one loop (hdr_lenet5::conv1_pool_*,
+    # hdr_lenet5::conv2_pool_*), which counts as convolution: nearly all of its arithmetic is the convolution's.
     ("convolutions (forward and backward)", ("convolution", "constant_pad_nd", "aten::cat", "aten::repeat",
-                                             "conv1_pool")),
-    ("max pooling (forward and backward)", ("max_pool", "pool_relu")),
+                                             r"conv\d_pool")),
+    ("max pooling (forward and backward)", ("max_pool",)),
     ("ReLU (forward and backward)", ("relu", "clamp_min", "threshold")),
     ("fully connected layers", ("addmm", "aten::mm", "aten::t$", "linear")),  # aten::t, not aten::to
     ("loss (softmax, cross-entropy)", ("softmax", "nll_loss", "cross_entropy")),
@@ -44,16 +44,14 @@ SPAN_FALLBACK_KINDS = (
     (fastcpu.SPANS["loss"], "loss (softmax, cross-entropy)"),
     # The native step's operators and spans (hdr_lib.native): the allocations and sums inside them.
     ("hdr_lenet5::conv1_pool", "convolutions (forward and backward)"),
-    ("hdr_lenet5::conv2", "convolutions (forward and backward)"),
-    ("hdr_lenet5::pool_relu", "max pooling (forward and backward)"),
+    ("hdr_lenet5::conv2_pool", "convolutions (forward and backward)"),
     ("hdr_lenet5::fully_connected", "fully connected layers"),
     ("hdr_lenet5::cross_entropy", "loss (softmax, cross-entropy)"),
 )
 UNSORTED = "other operators"
 # Spans that only mark: their own time is the Python between their operators, so it stays with OUTSIDE.
 # The native operator's own time is its C++ between the operators it calls.
-MARKS = {TRAIN_STEPS_LABEL, *fastcpu.SPANS.values(), "hdr_lenet5::loss_and_gradients", "hdr_lenet5::conv2",
-         "hdr_lenet5::fully_connected"}
+MARKS = {TRAIN_STEPS_LABEL, *fastcpu.SPANS.values(), "hdr_lenet5::loss_and_gradients", "hdr_lenet5::fully_connected"}
 
 
 def kind_of(op: str) -> str:

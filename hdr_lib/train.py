@@ -140,9 +140,9 @@ def autocast(config: TrainConfig, device: torch.device):
 
 # What the fast path runs for a step on the CPU, by the name its records give it (`execution.cpu_step`).
 CPU_STEPS = {
-    "native": "hdr_lib.native: the loss and gradients in one C++ operator compiled for this CPU (conv1 with its "
-              "ReLU and pooling, and conv2's pooling, as hand-vectorised loops; conv2 and the fully connected layers "
-              "through ATen), no autograd graph",
+    "native": "hdr_lib.native: the loss and gradients in one C++ operator compiled for this CPU (each convolution "
+              "with its ReLU and pooling as one hand-vectorised loop; the fully connected layers through ATen), "
+              "no autograd graph",
     "explicit": "hdr_lib.fastcpu.train_step: conv1 computed per pooling corner, pooling as elementwise maxima, "
                 "gradients written out layer by layer (no autograd graph)",
     "forward": "hdr_lib.fastcpu.forward with autograd: conv1 computed per pooling corner, pooling as elementwise "

@@ -16,7 +16,7 @@ def test_operator_names_map_to_what_they_do_in_the_network():
     assert kind_of("aten::index_select") == kind_of("enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__")
     assert kind_of("aten::empty") == "other operators"
     assert kind_of("hdr_lenet5::conv1_pool_backward") == kind_of("aten::mkldnn_convolution")
-    assert kind_of("hdr_lenet5::pool_relu_forward").startswith("max pooling")  # not ReLU: pooling with its ReLU
+    assert kind_of("hdr_lenet5::conv2_pool_forward") == kind_of("aten::mkldnn_convolution")  # not pooling or ReLU
 
 
 def _check_split(profile):
@@ -35,12 +35,11 @@ def _check_split(profile):
 def test_fast_path_profile_splits_a_step_and_leaves_evaluation_out(mnist):
     # The native step (hdr_lib.native): its own loops by what they compute, the ATen operators it calls by name.
     ops = _check_split(step_profile(CPU, mnist, steps=20))
-    conv = ops["convolutions (forward and backward)"]
-    assert conv["hdr_lenet5::conv1_pool_forward"] > 0 and conv["hdr_lenet5::conv1_pool_backward"] > 0
-    assert conv["aten::mkldnn_convolution"] > 0 and conv["aten::convolution_backward"] > 0
-    pooling = ops["max pooling (forward and backward)"]
-    assert "hdr_lenet5::pool_relu_forward" in pooling and "hdr_lenet5::pool_relu_backward" in pooling
-    assert "aten::sum" in pooling  # conv2's bias gradient, summed inside the pooling's backward
+    conv = ops["convolutions (forward and backward)"]  # each with its ReLU and pooling, in one loop
+    for layer in ("conv1", "conv2"):
+        assert conv[f"hdr_lenet5::{layer}_pool_forward"] > 0 and conv[f"hdr_lenet5::{layer}_pool_backward"] > 0
+    assert "aten::sum" in conv  # the threads' weight gradients, summed inside the backward loops
+    assert "max pooling (forward and backward)" not in ops
     assert "hdr_lenet5::cross_entropy_forward_backward" in ops["loss (softmax, cross-entropy)"]
     assert "aten::exp_" in ops["loss (softmax, cross-entropy)"] and "aten::sum" in ops["fully connected layers"]
     assert "aten::threshold_backward" in ops["ReLU (forward and backward)"]  # a ReLU inside the layers' span

@@ -1,21 +1,28 @@
-// LeNet-5's training step on the CPU (the paper's variant: 28x28 input, no padding), as one native operator.
+// LeNet-5's training step on the CPU (the paper's variant: 28x28 input, no padding), as one native operator:
+// the loss and the gradients of all ten parameters, what F.cross_entropy(model(x), y).backward() gives.
 //
-// hdr_lib.fastcpu.train_step computes the same loss and gradients with PyTorch operators from Python; this file
-// does it in C++, for two reasons measured on a 2-core CPU:
-//  - the first block (conv1 with 1 input channel, its ReLU and 2x2 max pooling) and the second pooling are small
-//    and oddly shaped, and PyTorch's general kernels for them are far from the arithmetic they need: here they
-//    are written out as loops that the compiler vectorises, forward and backward, with the pooling fused in;
-//  - the step runs about a hundred operators, and calling each from Python costs a few microseconds.
-// conv2 and the fully connected layers call the same ATen operators as the Python step (oneDNN, MKL).
+// hdr_lib.fastcpu.train_step computes the same with PyTorch operators called from Python. On a small CPU that
+// leaves much of the step to general kernels far from the arithmetic they need at these shapes (1 and 6 input
+// channels, 8x8 to 24x24 maps, a batch of 64), to scalar pooling loops, and to calling a hundred operators from
+// Python. Here:
+//  - each convolution, with its ReLU and 2x2 max pooling, is one loop forward and one backward, written with
+//    16-lane vectors that the compiler maps onto the CPU's (AVX-512, AVX2, NEON); pooling compares whole vectors
+//    and sends each window's gradient to its first maximum in row-major order, as max_pool2d does, ties included;
+//  - conv1 splits each image by column parity, so that the four corners of 12 pooling windows are four vectors;
+//  - conv2 holds a pixel's 16 output channels in one vector; its output is never stored;
+//  - the fully connected layers call ATen (MKL), the loss is log_softmax and nll_loss as in F.cross_entropy;
+//  - images are split over the threads (at::parallel_for); the weight gradients are summed per thread, then
+//    over threads, so a run is repeatable for a given number of threads.
 //
-// Rounding: the sums run in a different order from oneDNN's, so values differ in the last bits; the tests
-// compare every gradient with autograd's on the module.
+// Rounding: sums run in another order than oneDNN's and MKL's, so values differ in the last bits; the tests compare
+// the loss and every gradient with autograd's on the module.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -145,6 +152,7 @@ std::vector<at::Tensor> conv1_pool_backward(const at::Tensor& grad, const at::Te
             const v16 gv = *reinterpret_cast<const v16*>(g);
             const i16 kv = *reinterpret_cast<const i16*>(k);
             bias_acc[c] += gv;
+#pragma GCC unroll 4
             for (int64_t which = 0; which < 4; ++which) {
               const v16 gk = select(kv == static_cast<int32_t>(which), gv, splat(0.f));
               const int64_t di = which >> 1, dj = which & 1;
@@ -175,64 +183,154 @@ std::vector<at::Tensor> conv1_pool_backward(const at::Tensor& grad, const at::Te
   return {total.narrow(1, 0, kK * kK).reshape({kCh1, 1, kK, kK}).contiguous(), total.select(1, kK * kK).contiguous()};
 }
 
-// relu(max_pool2d(a, 2, 2)) for conv2's output a [B, C, 8, 8] (any even side): pooled [B, C, 4, 4] and, per
-// window, the offset in `a` of its first maximum in row-major order, or -1 where ReLU cut (the maximum <= 0).
-std::vector<at::Tensor> pool_relu_forward(const at::Tensor& a) {
-  RECORD_FUNCTION("hdr_lenet5::pool_relu_forward", std::vector<c10::IValue>());  // a span for the profiler
-  const int64_t planes = a.size(0) * a.size(1), side = a.size(2), half = side / 2;
-  auto pooled = at::empty({a.size(0), a.size(1), half, half}, a.options());
-  auto where = at::empty({a.size(0), a.size(1), half, half}, a.options().dtype(at::kInt));
-  const float* ap = a.data_ptr<float>();
-  float* pp = pooled.data_ptr<float>();
-  int32_t* wp = where.data_ptr<int32_t>();
-  at::parallel_for(0, planes, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const float* in = ap + plane * side * side;
-      for (int64_t i = 0; i < half; ++i) {
-        for (int64_t j = 0; j < half; ++j) {
-          const int64_t top = 2 * i * side + 2 * j, bottom = top + side;
-          int64_t best = top;
-          if (in[top + 1] > in[best]) best = top + 1;
-          if (in[bottom] > in[best]) best = bottom;
-          if (in[bottom + 1] > in[best]) best = bottom + 1;
-          const float value = in[best];
-          const int64_t at = plane * half * half + i * half + j;
-          pp[at] = value > 0.f ? value : 0.f;
-          wp[at] = value > 0.f ? static_cast<int32_t>(plane * side * side + best) : -1;
+constexpr int64_t kCh2 = 16;  // conv2 channels: one 16-lane vector holds a pixel's channels
+constexpr int64_t kC2 = 8;    // conv2 output side
+constexpr int64_t kP2 = 4;    // pooled side of conv2
+constexpr int64_t kTaps2 = kCh1 * kK * kK;  // 150 weights per output channel
+
+// relu(max_pool2d(conv2(a1))) for a1 [B, 6, 12, 12] and conv2's weight as [6 * 5 * 5, 16] (tap-major, so that a
+// tap's 16 output channels are one vector): out [B, 256] in the order torch.flatten gives the NCHW pooled map
+// (channel, row, column), and the winning corner of each window as [B, 16 windows, 16 channels]. A pixel's 16
+// channels are one vector, so pooling compares whole vectors and conv2's output is never stored.
+std::vector<at::Tensor> conv2_pool_forward(const at::Tensor& a1, const at::Tensor& taps, const at::Tensor& bias) {
+  RECORD_FUNCTION("hdr_lenet5::conv2_pool_forward", std::vector<c10::IValue>());  // a span for the profiler
+  const int64_t batch = a1.size(0);
+  auto out = at::empty({batch, kCh2 * kP2 * kP2}, a1.options());
+  auto corner = at::empty({batch, kP2 * kP2, kCh2}, a1.options().dtype(at::kByte));
+  const float* ap = a1.data_ptr<float>();
+  const float* tp = taps.data_ptr<float>();
+  const v16 b = *reinterpret_cast<const v16*>(bias.data_ptr<float>());
+  float* op = out.data_ptr<float>();
+  uint8_t* cp = corner.data_ptr<uint8_t>();
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const float* a = ap + n * kCh1 * kP1 * kP1;
+      for (int64_t pi = 0; pi < kP2; ++pi) {
+        v16 acc[2][kC2];  // output rows 2 pi and 2 pi + 1, 8 pixels each, 16 channels per pixel
+        for (auto& row : acc)
+          for (auto& pixel : row) pixel = b;
+        for (int64_t ci = 0; ci < kCh1; ++ci) {
+#pragma GCC unroll 5
+          for (int64_t ki = 0; ki < kK; ++ki) {
+            const float* row0 = a + ci * kP1 * kP1 + (2 * pi + ki) * kP1;
+            const float* row1 = row0 + kP1;
+#pragma GCC unroll 5
+            for (int64_t kj = 0; kj < kK; ++kj) {
+              const v16 w = *reinterpret_cast<const v16*>(tp + ((ci * kK + ki) * kK + kj) * kCh2);
+#pragma GCC unroll 8
+              for (int64_t j = 0; j < kC2; ++j) {
+                acc[0][j] += w * row0[j + kj];
+                acc[1][j] += w * row1[j + kj];
+              }
+            }
+          }
+        }
+        for (int64_t pj = 0; pj < kP2; ++pj) {
+          const v16 v0 = acc[0][2 * pj], v1 = acc[0][2 * pj + 1], v2 = acc[1][2 * pj], v3 = acc[1][2 * pj + 1];
+          const i16 right_top = v1 > v0;
+          const v16 top = select(right_top, v1, v0);
+          const i16 right_bottom = v3 > v2;
+          const v16 bottom = select(right_bottom, v3, v2);
+          const i16 in_bottom = bottom > top;
+          const v16 value = select(in_bottom, bottom, top);
+          const v16 relu = select(value > 0.f, value, splat(0.f));
+          const i16 which = in_bottom ? 2 - right_bottom : -right_top;
+          const int64_t window = pi * kP2 + pj;
+          for (int64_t co = 0; co < kCh2; ++co) {
+            op[n * kCh2 * kP2 * kP2 + co * kP2 * kP2 + window] = relu[co];
+            cp[(n * kP2 * kP2 + window) * kCh2 + co] = static_cast<uint8_t>(which[co]);
+          }
         }
       }
     }
   });
-  return {pooled, where};
+  return {out, corner};
 }
 
-// The gradient of pool_relu_forward for its input [B, C, side, side], and its sum per channel (conv2's bias
-// gradient).
-std::vector<at::Tensor> pool_relu_backward(const at::Tensor& grad, const at::Tensor& where, int64_t side) {
-  RECORD_FUNCTION("hdr_lenet5::pool_relu_backward", std::vector<c10::IValue>());  // a span for the profiler
-  const int64_t batch = grad.size(0), channels = grad.size(1), windows = grad.size(2) * grad.size(3);
-  const int64_t area = side * side;
-  auto dense = at::empty({batch, channels, side, side}, grad.options());
-  auto plane_sums = at::empty({batch, channels}, grad.options());
-  const float* gp = grad.data_ptr<float>();
-  const int32_t* wp = where.data_ptr<int32_t>();
-  float* dp = dense.data_ptr<float>();
-  float* sp = plane_sums.data_ptr<float>();
-  at::parallel_for(0, batch * channels, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t plane = begin; plane < end; ++plane) {
-      float* out = dp + plane * area;
-      for (int64_t k = 0; k < area; ++k) out[k] = 0.f;
-      float sum = 0.f;
-      for (int64_t q = plane * windows; q < (plane + 1) * windows; ++q) {
-        if (wp[q] >= 0) {
-          dp[wp[q]] = gp[q];
-          sum += gp[q];
+// conv2's input gradient for one image, d[ci][y][x] = sum_{co, ki, kj} w[co][ci][ki][kj] g[y - ki][x - kj][co],
+// from its output gradient g [8][8][16]: the 12 values of a row x are one vector, each output-gradient row is
+// zero-padded by 4 on both sides so that every tap is one shifted load.
+inline void input_gradient(const float (&g)[kC2][kC2][kCh2], const float* w, float* d) {
+  constexpr int64_t kRow = 24;  // 4 zeros, 8 values, zeros: a load at 4 - kj reads x - kj for x = 0..15
+  alignas(64) float padded[kCh2][kC2][kRow] = {};
+  for (int64_t co = 0; co < kCh2; ++co)
+    for (int64_t i = 0; i < kC2; ++i)
+      for (int64_t j = 0; j < kC2; ++j) padded[co][i][4 + j] = g[i][j][co];
+  for (int64_t y = 0; y < kP1; ++y) {
+    v16 acc[kCh1] = {};
+    for (int64_t ki = std::max<int64_t>(0, y - (kC2 - 1)); ki <= std::min<int64_t>(kK - 1, y); ++ki) {
+      for (int64_t co = 0; co < kCh2; ++co) {
+        const float* row = padded[co][y - ki];
+        const float* taps = w + co * kCh1 * kK * kK + ki * kK;
+#pragma GCC unroll 5
+        for (int64_t kj = 0; kj < kK; ++kj) {
+          const v16 gv = *reinterpret_cast<const v16*>(row + 4 - kj);
+#pragma GCC unroll 6
+          for (int64_t ci = 0; ci < kCh1; ++ci) acc[ci] += taps[ci * kK * kK + kj] * gv;
         }
       }
-      sp[plane] = sum;
+    }
+    for (int64_t ci = 0; ci < kCh1; ++ci)
+      for (int64_t x = 0; x < kP1; ++x) d[(ci * kP1 + y) * kP1 + x] = acc[ci][x];
+  }
+}
+
+// Given `grad`, the gradient of conv2_pool_forward's output [B, 256]: the gradient of conv2's input a1
+// [B, 6, 12, 12], and those of conv2's taps [150, 16] and bias [16]. conv2's output gradient (each window's
+// gradient at its winning corner, none where ReLU cut) is built per image and never stored.
+std::vector<at::Tensor> conv2_pool_backward(const at::Tensor& grad, const at::Tensor& out, const at::Tensor& corner,
+                                            const at::Tensor& a1, const at::Tensor& weight) {
+  RECORD_FUNCTION("hdr_lenet5::conv2_pool_backward", std::vector<c10::IValue>());  // a span for the profiler
+  const int64_t batch = a1.size(0);
+  const int64_t chunks = std::min<int64_t>(batch, at::get_num_threads());
+  auto grad_a1 = at::empty({batch, kCh1, kP1, kP1}, a1.options());
+  auto partial = at::empty({chunks, kTaps2 + 1, kCh2}, a1.options());  // per chunk: taps, then the bias
+  const float* wp = weight.data_ptr<float>();  // [16, 6, 5, 5]
+  const float* gp = grad.data_ptr<float>();
+  const float* op = out.data_ptr<float>();
+  const uint8_t* cp = corner.data_ptr<uint8_t>();
+  const float* ap = a1.data_ptr<float>();
+  float* dp = grad_a1.data_ptr<float>();
+  float* pp = partial.data_ptr<float>();
+  at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+      v16* taps = reinterpret_cast<v16*>(pp + chunk * (kTaps2 + 1) * kCh2);
+      for (int64_t t = 0; t <= kTaps2; ++t) taps[t] = splat(0.f);
+      for (int64_t n = batch * chunk / chunks; n < batch * (chunk + 1) / chunks; ++n) {
+        // conv2's output gradient, a pixel's 16 channels per vector.
+        alignas(64) float g[kC2][kC2][kCh2] = {};
+        for (int64_t co = 0; co < kCh2; ++co) {
+          for (int64_t window = 0; window < kP2 * kP2; ++window) {
+            const int64_t at = n * kCh2 * kP2 * kP2 + co * kP2 * kP2 + window;
+            const int64_t k = cp[(n * kP2 * kP2 + window) * kCh2 + co];
+            g[2 * (window / kP2) + (k >> 1)][2 * (window % kP2) + (k & 1)][co] = op[at] > 0.f ? gp[at] : 0.f;
+          }
+        }
+        input_gradient(g, wp, dp + n * kCh1 * kP1 * kP1);
+        const float* a = ap + n * kCh1 * kP1 * kP1;
+        for (int64_t ci = 0; ci < kCh1; ++ci) {
+          v16 acc[kK * kK];
+          for (int64_t t = 0; t < kK * kK; ++t) acc[t] = taps[ci * kK * kK + t];
+          for (int64_t i = 0; i < kC2; ++i) {
+            for (int64_t j = 0; j < kC2; ++j) {
+              const v16 gv = *reinterpret_cast<const v16*>(g[i][j]);
+#pragma GCC unroll 5
+              for (int64_t ki = 0; ki < kK; ++ki) {
+                const float* row = a + ci * kP1 * kP1 + (i + ki) * kP1 + j;
+#pragma GCC unroll 5
+                for (int64_t kj = 0; kj < kK; ++kj) acc[ki * kK + kj] += gv * row[kj];
+              }
+            }
+          }
+          for (int64_t t = 0; t < kK * kK; ++t) taps[ci * kK * kK + t] = acc[t];
+        }
+        for (int64_t i = 0; i < kC2; ++i)
+          for (int64_t j = 0; j < kC2; ++j) taps[kTaps2] += *reinterpret_cast<const v16*>(g[i][j]);
+      }
     }
   });
-  return {dense, plane_sums.sum(0)};
+  auto total = partial.sum(0);  // [151, 16]
+  return {grad_a1, total.narrow(0, 0, kTaps2), total.select(0, kTaps2).contiguous()};
 }
 
 // The mean cross-entropy of logits [B, 10] against labels y, and its gradient for the logits:
@@ -278,15 +376,12 @@ std::vector<at::Tensor> loss_and_gradients(const at::Tensor& x, const at::Tensor
   // Forward, keeping what the backward pass reads.
   auto first = conv1_pool_forward(x, conv1_weight.contiguous(), conv1_bias.contiguous());
   const at::Tensor& a1 = first[0];
-  at::Tensor a2, h0, h1, h2, logits;
-  {
-    RECORD_FUNCTION("hdr_lenet5::conv2", std::vector<c10::IValue>());
-    a2 = at::conv2d(a1, conv2_weight, conv2_bias);  // [B, 16, 8, 8], before its ReLU
-  }
-  auto second = pool_relu_forward(a2);
+  auto taps = conv2_weight.permute({1, 2, 3, 0}).contiguous().view({kTaps2, kCh2});  // [ci, ki, kj] x co
+  auto second = conv2_pool_forward(a1, taps, conv2_bias.contiguous());
+  const at::Tensor& h0 = second[0];
+  at::Tensor h1, h2, logits;
   {
     RECORD_FUNCTION("hdr_lenet5::fully_connected", std::vector<c10::IValue>());
-    h0 = second[0].flatten(1);
     h1 = at::linear(h0, fc1_weight, fc1_bias).relu_();
     h2 = at::linear(h1, fc2_weight, fc2_bias).relu_();
     logits = at::linear(h2, fc3_weight, fc3_bias);
@@ -299,21 +394,13 @@ std::vector<at::Tensor> loss_and_gradients(const at::Tensor& x, const at::Tensor
     RECORD_FUNCTION("hdr_lenet5::fully_connected", std::vector<c10::IValue>());
     grad = at::threshold_backward(linear_backward(loss_grad[1], h2, fc3_weight, fc3), h2, 0);
     grad = at::threshold_backward(linear_backward(grad, h1, fc2_weight, fc2), h1, 0);
-    grad = linear_backward(grad, h0, fc1_weight, fc1).view(second[0].sizes());
+    grad = linear_backward(grad, h0, fc1_weight, fc1);
   }
-  auto pooled_back = pool_relu_backward(grad, second[1], a2.size(2));
-  const at::Tensor& grad_a2 = pooled_back[0];
-  at::Tensor conv2_weight_grad, grad_a1;
-  {
-    RECORD_FUNCTION("hdr_lenet5::conv2", std::vector<c10::IValue>());
-    // conv2's weight gradient as a forward convolution of its input with the output gradient, the batch in place
-    // of the channels (oneDNN runs it faster than its backward-weights kernel here).
-    conv2_weight_grad = at::conv2d(a1.transpose(0, 1), grad_a2.transpose(0, 1)).transpose(0, 1).contiguous();
-    grad_a1 = std::get<0>(at::convolution_backward(grad_a2, a1, conv2_weight, c10::nullopt, {1, 1}, {0, 0}, {1, 1},
-                                                   false, {0, 0}, 1, {true, false, false}));
-  }
-  auto conv1_grads = conv1_pool_backward(grad_a1.contiguous(), a1, first[1], x);
-  return {loss_grad[0], conv1_grads[0], conv1_grads[1], conv2_weight_grad, pooled_back[1], fc1[0], fc1[1],
+  auto conv2_grads = conv2_pool_backward(grad, h0, second[1], a1, conv2_weight.contiguous());
+  auto conv2_weight_grad = conv2_grads[1].view({kCh1, kK, kK, kCh2}).permute({3, 0, 1, 2}).contiguous();
+  const at::Tensor& grad_a1 = conv2_grads[0];
+  auto conv1_grads = conv1_pool_backward(grad_a1, a1, first[1], x);
+  return {loss_grad[0], conv1_grads[0], conv1_grads[1], conv2_weight_grad, conv2_grads[2], fc1[0], fc1[1],
           fc2[0], fc2[1], fc3[0], fc3[1]};
 }
 
@@ -322,17 +409,13 @@ std::vector<at::Tensor> loss_and_gradients(const at::Tensor& x, const at::Tensor
 TORCH_LIBRARY(hdr_lenet5, m) {
   m.def("conv1_pool_forward(Tensor x, Tensor weight, Tensor bias) -> Tensor[]");
   m.def("conv1_pool_backward(Tensor grad, Tensor out, Tensor corner, Tensor x) -> Tensor[]");
-  m.def("pool_relu_forward(Tensor a) -> Tensor[]");
   m.def("loss_and_gradients(Tensor x, Tensor y, Tensor conv1_weight, Tensor conv1_bias, Tensor conv2_weight, "
         "Tensor conv2_bias, Tensor fc1_weight, Tensor fc1_bias, Tensor fc2_weight, Tensor fc2_bias, "
         "Tensor fc3_weight, Tensor fc3_bias) -> Tensor[]");
-  m.def("pool_relu_backward(Tensor grad, Tensor where, int side) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(hdr_lenet5, CPU, m) {
   m.impl("conv1_pool_forward", &conv1_pool_forward);
   m.impl("conv1_pool_backward", &conv1_pool_backward);
-  m.impl("pool_relu_forward", &pool_relu_forward);
   m.impl("loss_and_gradients", &loss_and_gradients);
-  m.impl("pool_relu_backward", &pool_relu_backward);
 }
