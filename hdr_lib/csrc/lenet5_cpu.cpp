@@ -247,31 +247,40 @@ std::vector<at::Tensor> conv2_pool_forward(const at::Tensor& a1, const at::Tenso
   return {out, corner};
 }
 
+// r[k] = the sum of a[k]'s 16 lanes, for 16 vectors: four rounds of pairing halves, quarters, ... of two vectors.
+inline v16 lane_sums(v16 (&a)[16]) {
+  for (int64_t k = 0; k < 8; ++k)  // [a0 8 partial sums | a1 8], [a2 | a3], ...
+    a[k] = __builtin_shufflevector(a[2 * k], a[2 * k + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+           __builtin_shufflevector(a[2 * k], a[2 * k + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  for (int64_t k = 0; k < 4; ++k)  // [a0 4 | a1 4 | a2 4 | a3 4], ...
+    a[k] = __builtin_shufflevector(a[2 * k], a[2 * k + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+           __builtin_shufflevector(a[2 * k], a[2 * k + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  for (int64_t k = 0; k < 2; ++k)  // [a0 2 | a1 2 | ... | a7 2], [a8 2 | ... ]
+    a[k] = __builtin_shufflevector(a[2 * k], a[2 * k + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+           __builtin_shufflevector(a[2 * k], a[2 * k + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+  return __builtin_shufflevector(a[0], a[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+         __builtin_shufflevector(a[0], a[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
 // conv2's input gradient for one image, d[ci][y][x] = sum_{co, ki, kj} w[co][ci][ki][kj] g[y - ki][x - kj][co],
-// from its output gradient g [8][8][16]: the 12 values of a row x are one vector, each output-gradient row is
-// zero-padded by 4 on both sides so that every tap is one shifted load.
-inline void input_gradient(const float (&g)[kC2][kC2][kCh2], const float* w, float* d) {
-  constexpr int64_t kRow = 24;  // 4 zeros, 8 values, zeros: a load at 4 - kj reads x - kj for x = 0..15
-  alignas(64) float padded[kCh2][kC2][kRow] = {};
-  for (int64_t co = 0; co < kCh2; ++co)
-    for (int64_t i = 0; i < kC2; ++i)
-      for (int64_t j = 0; j < kC2; ++j) padded[co][i][4 + j] = g[i][j][co];
-  for (int64_t y = 0; y < kP1; ++y) {
-    v16 acc[kCh1] = {};
-    for (int64_t ki = std::max<int64_t>(0, y - (kC2 - 1)); ki <= std::min<int64_t>(kK - 1, y); ++ki) {
-      for (int64_t co = 0; co < kCh2; ++co) {
-        const float* row = padded[co][y - ki];
-        const float* taps = w + co * kCh1 * kK * kK + ki * kK;
+// from its output gradient g [8][8][16] and its taps [6][5][5][16]: for each input pixel, a sum of 16-channel
+// products over the taps that reach it, then of the 16 lanes (12 pixels of a row at a time).
+inline void input_gradient(const float (&g)[kC2][kC2][kCh2], const float* taps, float* d) {
+  for (int64_t ci = 0; ci < kCh1; ++ci) {
+    for (int64_t y = 0; y < kP1; ++y) {
+      v16 acc[16] = {};  // x = 0..11, and 4 left at zero
+      for (int64_t ki = std::max<int64_t>(0, y - (kC2 - 1)); ki <= std::min<int64_t>(kK - 1, y); ++ki) {
+        const float (&row)[kC2][kCh2] = g[y - ki];
 #pragma GCC unroll 5
         for (int64_t kj = 0; kj < kK; ++kj) {
-          const v16 gv = *reinterpret_cast<const v16*>(row + 4 - kj);
-#pragma GCC unroll 6
-          for (int64_t ci = 0; ci < kCh1; ++ci) acc[ci] += taps[ci * kK * kK + kj] * gv;
+          const v16 w = *reinterpret_cast<const v16*>(taps + ((ci * kK + ki) * kK + kj) * kCh2);
+#pragma GCC unroll 8
+          for (int64_t t = 0; t < kC2; ++t) acc[kj + t] += w * *reinterpret_cast<const v16*>(row[t]);
         }
       }
+      const v16 sums = lane_sums(acc);
+      for (int64_t x = 0; x < kP1; ++x) d[(ci * kP1 + y) * kP1 + x] = sums[x];
     }
-    for (int64_t ci = 0; ci < kCh1; ++ci)
-      for (int64_t x = 0; x < kP1; ++x) d[(ci * kP1 + y) * kP1 + x] = acc[ci][x];
   }
 }
 
@@ -279,13 +288,13 @@ inline void input_gradient(const float (&g)[kC2][kC2][kCh2], const float* w, flo
 // [B, 6, 12, 12], and those of conv2's taps [150, 16] and bias [16]. conv2's output gradient (each window's
 // gradient at its winning corner, none where ReLU cut) is built per image and never stored.
 std::vector<at::Tensor> conv2_pool_backward(const at::Tensor& grad, const at::Tensor& out, const at::Tensor& corner,
-                                            const at::Tensor& a1, const at::Tensor& weight) {
+                                            const at::Tensor& a1, const at::Tensor& taps) {
   RECORD_FUNCTION("hdr_lenet5::conv2_pool_backward", std::vector<c10::IValue>());  // a span for the profiler
   const int64_t batch = a1.size(0);
   const int64_t chunks = std::min<int64_t>(batch, at::get_num_threads());
   auto grad_a1 = at::empty({batch, kCh1, kP1, kP1}, a1.options());
   auto partial = at::empty({chunks, kTaps2 + 1, kCh2}, a1.options());  // per chunk: taps, then the bias
-  const float* wp = weight.data_ptr<float>();  // [16, 6, 5, 5]
+  const float* wp = taps.data_ptr<float>();  // [6 * 5 * 5, 16]
   const float* gp = grad.data_ptr<float>();
   const float* op = out.data_ptr<float>();
   const uint8_t* cp = corner.data_ptr<uint8_t>();
@@ -294,8 +303,8 @@ std::vector<at::Tensor> conv2_pool_backward(const at::Tensor& grad, const at::Te
   float* pp = partial.data_ptr<float>();
   at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-      v16* taps = reinterpret_cast<v16*>(pp + chunk * (kTaps2 + 1) * kCh2);
-      for (int64_t t = 0; t <= kTaps2; ++t) taps[t] = splat(0.f);
+      v16* tap_grads = reinterpret_cast<v16*>(pp + chunk * (kTaps2 + 1) * kCh2);
+      for (int64_t t = 0; t <= kTaps2; ++t) tap_grads[t] = splat(0.f);
       for (int64_t n = batch * chunk / chunks; n < batch * (chunk + 1) / chunks; ++n) {
         // conv2's output gradient, a pixel's 16 channels per vector.
         alignas(64) float g[kC2][kC2][kCh2] = {};
@@ -310,7 +319,7 @@ std::vector<at::Tensor> conv2_pool_backward(const at::Tensor& grad, const at::Te
         const float* a = ap + n * kCh1 * kP1 * kP1;
         for (int64_t ci = 0; ci < kCh1; ++ci) {
           v16 acc[kK * kK];
-          for (int64_t t = 0; t < kK * kK; ++t) acc[t] = taps[ci * kK * kK + t];
+          for (int64_t t = 0; t < kK * kK; ++t) acc[t] = tap_grads[ci * kK * kK + t];
           for (int64_t i = 0; i < kC2; ++i) {
             for (int64_t j = 0; j < kC2; ++j) {
               const v16 gv = *reinterpret_cast<const v16*>(g[i][j]);
@@ -322,10 +331,10 @@ std::vector<at::Tensor> conv2_pool_backward(const at::Tensor& grad, const at::Te
               }
             }
           }
-          for (int64_t t = 0; t < kK * kK; ++t) taps[ci * kK * kK + t] = acc[t];
+          for (int64_t t = 0; t < kK * kK; ++t) tap_grads[ci * kK * kK + t] = acc[t];
         }
         for (int64_t i = 0; i < kC2; ++i)
-          for (int64_t j = 0; j < kC2; ++j) taps[kTaps2] += *reinterpret_cast<const v16*>(g[i][j]);
+          for (int64_t j = 0; j < kC2; ++j) tap_grads[kTaps2] += *reinterpret_cast<const v16*>(g[i][j]);
       }
     }
   });
@@ -396,7 +405,7 @@ std::vector<at::Tensor> loss_and_gradients(const at::Tensor& x, const at::Tensor
     grad = at::threshold_backward(linear_backward(grad, h1, fc2_weight, fc2), h1, 0);
     grad = linear_backward(grad, h0, fc1_weight, fc1);
   }
-  auto conv2_grads = conv2_pool_backward(grad, h0, second[1], a1, conv2_weight.contiguous());
+  auto conv2_grads = conv2_pool_backward(grad, h0, second[1], a1, taps);
   auto conv2_weight_grad = conv2_grads[1].view({kCh1, kK, kK, kCh2}).permute({3, 0, 1, 2}).contiguous();
   const at::Tensor& grad_a1 = conv2_grads[0];
   auto conv1_grads = conv1_pool_backward(grad_a1, a1, first[1], x);
