@@ -118,8 +118,28 @@ def loss_and_gradients(model: LeNet5, x: torch.Tensor, y: torch.Tensor) -> tuple
     return out[0], list(out[1:])
 
 
+class TrainStep:
+    """`train_step` for one model and its optimiser, with what every step would otherwise rebuild made once: the
+    list of parameters, and the gradient tensors that the operator writes into and the optimiser reads."""
+
+    def __init__(self, model: LeNet5, optimizer: torch.optim.Optimizer):
+        self.params = list(model.parameters())
+        self.weights = [p.detach() for p in self.params]  # views: the optimiser's in-place updates show in them
+        self.grads = [torch.zeros_like(p) for p in self.params]
+        self.optimizer = optimizer
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = torch.ops.hdr_lenet5.gradients_into(x, y, self.weights, self.grads)
+        for p, g in zip(self.params, self.grads):
+            if p.grad is not g:  # the first step, or after something set the gradients to None
+                p.grad = g
+        self.optimizer.step()
+        return loss
+
+
 def train_step(model: LeNet5, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One optimiser step with the native gradients; returns the loss (before the step)."""
+    """One optimiser step with the native gradients; returns the loss (before the step). A loop of steps should
+    use one `TrainStep`, which does the same without rebuilding its lists every step."""
     loss, grads = loss_and_gradients(model, x, y)
     for p, g in zip(model.parameters(), grads):
         p.grad = g

@@ -166,6 +166,7 @@ class _FastSteps:
             self.native = without_options and native.applies(model, x_all[:1]) and native.load()
         self.native_seconds = sw_native.seconds
         self.native_unavailable = native.reason() if without_options and not self.native else None
+        self.native_step = native.TrainStep(model, optimizer) if self.native else None
         self.explicit = without_options and not self.native
         self.forward = (lambda x: fastcpu.forward(model, x)) if rearranged else model
         kind = "native" if self.native else "explicit" if self.explicit else "forward" if rearranged else "module"
@@ -178,7 +179,7 @@ class _FastSteps:
         x = self.x_all.index_select(0, idx)
         y = self.y_all.index_select(0, idx)
         if self.native:
-            return native.train_step(self.model, self.optimizer, x, y)
+            return self.native_step(x, y)
         if self.explicit:
             return fastcpu.train_step(self.model, self.optimizer, x, y)
         with self.amp():

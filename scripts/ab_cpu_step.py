@@ -4,7 +4,7 @@
 - "fastcpu.forward + autograd": conv1 per pooling corner and pooling as elementwise maxima, then autograd;
 - "fastcpu.train_step": the same forward with the gradients written out, no autograd graph (the fast path's step
   where the native one cannot be built);
-- "native.train_step": the loss and gradients in one C++ operator (the fast path's step where it builds).
+- "native.TrainStep": the loss and gradients in one C++ operator (the fast path's step where it builds).
 
 All four train the paper's network from the same seed on the same real batches, with everything else of the fast
 path equal (data held as one tensor, batches by index, fused SGD). They alternate in chunks of 50 steps, the
@@ -46,8 +46,14 @@ VARIANTS = {
     "module + autograd": _autograd_step(lambda model, x: model(x)),
     "fastcpu.forward + autograd": _autograd_step(fastcpu.forward),
     "fastcpu.train_step": fastcpu.train_step,
-    "native.train_step": native.train_step,
+    "native.TrainStep": lambda model, optimizer, x, y: _native_step(model, optimizer)(x, y),
 }
+_NATIVE_STEPS: dict = {}
+
+
+def _native_step(model, optimizer) -> native.TrainStep:
+    """The fast path's step for this model, made once (it keeps the model's parameter and gradient lists)."""
+    return _NATIVE_STEPS.setdefault(id(model), native.TrainStep(model, optimizer))
 
 
 def main() -> None:

@@ -143,6 +143,6 @@ def test_the_ab_script_times_the_four_ways_to_write_a_cpu_step(data_root):
                          capture_output=True, text=True, timeout=300, env={**os.environ, "HDR_DATA_DIR": str(data_root)})
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    for name in ("module + autograd", "fastcpu.forward + autograd", "fastcpu.train_step", "native.train_step"):
+    for name in ("module + autograd", "fastcpu.forward + autograd", "fastcpu.train_step", "native.TrainStep"):
         assert any(line.strip().startswith(f"{name}: median") for line in lines), name
     assert sum("of module + autograd's time per step" in line for line in lines) == 3

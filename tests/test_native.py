@@ -82,6 +82,25 @@ def test_native_steps_train_as_autograd_steps_do(mnist):
     assert opt_fast.state_dict()["state"].keys() == opt_auto.state_dict()["state"].keys()
 
 
+def test_a_train_step_object_steps_as_the_function_does(mnist):
+    # TrainStep keeps the parameter list and the gradient tensors from step to step; it must move the weights
+    # exactly as train_step does, also after something sets the gradients to None between steps.
+    models, optimizers = [], []
+    for _ in range(2):
+        torch.manual_seed(7)
+        models.append(LeNet5())
+        optimizers.append(torch.optim.SGD(models[-1].parameters(), lr=PAPER.lr, momentum=PAPER.momentum, fused=True))
+    step = native.TrainStep(models[1], optimizers[1])
+    for i in range(6):
+        x, y = _batch(mnist, 64, start=64 * i)
+        expected = native.train_step(models[0], optimizers[0], x, y)
+        assert torch.equal(step(x, y), expected)
+        if i == 2:
+            optimizers[1].zero_grad(set_to_none=True)
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.equal(a, b), name
+
+
 def test_wrong_inputs_get_a_clear_error_not_a_crash(mnist):
     model = LeNet5()
     params = [p.detach() for p in model.parameters()]

@@ -413,18 +413,29 @@ std::vector<at::Tensor> loss_and_gradients(const at::Tensor& x, const at::Tensor
           fc2[0], fc2[1], fc3[0], fc3[1]};
 }
 
+// The same, written into the parameters' gradient tensors `grads` (in place; what the optimiser reads), given the
+// parameters as `weights`, both in the order of model.parameters(); returns the loss.
+at::Tensor gradients_into(const at::Tensor& x, const at::Tensor& y, at::TensorList weights, at::TensorList grads) {
+  TORCH_CHECK(weights.size() == 10 && grads.size() == 10, "hdr_lenet5: LeNet-5 has 10 parameter tensors");
+  auto out = loss_and_gradients(x, y, weights[0], weights[1], weights[2], weights[3], weights[4], weights[5],
+                                weights[6], weights[7], weights[8], weights[9]);
+  for (size_t k = 0; k < grads.size(); ++k) {
+    TORCH_CHECK(grads[k].sizes() == out[k + 1].sizes(), "hdr_lenet5: gradient ", k, " has the wrong shape");
+    grads[k].copy_(out[k + 1]);
+  }
+  return out[0];
+}
+
 }  // namespace
 
 TORCH_LIBRARY(hdr_lenet5, m) {
-  m.def("conv1_pool_forward(Tensor x, Tensor weight, Tensor bias) -> Tensor[]");
-  m.def("conv1_pool_backward(Tensor grad, Tensor out, Tensor corner, Tensor x) -> Tensor[]");
   m.def("loss_and_gradients(Tensor x, Tensor y, Tensor conv1_weight, Tensor conv1_bias, Tensor conv2_weight, "
         "Tensor conv2_bias, Tensor fc1_weight, Tensor fc1_bias, Tensor fc2_weight, Tensor fc2_bias, "
         "Tensor fc3_weight, Tensor fc3_bias) -> Tensor[]");
+  m.def("gradients_into(Tensor x, Tensor y, Tensor[] weights, Tensor(a!)[] grads) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(hdr_lenet5, CPU, m) {
-  m.impl("conv1_pool_forward", &conv1_pool_forward);
-  m.impl("conv1_pool_backward", &conv1_pool_backward);
   m.impl("loss_and_gradients", &loss_and_gradients);
+  m.impl("gradients_into", &gradients_into);
 }
