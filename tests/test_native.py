@@ -4,6 +4,7 @@ module, on real digits and on windows with ties; and where it cannot be built, t
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -82,23 +83,48 @@ def test_native_steps_train_as_autograd_steps_do(mnist):
     assert opt_fast.state_dict()["state"].keys() == opt_auto.state_dict()["state"].keys()
 
 
-def test_a_train_step_object_steps_as_the_function_does(mnist):
-    # TrainStep keeps the parameter list and the gradient tensors from step to step; it must move the weights
-    # exactly as train_step does, also after something sets the gradients to None between steps.
-    models, optimizers = [], []
-    for _ in range(2):
-        torch.manual_seed(7)
-        models.append(LeNet5())
-        optimizers.append(torch.optim.SGD(models[-1].parameters(), lr=PAPER.lr, momentum=PAPER.momentum, fused=True))
-    step = native.TrainStep(models[1], optimizers[1])
-    for i in range(6):
+def _model_and_sgd(seed=7):
+    torch.manual_seed(seed)
+    model = LeNet5()
+    return model, torch.optim.SGD(model.parameters(), lr=PAPER.lr, momentum=PAPER.momentum, fused=True)
+
+
+def test_a_train_step_object_updates_exactly_as_optimizer_step_does(mnist):
+    # TrainStep keeps the parameter and gradient lists from step to step and, after the first step, calls the fused
+    # SGD kernel itself on the optimiser's state. Against optimizer.step() it must give the same weights and the
+    # same momentum buffers, bit for bit: across an lr change, after something sets the gradients to None, and
+    # after the optimiser's state is loaded from a checkpoint (which replaces the buffers).
+    (m_plain, opt_plain), (m_step, opt_step) = _model_and_sgd(), _model_and_sgd()
+    step = native.TrainStep(m_step, opt_step)
+    assert step.direct
+    for i in range(8):
         x, y = _batch(mnist, 64, start=64 * i)
-        expected = native.train_step(models[0], optimizers[0], x, y)
+        expected = native.train_step(m_plain, opt_plain, x, y)
         assert torch.equal(step(x, y), expected)
         if i == 2:
-            optimizers[1].zero_grad(set_to_none=True)
-    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+            opt_step.zero_grad(set_to_none=True)
+        if i == 3:
+            for opt in (opt_plain, opt_step):
+                opt.param_groups[0]["lr"] = PAPER.lr * 0.1  # what the step decay does between epochs
+        if i == 5:
+            opt_step.load_state_dict(opt_step.state_dict())
+    for (name, a), b in zip(m_plain.named_parameters(), m_step.parameters()):
         assert torch.equal(a, b), name
+        assert torch.equal(opt_plain.state[a]["momentum_buffer"], opt_step.state[b]["momentum_buffer"]), name
+
+
+def test_a_train_step_object_leaves_other_optimisers_and_hooks_to_step(mnist):
+    model, _ = _model_and_sgd()
+    assert not native.TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)).direct  # unfused
+    assert not native.TrainStep(model, torch.optim.Adam(model.parameters(), fused=True)).direct
+    model, opt = _model_and_sgd()
+    step = native.TrainStep(model, opt)
+    calls = []
+    opt.register_step_post_hook(lambda *args: calls.append(1))
+    x, y = _batch(mnist, 64)
+    for _ in range(3):
+        step(x, y)
+    assert len(calls) == 3  # a hook makes every update an optimizer.step()
 
 
 def test_wrong_inputs_get_a_clear_error_not_a_crash(mnist):
@@ -113,7 +139,9 @@ def test_wrong_inputs_get_a_clear_error_not_a_crash(mnist):
 
 
 def test_the_fast_path_trains_on_the_native_step_and_says_so(mnist):
-    record = train(PAPER.replace(device="cpu"), data=mnist, progress=False, max_steps=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. the LR scheduler's, were optimizer.step() never called
+        record = train(PAPER.replace(device="cpu", epochs=2), data=mnist, progress=False, max_steps=5)
     assert record["execution"]["cpu_step"] == CPU_STEPS["native"]
     assert record["execution"]["native_unavailable"] is None
     assert "native_cpu_step" in record["setup_seconds"]  # the one-time load (or build), apart from training
