@@ -36,7 +36,8 @@ NAME = "hdr_lenet5_cpu"
 CFLAGS = ("-O3", "-march=native", "-fopenmp")  # -march=native: the build is for this CPU, hence cached per CPU
 LDFLAGS = ("-fopenmp",)
 
-_state: dict = {}  # "ok": bool, "reason": str | None, "seconds": float, "built": bool; filled by the first load()
+_state: dict = {}  # "ok": bool, "reason": str | None, "seconds": float; filled by the first load()
+STALE_LOCK_SECONDS = 180  # a build lock this old was left by a build that died: a build takes about 15 s
 
 
 def _cpu_flags() -> str:
@@ -64,6 +65,18 @@ def _build(folder: Path) -> None:
     from torch.utils import cpp_extension
 
     folder.mkdir(parents=True, exist_ok=True)
+    # cpp_extension waits, without end, while another build's lock file exists; one that a killed build left
+    # behind would hang every later run. Wait for a build that may still be running, then take the lock over.
+    lock = folder / "lock"
+    while lock.exists() and not (folder / f"{NAME}.so").exists():
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            break
+        if age > STALE_LOCK_SECONDS:
+            lock.unlink(missing_ok=True)
+            break
+        time.sleep(1.0)
     # Copies of the flags: cpp_extension appends its own to the lists it is given.
     cpp_extension.load(NAME, [str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
                        build_directory=str(folder), is_python_module=False, verbose=False)
@@ -79,9 +92,9 @@ def load(verbose: bool = True) -> bool:
     began = time.perf_counter()
     folder = build_directory()
     library = folder / f"{NAME}.so"
-    built = not library.exists()
+    must_build = not library.exists()
     try:
-        if built:
+        if must_build:
             if verbose:
                 print(f"hdr_lib: compiling the native CPU training step for this machine (once, about 15 s) in "
                       f"{folder}", file=sys.stderr, flush=True)
@@ -90,10 +103,12 @@ def load(verbose: bool = True) -> bool:
         torch.ops.hdr_lenet5.loss_and_gradients  # noqa: B018 (raises if the library registered nothing)
     except Exception as error:  # a compiler, ninja or OpenMP missing, a read-only cache: say why, fall back
         lines = str(error).strip().splitlines()
-        _state.update(ok=False, reason=f"could not build {SOURCE.name}: {lines[0] if lines else type(error).__name__}",
-                      seconds=time.perf_counter() - began, built=False)
+        first = lines[0] if lines else type(error).__name__
+        what = "build" if must_build else "load"
+        _state.update(ok=False, reason=f"could not {what} {SOURCE.name}: {first[:300]}",
+                      seconds=time.perf_counter() - began)
         return False
-    _state.update(ok=True, reason=None, seconds=time.perf_counter() - began, built=built)
+    _state.update(ok=True, reason=None, seconds=time.perf_counter() - began)
     return True
 
 

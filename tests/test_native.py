@@ -4,6 +4,7 @@ module, on real digits and on windows with ties; and where it cannot be built, t
 import os
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
@@ -163,6 +164,23 @@ def test_without_a_compiler_the_fast_path_falls_back_and_says_why(mnist, monkeyp
     assert record["execution"]["cpu_step"] == CPU_STEPS["explicit"]
     assert record["execution"]["native_unavailable"].startswith("could not build lenet5_cpu.cpp")
     assert record["epochs"][0]["train_loss"] > 0
+
+
+def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_one(monkeypatch, tmp_path):
+    # torch.utils.cpp_extension waits while its lock file exists: one that a killed build left behind would make
+    # every later run wait forever. (The compiler here does not exist, so the build then fails at once.)
+    monkeypatch.setenv("HDR_NATIVE_CACHE", str(tmp_path))
+    folder = native.build_directory()
+    folder.mkdir(parents=True)
+    lock = folder / "lock"
+    lock.touch()
+    old = time.time() - native.STALE_LOCK_SECONDS + 3  # left 3 s before it counts as stale
+    os.utime(lock, (old, old))
+    out = subprocess.run([sys.executable, "-c", "from hdr_lib import native; print(native.load(), native.reason())"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO), "CXX": str(tmp_path / "no-such-compiler")})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("False could not build lenet5_cpu.cpp")
 
 
 def test_the_command_line_builds_it_and_says_where(data_root):
