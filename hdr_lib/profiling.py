@@ -51,7 +51,8 @@ SPAN_FALLBACK_KINDS = (
 UNSORTED = "other operators"
 # Spans that only mark: their own time is the Python between their operators, so it stays with OUTSIDE.
 # The native operator's own time is its C++ between the operators it calls.
-MARKS = {TRAIN_STEPS_LABEL, *fastcpu.SPANS.values(), "hdr_lenet5::loss_and_gradients", "hdr_lenet5::fully_connected"}
+MARKS = {TRAIN_STEPS_LABEL, *fastcpu.SPANS.values(), "hdr_lenet5::loss_and_gradients", "hdr_lenet5::gradients_into",
+         "hdr_lenet5::fully_connected"}
 
 
 def kind_of(op: str) -> str:

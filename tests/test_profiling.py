@@ -40,6 +40,7 @@ def test_fast_path_profile_splits_a_step_and_leaves_evaluation_out(mnist):
         assert conv[f"hdr_lenet5::{layer}_pool_forward"] > 0 and conv[f"hdr_lenet5::{layer}_pool_backward"] > 0
     assert "aten::sum" in conv  # the threads' weight gradients, summed inside the backward loops
     assert "max pooling (forward and backward)" not in ops
+    assert "hdr_lenet5::gradients_into" not in ops.get("other operators", {})  # the operator's own C++: OUTSIDE
     assert "hdr_lenet5::cross_entropy_forward_backward" in ops["loss (softmax, cross-entropy)"]
     assert "aten::exp_" in ops["loss (softmax, cross-entropy)"] and "aten::sum" in ops["fully connected layers"]
     assert "aten::threshold_backward" in ops["ReLU (forward and backward)"]  # a ReLU inside the layers' span
