@@ -1,5 +1,7 @@
-"""The fast path's training step on the CPU: LeNet-5 with the same weights and the same mathematics, arranged so
-that the CPU does less work per step.
+"""The fast path's CPU training step in PyTorch operators: LeNet-5 with the same weights and the same mathematics,
+arranged so that the CPU does less work per step. The fast path runs it where `hdr_lib.native` (the same
+mathematics as one C++ operator, faster) cannot be built, and its forward pass under the bfloat16 and
+channels-last options.
 
 On a small CPU, PyTorch's ``max_pool2d`` over the first convolution's output ([64, 6, 24, 24] per step) is one of
 the slowest operators of the whole step: it is written as a scalar loop for the NCHW layout (about 0.4 ms per
