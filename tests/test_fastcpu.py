@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from hdr_lib import PAPER, fastcpu
+from hdr_lib import PAPER, fastcpu, native
 from hdr_lib.data import to_float
 from hdr_lib.model import LeNet5
 from hdr_lib.train import CPU_STEPS, train
@@ -85,14 +85,19 @@ def test_the_1998_variant_runs_as_the_module_does(mnist):
         assert torch.equal(fastcpu.forward(model, x), model(x))
 
 
-@pytest.mark.parametrize("n", [64, 32])  # a full batch, and the epoch's last one (60000 = 937 * 64 + 32)
-def test_explicit_gradients_equal_autograd_on_the_module(mnist, n):
-    x, y = _batch(mnist, n, start=1280)
-    torch.manual_seed(4)
-    model = LeNet5()
+# The fast path's two CPU steps: the Python one here, and the native one (hdr_lib.native, which must build here).
+GRADIENTS = {"explicit": fastcpu.loss_and_gradients, "native": native.loss_and_gradients}
+STEPS = {"explicit": fastcpu.train_step, "native": native.train_step}
+
+
+def _ready(kind):
+    assert kind != "native" or native.load(), native.reason()
+
+
+def _assert_same_as_autograd(kind, model, x, y):
     loss = F.cross_entropy(model(x), y)
     loss.backward()
-    got_loss, grads = fastcpu.loss_and_gradients(model, x, y)
+    got_loss, grads = GRADIENTS[kind](model, x, y)
     torch.testing.assert_close(got_loss, loss.detach(), rtol=1e-6, atol=1e-6)
     assert len(grads) == len(list(model.parameters()))
     for (name, p), g in zip(model.named_parameters(), grads):
@@ -101,8 +106,37 @@ def test_explicit_gradients_equal_autograd_on_the_module(mnist, n):
         torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_explicit_steps_train_as_autograd_steps_do(mnist):
+# A full batch, the epoch's last one (60000 = 937 * 64 + 32), and sizes that split unevenly over the threads.
+@pytest.mark.parametrize("n", [64, 32, 7, 1])
+@pytest.mark.parametrize("kind", list(GRADIENTS))
+def test_cpu_step_gradients_equal_autograd_on_the_module(mnist, kind, n):
+    _ready(kind)
+    x, y = _batch(mnist, n, start=1280)
+    torch.manual_seed(4)
+    _assert_same_as_autograd(kind, LeNet5(), x, y)
+
+
+@pytest.mark.parametrize("kind", list(GRADIENTS))
+def test_pooling_ties_go_where_max_pool2d_sends_them(mnist, kind):
+    # max_pool2d gives a window's gradient to its first maximum in row-major order, also on ties, and so must the
+    # fast steps. A tie only changes conv1's weight gradient where the tied corners see different patches: with
+    # conv1 reading only its centre tap, every window whose four centre pixels are equal (blank paper beside a
+    # stroke, the inside of a stroke) is a tie between different patches.
+    _ready(kind)
+    x, y = _batch(mnist, 16, start=640)
+    torch.manual_seed(6)
+    model = LeNet5()
+    with torch.no_grad():
+        model.conv1.weight.zero_()
+        model.conv1.weight[:, :, 2, 2] = torch.linspace(-1.0, 1.0, 6).view(6, 1)
+        model.conv1.bias.fill_(0.05)  # blank windows stay above zero, so ReLU lets their gradient through
+    _assert_same_as_autograd(kind, model, x, y)
+
+
+@pytest.mark.parametrize("kind", list(STEPS))
+def test_cpu_steps_train_as_autograd_steps_do(mnist, kind):
     # Ten SGD steps with momentum on real batches: the weights stay together, so the momentum buffers do too.
+    _ready(kind)
     torch.manual_seed(5)
     start = LeNet5()
     models, optimizers = [], []
@@ -110,19 +144,18 @@ def test_explicit_steps_train_as_autograd_steps_do(mnist):
         torch.manual_seed(5)
         models.append(LeNet5())
         optimizers.append(torch.optim.SGD(models[-1].parameters(), lr=PAPER.lr, momentum=PAPER.momentum, fused=True))
-    (auto, explicit), (opt_auto, opt_explicit) = models, optimizers
+    (auto, stepped), (opt_auto, opt_stepped) = models, optimizers
     for i in range(10):
         x, y = _batch(mnist, 64, start=64 * i)
         loss = F.cross_entropy(auto(x), y)
         opt_auto.zero_grad()
         loss.backward()
         opt_auto.step()
-        explicit_loss = fastcpu.train_step(explicit, opt_explicit, x, y)
-        torch.testing.assert_close(explicit_loss, loss.detach(), rtol=1e-5, atol=1e-6)
-    for (name, a), b in zip(auto.named_parameters(), explicit.parameters()):
+        torch.testing.assert_close(STEPS[kind](stepped, opt_stepped, x, y), loss.detach(), rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(auto.named_parameters(), stepped.parameters()):
         assert not torch.equal(a, start.get_parameter(name)), name  # the steps moved every parameter
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
-    assert opt_explicit.state_dict()["state"].keys() == opt_auto.state_dict()["state"].keys()
+    assert opt_stepped.state_dict()["state"].keys() == opt_auto.state_dict()["state"].keys()
 
 
 @pytest.mark.parametrize("options, kind", [
