@@ -152,15 +152,18 @@ std::vector<at::Tensor> conv1_pool_backward(const at::Tensor& grad, const at::Te
             const v16 gv = *reinterpret_cast<const v16*>(g);
             const i16 kv = *reinterpret_cast<const i16*>(k);
             bias_acc[c] += gv;
-#pragma GCC unroll 4
-            for (int64_t which = 0; which < 4; ++which) {
-              const v16 gk = select(kv == static_cast<int32_t>(which), gv, splat(0.f));
-              const int64_t di = which >> 1, dj = which & 1;
+            // Each lane's gradient goes to its window's corner (di, dj) = (k >> 1, k & 1): under tap (ki, kj) that
+            // is image row 2 pi + di + ki, column phase dj + kj. Pick each lane's value by its corner, then one
+            // product per tap, instead of a product for each of the four corners.
+            const i16 right = (kv & 1) != 0, bottom = kv >= 2;
 #pragma GCC unroll 5
-              for (int64_t ki = 0; ki < kK; ++ki) {
+            for (int64_t kj = 0; kj < kK; ++kj) {
+              v16 column[kK + 1];  // rows 2 pi + r, r = 0..5, at each lane's column phase
+#pragma GCC unroll 6
+              for (int64_t r = 0; r <= kK; ++r)
+                column[r] = select(right, image.tap(2 * pi, r, kj, 1), image.tap(2 * pi, r, kj, 0));
 #pragma GCC unroll 5
-                for (int64_t kj = 0; kj < kK; ++kj) a[ki * kK + kj] += gk * image.tap(2 * pi + di, ki, kj, dj);
-              }
+              for (int64_t ki = 0; ki < kK; ++ki) a[ki * kK + kj] += gv * select(bottom, column[ki + 1], column[ki]);
             }
           }
           for (int64_t t = 0; t < kK * kK; ++t) acc[c][t] = a[t];
