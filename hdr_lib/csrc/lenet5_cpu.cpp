@@ -41,6 +41,20 @@ typedef int32_t i16 __attribute__((vector_size(64), aligned(4)));
 inline v16 splat(float v) { return v16{} + v; }
 inline v16 select(i16 mask, v16 a, v16 b) { return mask ? a : b; }
 
+// relu(max_pool2d) over 16 windows at once, given their corners in row-major order (top left, top right, bottom
+// left, bottom right): the value, and the corner max_pool2d sends the gradient to, its first maximum in row-major
+// order, also on ties (0 to 3).
+inline void pool_relu(v16 v0, v16 v1, v16 v2, v16 v3, v16& relu, i16& corner) {
+  const i16 right_top = v1 > v0;
+  const v16 top = select(right_top, v1, v0);
+  const i16 right_bottom = v3 > v2;
+  const v16 bottom = select(right_bottom, v3, v2);
+  const i16 in_bottom = bottom > top;
+  const v16 value = select(in_bottom, bottom, top);
+  relu = select(value > 0.f, value, splat(0.f));
+  corner = in_bottom ? 2 - right_bottom : -right_top;  // masks are 0 or -1
+}
+
 // One image split by column parity, zero-padded: even[r][m] = x[r][2m], odd[r][m] = x[r][2m + 1]. With it, the
 // 12 conv1 outputs at the even (or the odd) columns of a row are one 16-lane vector sum, 12 lanes used.
 struct SplitImage {
@@ -98,15 +112,9 @@ std::vector<at::Tensor> conv1_pool_forward(const at::Tensor& x, const at::Tensor
               v[3] += wv * image.tap(2 * pi + 1, ki, kj, 1);
             }
           }
-          const i16 right_top = v[1] > v[0];
-          const v16 top = select(right_top, v[1], v[0]);
-          const i16 right_bottom = v[3] > v[2];
-          const v16 bottom = select(right_bottom, v[3], v[2]);
-          const i16 in_bottom = bottom > top;
-          const v16 value = select(in_bottom, bottom, top);
-          const v16 relu = select(value > 0.f, value, splat(0.f));
-          // corner = 2 in_bottom + (in_bottom ? right_bottom : right_top); masks are 0 or -1
-          const i16 which = in_bottom ? 2 - right_bottom : -right_top;
+          v16 relu;
+          i16 which;
+          pool_relu(v[0], v[1], v[2], v[3], relu, which);
           for (int64_t pj = 0; pj < kP1; ++pj) {
             o[pi * kP1 + pj] = relu[pj];
             k[pi * kP1 + pj] = static_cast<uint8_t>(which[pj]);
@@ -125,7 +133,7 @@ std::vector<at::Tensor> conv1_pool_backward(const at::Tensor& grad, const at::Te
   RECORD_FUNCTION("hdr_lenet5::conv1_pool_backward", std::vector<c10::IValue>());  // a span for the profiler
   const int64_t batch = x.size(0);
   const int64_t chunks = std::min<int64_t>(batch, at::get_num_threads());
-  auto partial = at::zeros({chunks, kCh1, kK * kK + 1}, x.options());  // per chunk: weight, bias gradient
+  auto partial = at::empty({chunks, kCh1, kK * kK + 1}, x.options());  // per chunk: weight, bias gradient
   const float* gp = grad.data_ptr<float>();
   const float* op = out.data_ptr<float>();
   const uint8_t* cp = corner.data_ptr<uint8_t>();
@@ -229,15 +237,9 @@ std::vector<at::Tensor> conv2_pool_forward(const at::Tensor& a1, const at::Tenso
           }
         }
         for (int64_t pj = 0; pj < kP2; ++pj) {
-          const v16 v0 = acc[0][2 * pj], v1 = acc[0][2 * pj + 1], v2 = acc[1][2 * pj], v3 = acc[1][2 * pj + 1];
-          const i16 right_top = v1 > v0;
-          const v16 top = select(right_top, v1, v0);
-          const i16 right_bottom = v3 > v2;
-          const v16 bottom = select(right_bottom, v3, v2);
-          const i16 in_bottom = bottom > top;
-          const v16 value = select(in_bottom, bottom, top);
-          const v16 relu = select(value > 0.f, value, splat(0.f));
-          const i16 which = in_bottom ? 2 - right_bottom : -right_top;
+          v16 relu;
+          i16 which;
+          pool_relu(acc[0][2 * pj], acc[0][2 * pj + 1], acc[1][2 * pj], acc[1][2 * pj + 1], relu, which);
           const int64_t window = pi * kP2 + pj;
           for (int64_t co = 0; co < kCh2; ++co) {
             op[n * kCh2 * kP2 * kP2 + co * kP2 * kP2 + window] = relu[co];
