@@ -125,9 +125,12 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "native":
         from hdr_lib import native
+        from hdr_lib.timing import Stopwatch
 
-        if native.load():
-            print(f"native CPU step ready ({native.load_seconds():.1f} s): {native.build_directory()}")
+        with Stopwatch() as sw:  # building it, the first time on this machine; else loading it
+            ready = native.load()
+        if ready:
+            print(f"native CPU step ready ({sw.seconds:.1f} s): {native.build_directory()}")
         else:
             print(f"native CPU step not available ({native.reason()}); the CPU fast path runs "
                   "hdr_lib.fastcpu.train_step instead")

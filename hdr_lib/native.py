@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from hdr_lib import fastcpu
 from hdr_lib.hardware import cpu_model
 from hdr_lib.model import LeNet5
 
@@ -36,7 +37,7 @@ NAME = "hdr_lenet5_cpu"
 CFLAGS = ("-O3", "-march=native", "-fopenmp")  # -march=native: the build is for this CPU, hence cached per CPU
 LDFLAGS = ("-fopenmp",)
 
-_state: dict = {}  # "ok": bool, "reason": str | None, "seconds": float; filled by the first load()
+_state: dict = {}  # "ok": bool, "reason": str | None; filled by the first load()
 STALE_LOCK_SECONDS = 180  # a build lock this old was left by a build that died: a build takes about 15 s
 
 
@@ -89,7 +90,6 @@ def load(verbose: bool = True) -> bool:
         return False
     if _state:
         return _state["ok"]
-    began = time.perf_counter()
     folder = build_directory()
     library = folder / f"{NAME}.so"
     must_build = not library.exists()
@@ -105,10 +105,9 @@ def load(verbose: bool = True) -> bool:
         lines = str(error).strip().splitlines()
         first = lines[0] if lines else type(error).__name__
         what = "build" if must_build else "load"
-        _state.update(ok=False, reason=f"could not {what} {SOURCE.name}: {first[:300]}",
-                      seconds=time.perf_counter() - began)
+        _state.update(ok=False, reason=f"could not {what} {SOURCE.name}: {first[:300]}")
         return False
-    _state.update(ok=True, reason=None, seconds=time.perf_counter() - began)
+    _state.update(ok=True, reason=None)
     return True
 
 
@@ -117,15 +116,10 @@ def reason() -> str | None:
     return "switched off with HDR_NATIVE=0" if _disabled() else _state.get("reason")
 
 
-def load_seconds() -> float:
-    """The one-time cost of the first `load()` in this process: the build where it compiled, else loading."""
-    return _state.get("seconds", 0.0)
-
-
 def applies(model: LeNet5, x: torch.Tensor) -> bool:
-    """Whether the operator fits: the paper's variant (28x28 input, no padding) in float32 on the CPU."""
-    return (model.variant == "paper" and x.device.type == "cpu" and x.dtype == torch.float32
-            and tuple(x.shape[1:]) == (1, 28, 28))
+    """Whether the operator fits: where fastcpu's arrangement does (the paper's variant, 28x28 input, on the CPU),
+    for one-channel float32 images."""
+    return fastcpu.applies(model, x) and x.dtype == torch.float32 and x.shape[1] == 1
 
 
 def loss_and_gradients(model: LeNet5, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -192,10 +186,6 @@ def _has_step_hooks(optimizer: torch.optim.Optimizer) -> bool:
 
 
 def train_step(model: LeNet5, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One optimiser step with the native gradients; returns the loss (before the step). A loop of steps should
-    use one `TrainStep`, which does the same without rebuilding its lists every step."""
-    loss, grads = loss_and_gradients(model, x, y)
-    for p, g in zip(model.parameters(), grads):
-        p.grad = g
-    optimizer.step()
-    return loss
+    """One optimiser step with the native gradients and optimizer.step(); returns the loss (before the step). A
+    loop of steps should use one `TrainStep`, which keeps its lists from step to step."""
+    return TrainStep(model, optimizer, direct_update=False)(x, y)

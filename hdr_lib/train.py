@@ -154,7 +154,8 @@ CPU_STEPS = {
 class _FastSteps:
     """The fast path's training step: data already on the device, batches cut by index, no host sync,
     fused SGD; on the CPU `hdr_lib.native`'s operator where it builds, else `hdr_lib.fastcpu`'s explicit step (and
-    its forward pass with autograd under the bfloat16 and channels-last options); on CUDA the whole step (gather, forward, backward, update) replays as one CUDA graph."""
+    its forward pass with autograd under the bfloat16 and channels-last options); on CUDA the whole step (gather,
+    forward, backward, update) replays as one CUDA graph."""
 
     def __init__(self, model, optimizer, x_all, y_all, batch_size, use_graph, amp_context, options_on):
         self.model, self.optimizer, self.amp = model, optimizer, amp_context
