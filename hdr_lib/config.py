@@ -38,7 +38,8 @@ class TrainConfig:
     channels_last: bool = False  # NHWC memory layout for images and weights: same arithmetic, other kernels
     amp: bool = False  # bfloat16 autocast for forward and loss (mixed precision, the paper's "future work")
     tf32: bool = False  # CUDA only: allow TF32 matmuls/convolutions (paper-faithful is IEEE float32)
-    cuda_graph: bool = True  # CUDA fast path only: capture the training step in a CUDA graph
+    cuda_graph: bool = True  # CUDA fast path only: capture each epoch's training steps in a CUDA graph
+    compile: bool = False  # fast path: torch.compile the model (Inductor), compilation timed apart
     deterministic: bool = False  # torch.use_deterministic_algorithms
 
     def validate(self) -> "TrainConfig":
@@ -69,7 +70,7 @@ class TrainConfig:
 
     def deviations(self) -> dict:
         """Fields that differ from the paper's configuration (how-we-run fields excluded)."""
-        run_fields = {"device", "seed", "path", "cuda_graph"}
+        run_fields = {"device", "seed", "path", "cuda_graph", "compile"}
         return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)

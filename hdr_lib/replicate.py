@@ -11,7 +11,16 @@ from hdr_lib.train import check_writable, train
 
 
 def record_name(config: TrainConfig, device_type: str) -> str:
-    return f"{device_type}-{config.path}-e{config.epochs}-b{config.batch_size}-seed{config.seed}.json"
+    """`<device>-<path>-e<epochs>-b<batch>[-<option>...]-seed<seed>.json`: every setting a user can change from
+    the command line that is not the paper's, or not the default way to run, is in the name, so that a run with
+    an option never overwrites the paper configuration's record of the same seed."""
+    tags = [name for on, name in ((config.compile, "compiled"), (device_type == "cuda" and not config.cuda_graph,
+                                  "nograph"), (config.amp, "amp"), (config.channels_last, "nhwc"),
+                                  (config.tf32, "tf32"), (config.deterministic, "deterministic")) if on]
+    tags += [f"{key}{value}".replace(".", "p").replace("/", "-") for key, value in config.deviations().items()
+             if key not in ("epochs", "batch_size", "amp", "channels_last", "tf32", "deterministic")]
+    middle = "".join(f"-{tag}" for tag in tags)
+    return f"{device_type}-{config.path}-e{config.epochs}-b{config.batch_size}{middle}-seed{config.seed}.json"
 
 
 def replicate(config: TrainConfig, *, seeds: int = 5, out_dir: str | Path = "results", data_root=None,

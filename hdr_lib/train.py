@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from hdr_lib import data as mnist
-from hdr_lib import fastcpu, native
+from hdr_lib import cudagraphs, fastcpu, native
 from hdr_lib.config import ConfigError, TrainConfig
 from hdr_lib.hardware import CpuMeter, NvmlSampler, environment, peak_rss_bytes, resolve_device
 from hdr_lib.model import LeNet5
@@ -134,8 +134,9 @@ def predict_proba(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def autocast(config: TrainConfig, device: torch.device):
-    """Mixed precision (bfloat16) when `config.amp`; otherwise a no-op: the paper's float32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp)
+    """Mixed precision (bfloat16) when `config.amp`; otherwise a no-op: the paper's float32. No cast cache:
+    a CUDA graph must not capture one (PyTorch's note on graphs and autocast)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp, cache_enabled=False)
 
 
 # What the fast path runs for a step on the CPU, by the name its records give it (`execution.cpu_step`).
@@ -145,6 +146,7 @@ CPU_STEPS = {
               "no autograd graph",
     "explicit": "hdr_lib.fastcpu.train_step: conv1 computed per pooling corner, pooling as elementwise maxima, "
                 "gradients written out layer by layer (no autograd graph)",
+    "compiled": "the module compiled by torch.compile (Inductor) with autograd",
     "forward": "hdr_lib.fastcpu.forward with autograd: conv1 computed per pooling corner, pooling as elementwise "
                "maxima",
     "module": "the module's forward with autograd",
@@ -154,29 +156,57 @@ CPU_STEPS = {
 class _FastSteps:
     """The fast path's training step: data already on the device, batches cut by index, no host sync,
     fused SGD; on the CPU `hdr_lib.native`'s operator where it builds, else `hdr_lib.fastcpu`'s explicit step (and
-    its forward pass with autograd under the bfloat16 and channels-last options); on CUDA the whole step (gather,
-    forward, backward, update) replays as one CUDA graph."""
+    its forward pass with autograd under the bfloat16, channels-last and compile options); on CUDA each full epoch
+    replays as one CUDA graph (`hdr_lib.cudagraphs`), and an epoch cut short by `max_steps` replays a one-step
+    graph per batch.
 
-    def __init__(self, model, optimizer, x_all, y_all, batch_size, use_graph, amp_context, options_on):
+    One-time costs are timed here, apart from training, in `setup_seconds`: building or loading the native step,
+    compiling the model, capturing the graphs."""
+
+    def __init__(self, model, optimizer, x_all, y_all, batch_size, amp_context, *, options_on, compiled,
+                 use_graph, full_epochs, partial_epochs):
         self.model, self.optimizer, self.amp = model, optimizer, amp_context
         self.x_all, self.y_all, self.batch_size = x_all, y_all, batch_size
-        on_cpu = x_all.device.type == "cpu"
+        self.device = x_all.device
+        self.n = x_all.shape[0]
+        self.steps_per_epoch = math.ceil(self.n / batch_size)
+        self.setup_seconds = {}
+        on_cpu = self.device.type == "cpu"
         rearranged = fastcpu.applies(model, x_all[:1])  # on the CPU only
-        without_options = rearranged and not options_on
+        without_options = rearranged and not options_on and not compiled
         with Stopwatch() as sw_native:  # the first call in a process loads the library, or builds it once
             self.native = without_options and native.applies(model, x_all[:1]) and native.load()
-        self.native_seconds = sw_native.seconds
+        self.setup_seconds["native_cpu_step"] = sw_native.seconds if self.native else 0.0
         self.native_unavailable = native.reason() if without_options and not self.native else None
         self.native_step = native.TrainStep(model, optimizer) if self.native else None
         self.explicit = without_options and not self.native
-        self.forward = (lambda x: fastcpu.forward(model, x)) if rearranged else model
-        kind = "native" if self.native else "explicit" if self.explicit else "forward" if rearranged else "module"
+        if compiled:
+            self.forward = torch.compile(model, dynamic=False)
+        else:
+            self.forward = (lambda x: fastcpu.forward(model, x)) if rearranged else model
+        kind = ("native" if self.native else "explicit" if self.explicit else "compiled" if compiled
+                else "forward" if rearranged else "module")
         self.cpu_step = CPU_STEPS[kind] if on_cpu else None  # what the record names
-        self.graph = None
-        if use_graph:
-            self._capture()
+        self.captured = False
+        self.epoch_graph = self.step_graph = None
+        self.graph_error = None
+        self.steps_run = {name: 0 for name in cudagraphs.CUDA_STEPS}  # CUDA only: which way each step ran
+        with Stopwatch(self.device) as sw_compile:
+            if compiled:
+                self._warm_compiled()
+        self.setup_seconds["compile"] = sw_compile.seconds if compiled else 0.0
+        with Stopwatch(self.device) as sw_capture:
+            if use_graph and (full_epochs or partial_epochs):
+                self._capture(full_epochs, partial_epochs)
+        self.setup_seconds["cuda_graph_capture"] = sw_capture.seconds if use_graph else 0.0
 
-    def _eager(self, idx: torch.Tensor) -> torch.Tensor:
+    def _batch_shapes(self) -> list[int]:
+        """The batch sizes an epoch has: the full one, and a smaller last one where the set does not divide."""
+        return sorted({min(self.batch_size, self.n), self.n - (self.steps_per_epoch - 1) * self.batch_size},
+                      reverse=True)
+
+    def _train_on(self, idx: torch.Tensor) -> torch.Tensor:
+        """One step on the images `idx` names: gather, forward, backward, update; returns the loss, on the device."""
         x = self.x_all.index_select(0, idx)
         y = self.y_all.index_select(0, idx)
         if self.native:
@@ -185,57 +215,88 @@ class _FastSteps:
             return fastcpu.train_step(self.model, self.optimizer, x, y)
         with self.amp():
             loss = F.cross_entropy(self.forward(x), y)
-        self.optimizer.zero_grad(set_to_none=self.graph is None)
+        # While capturing, the gradients are made anew by each step; after, they live in a graph's memory and
+        # an eager step zeroes them in place.
+        self.optimizer.zero_grad(set_to_none=not self.captured)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
 
-    def _capture(self) -> None:
-        """Warm up on a side stream, capture one full-batch step, then restore weights and momentum,
-        so capture leaves the experiment exactly where it was (PyTorch's whole-network capture recipe)."""
-        params = [p for p in self.model.parameters()]
-        saved_params = [p.detach().clone() for p in params]
-        saved_opt = copy.deepcopy(self.optimizer.state_dict())
-        self.static_idx = torch.arange(self.batch_size, device=self.x_all.device)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                self.optimizer.zero_grad(set_to_none=True)
-                with self.amp():
-                    loss = F.cross_entropy(self.model(self.x_all.index_select(0, self.static_idx)),
-                                           self.y_all.index_select(0, self.static_idx))
-                loss.backward()
-                self.optimizer.step()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(self.graph):
-            x = self.x_all.index_select(0, self.static_idx)
-            y = self.y_all.index_select(0, self.static_idx)
+    def _warm_compiled(self) -> None:
+        """The compiled model's first calls (where compilation happens), once per batch shape, forward and
+        backward: no optimiser step, so the weights do not move."""
+        for size in self._batch_shapes():
+            idx = torch.arange(size, device=self.device)
             with self.amp():
-                self.static_loss = F.cross_entropy(self.model(x), y)
-            self.static_loss.backward()
-            self.optimizer.step()
-        # Put back the weights and momentum the warm-up changed, in place (the graph holds these tensors).
-        with torch.no_grad():
-            for p, s in zip(params, saved_params):
-                p.copy_(s)
-            for p in params:
-                state = self.optimizer.state.get(p, {})
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    continue
-                saved = saved_opt["state"].get(params.index(p), {}).get("momentum_buffer")
-                # A missing buffer equals a zero one: SGD's first step sets buf = grad either way.
-                buf.copy_(saved) if saved is not None else buf.zero_()
+                loss = F.cross_entropy(self.forward(self.x_all.index_select(0, idx)), self.y_all.index_select(0, idx))
+            loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _capture(self, full_epochs: bool, partial_epochs: bool) -> None:
+        """Capture the graphs the run will replay: the epoch graph for full epochs, the step graph for epochs cut
+        short, or for every epoch where the epoch graph could not be captured. Where capture fails (an operation
+        this torch cannot capture, say), the record says why and those steps run eagerly. The weights and
+        momentum buffers are put back either way."""
+        b = self.batch_size
+        snapshot = cudagraphs.Snapshot(self.model, self.optimizer)
+        self.order_static = torch.arange(self.n, device=self.device)  # what the graphs read their batches from
+        errors = []
+
+        def warmup():
+            for _ in range(3):
+                self._train_on(self.order_static[:b])
+            for size in self._batch_shapes()[1:]:
+                self._train_on(self.order_static[self.n - size:])
+
+        try:
+            if full_epochs:
+                steps = cudagraphs.batches(self.order_static, b, self.steps_per_epoch)
+                try:
+                    self.epoch_graph, self.epoch_losses = cudagraphs.capture(
+                        lambda: torch.stack([self._train_on(idx) for idx in steps]), warmup)
+                except Exception as exc:  # noqa: BLE001 (any failure to capture: say why, go on without)
+                    errors.append(f"epoch graph: {self._after_failed_capture(exc)}")
+                warmup = lambda: None  # noqa: E731  (warm already)
+            if (partial_epochs or self.epoch_graph is None) and self.n >= b:
+                try:
+                    self.step_graph, self.step_loss = cudagraphs.capture(
+                        lambda: self._train_on(self.order_static[:b]), warmup)
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(f"step graph: {self._after_failed_capture(exc)}")
+        finally:
+            snapshot.restore()
+        self.graph_error = "; ".join(errors) or None
+        self.captured = self.epoch_graph is not None or self.step_graph is not None
+
+    def _after_failed_capture(self, exc: Exception) -> str:
+        """Leave no trace of a capture that failed (its gradients, the capture stream); return its reason."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":  # a failed capture_end leaves the capture stream current
+            torch.cuda.set_stream(torch.cuda.default_stream(self.device))
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+
+    def run_epoch(self, order: torch.Tensor, limit: int, on_step: Callable[[int], object]) -> torch.Tensor:
+        """The first `limit` steps of an epoch in the batch order `order` (on the device); returns their losses."""
+        if self.epoch_graph is not None and limit == self.steps_per_epoch:
+            self.order_static.copy_(order)
+            self.epoch_graph.replay()
+            self.steps_run["graph-epoch"] += limit
+            on_step(limit)
+            return self.epoch_losses
+        losses = torch.empty(limit, device=self.device)
+        for i, idx in enumerate(cudagraphs.batches(order, self.batch_size, limit)):
+            losses[i] = self.step(idx)
+            on_step(1)
+        return losses
 
     def step(self, idx: torch.Tensor) -> torch.Tensor:
-        if self.graph is not None and idx.shape[0] == self.batch_size:
-            self.static_idx.copy_(idx)
-            self.graph.replay()
-            return self.static_loss
-        return self._eager(idx)
+        if self.step_graph is not None and idx.shape[0] == self.batch_size:
+            self.order_static[:self.batch_size].copy_(idx)
+            self.step_graph.replay()
+            self.steps_run["graph-step"] += 1
+            return self.step_loss
+        self.steps_run["eager"] += 1
+        return self._train_on(idx)
 
 
 def _make_optimizer(model, config: TrainConfig, device: torch.device, fast: bool, lr_tensor: bool):
@@ -358,15 +419,28 @@ def train(
 
     n_train = x_all.shape[0] if fast else len(train_ds)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
+    planned, done = [], 0  # the steps each epoch of this call will run: max_steps may cut one short
+    for _ in range(start_epoch, config.epochs + 1):
+        limit = steps_per_epoch if max_steps is None else min(steps_per_epoch, max_steps - done)
+        if limit <= 0:
+            break
+        planned.append(limit)
+        done += limit
     if fast:
-        with Stopwatch(device) as sw_capture:
-            stepper = _FastSteps(model, optimizer, x_all, y_all, config.batch_size, use_graph,
-                                 lambda: autocast(config, device), options_on=config.amp or config.channels_last)
-        run.setup_seconds["cuda_graph_capture"] = sw_capture.seconds if use_graph else 0.0
-        run.setup_seconds["native_cpu_step"] = stepper.native_seconds if stepper.native else 0.0
+        stepper = _FastSteps(model, optimizer, x_all, y_all, config.batch_size, lambda: autocast(config, device),
+                             options_on=config.amp or config.channels_last, compiled=config.compile,
+                             use_graph=use_graph, full_epochs=steps_per_epoch in planned,
+                             partial_epochs=any(limit < steps_per_epoch for limit in planned))
+        run.setup_seconds.update(stepper.setup_seconds)
+    on_cuda = device.type == "cuda"
     run.extra["execution"] = {"cuda_graph": use_graph, "fused_sgd": fast, "steps_per_epoch": steps_per_epoch,
+                              "compiled": config.compile and fast,
                               "cpu_step": stepper.cpu_step if fast else None,
                               "native_unavailable": stepper.native_unavailable if fast else None,
+                              # CUDA fast path: how many steps ran each way (cudagraphs.CUDA_STEPS), and why
+                              # no graph was captured where capture failed
+                              "cuda_steps": stepper.steps_run if fast and on_cuda else None,
+                              "cuda_graph_error": stepper.graph_error if fast and on_cuda else None,
                               "amp_bfloat16": config.amp, "channels_last": config.channels_last}
 
     show = _progress_enabled(progress)
@@ -376,7 +450,6 @@ def train(
         torch.cuda.reset_peak_memory_stats(device)
     sampler_cm = NvmlSampler(device) if device.type == "cuda" else None
     step_losses_all: list[torch.Tensor] = []
-    steps_done = 0
     model.train()
     if out is not None:
         write_json_atomic(out, run.record())
@@ -385,20 +458,13 @@ def train(
     try:
         if sampler_cm is not None:
             sampler_cm.__enter__()
-        for epoch in range(start_epoch, config.epochs + 1):
+        for epoch, limit in zip(range(start_epoch, config.epochs + 1), planned):
             order = batch_order(config.seed, epoch, n_train)
             _set_lr(optimizer, lr_at(config, epoch))
-            limit = steps_per_epoch if max_steps is None else min(steps_per_epoch, max_steps - steps_done)
-            if limit <= 0:
-                break
             batch_bar = _bar(show, total=limit, leave=False, desc=f"epoch {epoch}", unit="batch")
             with Stopwatch(device) as sw_train, torch.profiler.record_function(TRAIN_STEPS_LABEL):
                 if fast:
-                    losses = torch.empty(limit, device=device)
-                    order_dev = order.to(device, non_blocking=True)
-                    for i in range(limit):
-                        losses[i] = stepper.step(order_dev[i * config.batch_size:(i + 1) * config.batch_size])
-                        batch_bar.update()
+                    losses = stepper.run_epoch(order.to(device, non_blocking=True), limit, batch_bar.update)
                     weights = torch.tensor([min(config.batch_size, n_train - i * config.batch_size)
                                             for i in range(limit)], dtype=torch.float32)
                 else:
@@ -419,7 +485,6 @@ def train(
                         batch_bar.update()
                     losses, weights = torch.tensor(values), torch.tensor(counts, dtype=torch.float32)
             batch_bar.close()
-            steps_done += limit
             lr_used = lr_at(config, epoch)
             scheduler.step()
             losses_cpu = losses.float().cpu()

@@ -1,44 +1,78 @@
 #!/usr/bin/env bash
-# On the GPU machine (plain python3 with torch and torchvision, nothing else): the paper's configuration on
-# CUDA, both paths and several seeds, the benchmark, and a CPU run on the same host for a same-machine
-# speedup. Needs .gpu/ from scripts/pack_mnist_for_gpu.sh.
+# On the GPU machine (plain python3 with torch and torchvision; pytest where it is there): the CUDA tests, the
+# paper's configuration on CUDA (both paths, several seeds, with and without torch.compile), the benchmark, and a
+# CPU run on the same host for a same-machine speedup. Needs .gpu/ from scripts/pack_mnist_for_gpu.sh.
 #
-# Records go to $OUT/gpu-<date>/ when $OUT is set (the device tool's folder that comes back, also when the
-# command runs out of time), else to results/gpu-<date>/. Copy that folder into results/ and commit it.
-# The most wanted measurements run first: the fast path, then the benchmark, then the slow reference path.
+# The most wanted measurements run first. Each stage runs whatever became of the one before, and its outcome
+# goes to stages.txt; the whole output goes to log.txt.
 #
 # With the device tool:  run(command="bash scripts/gpu_replication.sh", carry=[".gpu"], timeout_s=600)
+#   $OUT set (the device tool's folder that comes back, at most 8 files): the records are written elsewhere and,
+#   after every stage, packed into $OUT/gpu-<date>.tar.gz, so a command stopped at its time limit still brings
+#   back every stage it finished. Here: tar -xzf <files_at>/gpu-*.tar.gz -C results/, then commit.
+#   $OUT unset (by hand): the records go straight to results/gpu-<date>/.
 #
-# DEVICE, SEEDS, REF_SEEDS, ROUNDS and EPOCHS override the defaults (cuda, 5, 2, 5, 20): the test suite runs
-# this script on the CPU with tiny values, so it is known to work before a GPU is lent.
-set -euo pipefail
+# DEVICE, SEEDS, REF_SEEDS, COMPILE_SEEDS, ROUNDS and EPOCHS override the defaults (cuda, 5, 2, 2, 5, 20): the test
+# suite runs this script on the CPU with tiny values, so it is known to work before a GPU is lent.
+set -uo pipefail
 export PYTHONUNBUFFERED=1
 DEVICE="${DEVICE:-cuda}"
 SEEDS="${SEEDS:-5}"
 REF_SEEDS="${REF_SEEDS:-2}"
+COMPILE_SEEDS="${COMPILE_SEEDS:-2}"
 ROUNDS="${ROUNDS:-5}"
 EPOCHS="${EPOCHS:-20}"
 [ -d .gpu/MNIST/raw ] || { echo "no .gpu/MNIST/raw: run scripts/pack_mnist_for_gpu.sh first, and carry .gpu" >&2; exit 2; }
 data="$(mktemp -d)"
 mkdir -p "$data/MNIST/raw"
-for f in .gpu/MNIST/raw/*.gz; do gunzip -c "$f" > "$data/MNIST/raw/$(basename "$f" .gz)"; done
+for f in .gpu/MNIST/raw/*.gz; do gunzip -c "$f" > "$data/MNIST/raw/$(basename "$f" .gz)" || exit 2; done
 export HDR_DATA_DIR="$data"
 [ -f .gpu/COMMIT ] && export HDR_GIT_COMMIT="$(cat .gpu/COMMIT)"
-out="${OUT:-results}/gpu-$(date -u +%Y%m%dT%H%M)"
+name="gpu-$(date -u +%Y%m%dT%H%M)"
+if [ -n "${OUT:-}" ]; then out="$(mktemp -d)/$name"; else out="results/$name"; fi
 mkdir -p "$out"
-nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
-python3 -m hdr_lib info | tee "$out/info.json"
+
+pack() {  # the records so far, as one file in $OUT (replaced atomically, so a kill mid-pack loses nothing)
+  [ -n "${OUT:-}" ] || return 0
+  tar -czf "$OUT/.$name.tar.gz" -C "$(dirname "$out")" "$name" && mv "$OUT/.$name.tar.gz" "$OUT/$name.tar.gz"
+}
+
+failed=0
+stage() {  # stage NAME COMMAND...: run it, log it, note how it ended, pack
+  local what="$1" started status
+  shift
+  started=$(date +%s)
+  echo "== $what: $*" | tee -a "$out/log.txt"
+  "$@" 2>&1 | tee -a "$out/log.txt"
+  status=${PIPESTATUS[0]}
+  echo "$what: exit $status after $(( $(date +%s) - started )) s" >> "$out/stages.txt"
+  [ "$status" -eq 0 ] || failed=1
+  pack
+  return "$status"
+}
+
 common=(--device "$DEVICE" --epochs "$EPOCHS" --quiet)
-# Paper configuration, IEEE float32 (no TF32), fast path: several seeds.
-# If CUDA-graph capture fails on this torch, the same runs go eagerly, and the records say so.
-python3 -m hdr_lib replicate "${common[@]}" --seeds "$SEEDS" --out-dir "$out" \
-  || python3 -m hdr_lib replicate "${common[@]}" --seeds "$SEEDS" --out-dir "$out" --no-cuda-graph
+stage nvidia-smi bash -c "nvidia-smi > '$out/nvidia-smi.txt' 2>&1 || echo 'no nvidia-smi on this machine' > '$out/nvidia-smi.txt'"
+stage info bash -c "python3 -m hdr_lib info > '$out/info.txt'"
+# The paper's configuration, IEEE float32 (no TF32), fast path: several seeds. Where a graph cannot be captured
+# the fast path runs eagerly and its records say why; should the run fail outright, it goes again without graphs.
+stage fast python3 -m hdr_lib replicate "${common[@]}" --seeds "$SEEDS" --out-dir "$out" \
+  || stage fast-nograph python3 -m hdr_lib replicate "${common[@]}" --seeds "$SEEDS" --out-dir "$out" --no-cuda-graph
 # Both paths, alternating, one process.
-python3 -m hdr_lib bench "${common[@]}" --rounds "$ROUNDS" --out "$out/bench-$DEVICE.json"
+stage bench python3 -m hdr_lib bench "${common[@]}" --rounds "$ROUNDS" --out "$out/bench-$DEVICE.json"
+# What CI cannot run: the CUDA tests (graphs against eager steps, the decaying lr, resume, compile).
+if python3 -c "import pytest" 2>/dev/null && [ -d tests ]; then
+  stage tests python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_cudagraphs.py
+fi
+# The same, with the model compiled by torch.compile: is it faster on this GPU?
+stage fast-compiled python3 -m hdr_lib replicate "${common[@]}" --compile --seeds "$COMPILE_SEEDS" --out-dir "$out"
 # The plain PyTorch loop on the same device (it is the slow one).
-python3 -m hdr_lib replicate "${common[@]}" --path reference --seeds "$REF_SEEDS" --out-dir "$out"
+stage reference python3 -m hdr_lib replicate "${common[@]}" --path reference --seeds "$REF_SEEDS" --out-dir "$out"
 # The same host's CPU, fast path, one seed: CPU vs GPU on one machine.
 if [ "$DEVICE" != cpu ]; then
-  python3 -m hdr_lib train --device cpu --epochs "$EPOCHS" --seed 0 --quiet --out "$out/cpu-fast-e$EPOCHS-b64-seed0.json"
+  stage cpu python3 -m hdr_lib train --device cpu --epochs "$EPOCHS" --seed 0 --quiet \
+    --out "$out/host-cpu/cpu-fast-e$EPOCHS-b64-seed0.json"
 fi
-ls -l "$out"
+cat "$out/stages.txt"
+ls -lR "$out"
+exit "$failed"

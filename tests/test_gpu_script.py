@@ -7,20 +7,21 @@ scripts/pack_mnist_for_gpu.sh writes, with its records going to $OUT (what the d
 import os
 import shutil
 import subprocess
+import tarfile
 
-from hdr_lib.records import read_record
+from hdr_lib.records import load_records, read_record
 
 from conftest import REPO
 
 
 def _tree(tmp_path):
     tree = tmp_path / "tree"
-    for part in ("hdr_lib", "scripts"):
+    for part in ("hdr_lib", "scripts", "tests"):
         shutil.copytree(REPO / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
     return tree
 
 
-def test_gpu_replication_script_writes_every_record_to_out(tmp_path, data_root):
+def test_gpu_replication_script_packs_every_stage_into_one_file_in_out(tmp_path, data_root):
     tree = _tree(tmp_path)
     subprocess.run(["bash", "scripts/pack_mnist_for_gpu.sh", str(data_root)], cwd=tree, check=True,
                    capture_output=True)
@@ -28,19 +29,53 @@ def test_gpu_replication_script_writes_every_record_to_out(tmp_path, data_root):
         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz",
         "train-labels-idx1-ubyte.gz"]
     out = tmp_path / "out"
+    out.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "HDR_DATA_DIR"}  # the script must find MNIST in .gpu/
-    env.update(DEVICE="cpu", SEEDS="1", REF_SEEDS="1", ROUNDS="1", EPOCHS="1", OUT=str(out))
+    env.update(DEVICE="cpu", SEEDS="1", REF_SEEDS="1", COMPILE_SEEDS="1", ROUNDS="1", EPOCHS="1", OUT=str(out))
     done = subprocess.run(["bash", "scripts/gpu_replication.sh"], cwd=tree, env=env, capture_output=True, text=True,
                           timeout=900)
-    assert done.returncode == 0, done.stderr[-2000:]
-    (folder,) = out.glob("gpu-*")
+    assert done.returncode == 0, done.stdout[-3000:]
+    # The device tool brings back at most 8 files from $OUT: everything is in one archive.
+    (archive,) = out.iterdir()
+    assert archive.name.startswith("gpu-") and archive.name.endswith(".tar.gz")
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    (folder,) = (tmp_path / "unpacked").iterdir()
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["bench-cpu.json", "cpu-fast-e1-b64-seed0.json", "cpu-reference-e1-b64-seed0.json", "info.json",
-                     "nvidia-smi.txt"]
-    for name in ("cpu-fast-e1-b64-seed0.json", "cpu-reference-e1-b64-seed0.json"):
+    assert names == ["bench-cpu.json", "cpu-fast-e1-b64-compiled-seed0.json", "cpu-fast-e1-b64-seed0.json",
+                     "cpu-reference-e1-b64-seed0.json", "info.txt", "log.txt", "nvidia-smi.txt", "stages.txt"]
+    stages = (folder / "stages.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in stages] == ["nvidia-smi", "info", "fast", "bench", "tests",
+                                                      "fast-compiled", "reference"]
+    assert all(": exit 0 after " in line for line in stages), stages
+    log = (folder / "log.txt").read_text()
+    assert "passed" in log and "skipped" in log  # the CUDA tests skip on the CPU, the emulated graph tests pass
+    for name in ("cpu-fast-e1-b64-seed0.json", "cpu-reference-e1-b64-seed0.json",
+                 "cpu-fast-e1-b64-compiled-seed0.json"):
         record = read_record(folder / name)
         assert record["status"] == "complete" and record["test_accuracy"] > 95  # one epoch of the real MNIST
+    assert read_record(folder / "cpu-fast-e1-b64-compiled-seed0.json")["execution"]["compiled"]
     assert read_record(folder / "bench-cpu.json")["kind"] == "bench"
+    # Unpacked into results/, the folder holds nothing the book's record loader cannot read.
+    assert len(load_records(folder, kind=None, status=None)) == 4
+
+
+def test_a_failing_stage_is_noted_and_the_later_stages_still_run(tmp_path, data_root):
+    tree = _tree(tmp_path)
+    subprocess.run(["bash", "scripts/pack_mnist_for_gpu.sh", str(data_root)], cwd=tree, check=True,
+                   capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k != "HDR_DATA_DIR"}
+    # Epochs of 0 fail every training stage at once, with the CLI's clear error: the script must go on to the end.
+    env.update(DEVICE="cpu", SEEDS="1", REF_SEEDS="1", COMPILE_SEEDS="1", ROUNDS="1", EPOCHS="0", OUT=str(tmp_path))
+    done = subprocess.run(["bash", "scripts/gpu_replication.sh"], cwd=tree, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 1
+    (archive,) = tmp_path.glob("gpu-*.tar.gz")
+    with tarfile.open(archive) as tar:
+        stages = tar.extractfile(f"{archive.name[:-7]}/stages.txt").read().decode().splitlines()
+    assert [line.split(":")[0] for line in stages] == ["nvidia-smi", "info", "fast", "fast-nograph", "bench",
+                                                      "tests", "fast-compiled", "reference"]
+    assert [": exit 0 " in line for line in stages] == [True, True, False, False, False, True, False, False]
 
 
 def test_gpu_replication_script_without_packed_data_says_what_to_run(tmp_path):

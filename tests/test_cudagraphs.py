@@ -1,0 +1,127 @@
+"""The CUDA fast path's graph logic, run on the CPU with capture emulated: a graph replay is its captured Python
+work run again, writing into the tensors the capture returned (a real graph writes its static outputs in place,
+and reads its inputs, the batch order and the learning rate, from the same tensors at every replay).
+
+What a real capture adds (the CUDA kernels recorded and replayed) is tested in tests/test_cuda.py on a GPU; this
+file checks, on every machine, what the fast path builds around it: which steps a graph covers, the batch order and
+losses it reads and writes, the weights and momentum it puts back after warm-up, partial epochs, and a failed
+capture falling back to eager steps with the reason recorded.
+"""
+
+import pytest
+import torch
+
+from hdr_lib import PAPER, cudagraphs
+from hdr_lib.train import _FastSteps, _make_optimizer, _set_lr, autocast, batch_order, init_model
+
+N, BATCH = 1000, 64  # 16 batches, the last of 40 images: both batch shapes of a real epoch
+CONFIG = PAPER.replace(device="cpu", seed=2)
+
+
+class _ReplayedWork:
+    def __init__(self, work, out):
+        self.work, self.out = work, out
+
+    def replay(self):
+        self.out.copy_(self.work())
+
+
+def _emulated_capture(work, warmup):
+    warmup()
+    out = work()
+    return _ReplayedWork(work, out), out
+
+
+def _fails_to_capture(work, warmup):
+    warmup()
+    raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+
+def _stepper(mnist, use_graph, full=True, partial=False):
+    model = init_model(CONFIG, torch.device("cpu"))
+    optimizer, _ = _make_optimizer(model, CONFIG, torch.device("cpu"), fast=True, lr_tensor=use_graph)
+    x = mnist.train_images[:N].float().div(255).unsqueeze(1)
+    y = mnist.train_labels[:N]
+    # options_on: the module's forward with autograd, the step the CUDA path captures (not the CPU's own steps)
+    stepper = _FastSteps(model, optimizer, x, y, BATCH, lambda: autocast(CONFIG, x.device), options_on=True,
+                         compiled=False, use_graph=use_graph, full_epochs=full, partial_epochs=partial)
+    return stepper, model, optimizer
+
+
+def _train(stepper, optimizer, limits):
+    losses = []
+    for epoch, limit in enumerate(limits, start=1):
+        _set_lr(optimizer, 0.01 * 0.1 ** (epoch - 1))  # a decay every epoch: the graph must read the new lr
+        losses.append(stepper.run_epoch(batch_order(CONFIG.seed, epoch, N), limit, lambda n: None).clone())
+    return torch.cat(losses)
+
+
+def test_an_epoch_graph_replays_exactly_the_eager_steps(mnist, monkeypatch):
+    eager, eager_model, eager_opt = _stepper(mnist, use_graph=False)
+    expected = _train(eager, eager_opt, [16, 16, 16])
+    monkeypatch.setattr(cudagraphs, "capture", _emulated_capture)
+    graphed, model, optimizer = _stepper(mnist, use_graph=True)
+    assert graphed.epoch_graph is not None and graphed.step_graph is None and graphed.graph_error is None
+    got = _train(graphed, optimizer, [16, 16, 16])
+    assert got.shape == (48,) and expected[0] > 2.2  # the first loss is an untrained network's
+    assert torch.equal(got, expected)  # warm-up and capture left the weights and momentum as they were
+    for a, b in zip(model.parameters(), eager_model.parameters()):
+        assert torch.equal(a, b)
+    assert graphed.steps_run == {"graph-epoch": 48, "graph-step": 0, "eager": 0}
+    assert eager.steps_run == {"graph-epoch": 0, "graph-step": 0, "eager": 48}
+
+
+def test_an_epoch_cut_short_replays_the_step_graph_for_full_batches(mnist, monkeypatch):
+    eager, _, eager_opt = _stepper(mnist, use_graph=False)
+    expected = _train(eager, eager_opt, [16, 7])
+    monkeypatch.setattr(cudagraphs, "capture", _emulated_capture)
+    graphed, _, optimizer = _stepper(mnist, use_graph=True, full=True, partial=True)
+    assert graphed.epoch_graph is not None and graphed.step_graph is not None
+    assert torch.equal(_train(graphed, optimizer, [16, 7]), expected)
+    assert graphed.steps_run == {"graph-epoch": 16, "graph-step": 7, "eager": 0}
+    # Only partial epochs: no epoch graph; the smaller last batch, where reached, runs eagerly.
+    only_steps, _, optimizer = _stepper(mnist, use_graph=True, full=False, partial=True)
+    assert only_steps.epoch_graph is None
+    _train(only_steps, optimizer, [5])
+    only_steps.run_epoch(batch_order(CONFIG.seed, 2, N)[-40:], 1, lambda n: None)
+    assert only_steps.steps_run == {"graph-epoch": 0, "graph-step": 5, "eager": 1}
+
+
+def test_a_failed_capture_runs_eagerly_and_says_why(mnist, monkeypatch):
+    eager, _, eager_opt = _stepper(mnist, use_graph=False)
+    expected = _train(eager, eager_opt, [16])
+    monkeypatch.setattr(cudagraphs, "capture", _fails_to_capture)
+    fallback, _, optimizer = _stepper(mnist, use_graph=True)
+    assert fallback.epoch_graph is None and fallback.step_graph is None and not fallback.captured
+    reason = "RuntimeError: operation not permitted when stream is capturing"
+    assert fallback.graph_error == f"epoch graph: {reason}; step graph: {reason}"
+    assert torch.equal(_train(fallback, optimizer, [16]), expected)  # the warm-up's steps were undone
+    assert fallback.steps_run["eager"] == 16
+
+
+def test_where_the_epoch_graph_fails_the_step_graph_runs_the_full_batches(mnist, monkeypatch):
+    eager, _, eager_opt = _stepper(mnist, use_graph=False)
+    expected = _train(eager, eager_opt, [16, 16])
+    calls = []
+
+    def epoch_fails(work, warmup):
+        calls.append(work)
+        return _fails_to_capture(work, warmup) if len(calls) == 1 else _emulated_capture(work, warmup)
+
+    monkeypatch.setattr(cudagraphs, "capture", epoch_fails)
+    graphed, _, optimizer = _stepper(mnist, use_graph=True)
+    assert graphed.epoch_graph is None and graphed.step_graph is not None
+    assert graphed.graph_error.startswith("epoch graph: RuntimeError") and "step graph" not in graphed.graph_error
+    assert torch.equal(_train(graphed, optimizer, [16, 16]), expected)
+    assert graphed.steps_run == {"graph-epoch": 0, "graph-step": 30, "eager": 2}  # the batches of 40 run eagerly
+
+
+@pytest.mark.parametrize("n,batch,sizes", [(1000, 64, [64, 40]), (1024, 64, [64]), (50, 64, [50]), (7, 1, [1])])
+def test_batches_cover_the_order_once(n, batch, sizes):
+    order = torch.randperm(n)
+    steps = -(-n // batch)
+    parts = cudagraphs.batches(order, batch, steps)
+    assert sorted({p.shape[0] for p in parts}, reverse=True) == sizes
+    assert torch.equal(torch.cat(parts), order)
+    order[0] = -1  # views: a graph captured over them reads what the order holds at replay
+    assert parts[0][0] == -1
