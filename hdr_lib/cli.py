@@ -57,6 +57,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
     p.add_argument("--tf32", action="store_true", help="CUDA: allow TF32 (off: IEEE float32, as the paper)")
     p.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                    help="CUDA fast path: run the steps eagerly instead of replaying CUDA graphs")
+    p.add_argument("--no-triton", dest="triton", action="store_false",
+                   help="CUDA fast path: PyTorch's own kernels (cuDNN, cuBLAS) instead of the two Triton kernels")
     p.add_argument("--compile", action="store_true",
                    help="fast path: torch.compile the model (Inductor); compilation is timed apart from training")
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
@@ -96,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_from(args, **overrides):
     fields = dict(device=args.device, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   variant=args.variant, amp=args.amp, channels_last=args.channels_last, tf32=args.tf32,
-                  cuda_graph=args.cuda_graph, compile=args.compile, deterministic=args.deterministic)
+                  cuda_graph=args.cuda_graph, compile=args.compile, triton=args.triton,
+                  deterministic=args.deterministic)
     for name in ("seed", "path"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)

@@ -40,6 +40,7 @@ class TrainConfig:
     tf32: bool = False  # CUDA only: allow TF32 matmuls/convolutions (paper-faithful is IEEE float32)
     cuda_graph: bool = True  # CUDA fast path only: capture each epoch's training steps in a CUDA graph
     compile: bool = False  # fast path: torch.compile the model (Inductor), compilation timed apart
+    triton: bool = True  # CUDA fast path: the step as two Triton kernels (hdr_lib.tritonstep); off: PyTorch's kernels
     deterministic: bool = False  # torch.use_deterministic_algorithms
 
     def validate(self) -> "TrainConfig":
@@ -70,7 +71,7 @@ class TrainConfig:
 
     def deviations(self) -> dict:
         """Fields that differ from the paper's configuration (how-we-run fields excluded)."""
-        run_fields = {"device", "seed", "path", "cuda_graph", "compile"}
+        run_fields = {"device", "seed", "path", "cuda_graph", "compile", "triton"}
         return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)

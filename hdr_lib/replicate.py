@@ -14,9 +14,10 @@ def record_name(config: TrainConfig, device_type: str) -> str:
     """`<device>-<path>-e<epochs>-b<batch>[-<option>...]-seed<seed>.json`: every setting a user can change from
     the command line that is not the paper's, or not the default way to run, is in the name, so that a run with
     an option never overwrites the paper configuration's record of the same seed."""
-    tags = [name for on, name in ((config.compile, "compiled"), (device_type == "cuda" and not config.cuda_graph,
-                                  "nograph"), (config.amp, "amp"), (config.channels_last, "nhwc"),
-                                  (config.tf32, "tf32"), (config.deterministic, "deterministic")) if on]
+    options = ((config.compile, "compiled"), (device_type == "cuda" and not config.cuda_graph, "nograph"),
+               (device_type == "cuda" and not config.triton, "aten"), (config.amp, "amp"),
+               (config.channels_last, "nhwc"), (config.tf32, "tf32"), (config.deterministic, "deterministic"))
+    tags = [name for on, name in options if on]
     tags += [f"{key}{value}".replace(".", "p").replace("/", "-") for key, value in config.deviations().items()
              if key not in ("epochs", "batch_size", "amp", "channels_last", "tf32", "deterministic")]
     middle = "".join(f"-{tag}" for tag in tags)

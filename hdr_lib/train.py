@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from hdr_lib import data as mnist
-from hdr_lib import cudagraphs, fastcpu, native
+from hdr_lib import cudagraphs, fastcpu, native, tritonstep
 from hdr_lib.config import ConfigError, TrainConfig
 from hdr_lib.hardware import CpuMeter, NvmlSampler, environment, peak_rss_bytes, resolve_device
 from hdr_lib.model import LeNet5
@@ -153,6 +153,16 @@ CPU_STEPS = {
 }
 
 
+# Which kernels the CUDA fast path's step runs (`execution.cuda_kernels`).
+CUDA_KERNELS = {
+    "triton": "hdr_lib.tritonstep: two Triton kernels per step (one program per image for the forward and backward "
+              "pass, then the batch's gradient sums with SGD and momentum), gradients checked against autograd's "
+              "before the run",
+    "aten": "PyTorch's own CUDA kernels (cuDNN convolutions, cuBLAS matrix products, elementwise kernels, fused "
+            "SGD)",
+}
+
+
 class _FastSteps:
     """The fast path's training step: data already on the device, batches cut by index, no host sync,
     fused SGD; on the CPU `hdr_lib.native`'s operator where it builds, else `hdr_lib.fastcpu`'s explicit step (and
@@ -164,7 +174,7 @@ class _FastSteps:
     compiling the model, capturing the graphs."""
 
     def __init__(self, model, optimizer, x_all, y_all, batch_size, amp_context, *, options_on, compiled,
-                 use_graph, full_epochs, partial_epochs):
+                 use_graph, full_epochs, partial_epochs, triton=False):
         self.model, self.optimizer, self.amp = model, optimizer, amp_context
         self.x_all, self.y_all, self.batch_size = x_all, y_all, batch_size
         self.device = x_all.device
@@ -173,7 +183,7 @@ class _FastSteps:
         self.setup_seconds = {}
         on_cpu = self.device.type == "cpu"
         rearranged = fastcpu.applies(model, x_all[:1])  # on the CPU only
-        without_options = rearranged and not options_on and not compiled
+        without_options = rearranged and not options_on and not compiled and not triton
         with Stopwatch() as sw_native:  # the first call in a process loads the library, or builds it once
             self.native = without_options and native.applies(model, x_all[:1]) and native.load()
         self.setup_seconds["native_cpu_step"] = sw_native.seconds if self.native else 0.0
@@ -187,6 +197,12 @@ class _FastSteps:
         kind = ("native" if self.native else "explicit" if self.explicit else "compiled" if compiled
                 else "forward" if rearranged else "module")
         self.cpu_step = CPU_STEPS[kind] if on_cpu else None  # what the record names
+        with Stopwatch(self.device) as sw_triton:  # Triton compiles the kernels at their first launch
+            self.triton_step, self.triton_unavailable = None, None
+            if triton:
+                self._try_triton(options_on or compiled)
+        self.setup_seconds["triton_step"] = sw_triton.seconds if self.triton_step is not None else 0.0
+        self.cuda_kernels = CUDA_KERNELS["triton" if self.triton_step is not None else "aten"]
         self.captured = False
         self.epoch_graph = self.step_graph = None
         self.graph_error = None
@@ -205,8 +221,27 @@ class _FastSteps:
         return sorted({min(self.batch_size, self.n), self.n - (self.steps_per_epoch - 1) * self.batch_size},
                       reverse=True)
 
+    def _try_triton(self, options_on: bool) -> None:
+        """Use hdr_lib.tritonstep where it applies and its first gradient matches autograd's; else say why."""
+        if options_on:
+            self.triton_unavailable = "the Triton step computes without the amp, channels-last and compile options"
+            return
+        self.triton_unavailable = tritonstep.reason_not_applicable(self.model, self.optimizer, self.x_all)
+        if self.triton_unavailable is not None:
+            return
+        try:
+            step = tritonstep.TrainStep(self.model, self.optimizer, self.batch_size)
+            self.triton_unavailable = step.check(self.model, self.x_all, self.y_all,
+                                                 torch.arange(self.batch_size, device=self.device))
+        except Exception as exc:  # noqa: BLE001 (a kernel Triton cannot compile here: say why, use ATen's)
+            self.triton_unavailable = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+        if self.triton_unavailable is None:
+            self.triton_step = step
+
     def _train_on(self, idx: torch.Tensor) -> torch.Tensor:
         """One step on the images `idx` names: gather, forward, backward, update; returns the loss, on the device."""
+        if self.triton_step is not None:
+            return self.triton_step.step(self.x_all, self.y_all, idx)
         x = self.x_all.index_select(0, idx)
         y = self.y_all.index_select(0, idx)
         if self.native:
@@ -390,13 +425,15 @@ def train(
     model = model.to(memory_format=layout)
     fast = config.path == "fast"
     use_graph = fast and device.type == "cuda" and config.cuda_graph
-    optimizer, scheduler = _make_optimizer(model, config, device, fast, lr_tensor=use_graph)
+    # On the CUDA fast path lr is a device tensor: a graph and the Triton step read it there at every step.
+    lr_tensor = fast and device.type == "cuda"
+    optimizer, scheduler = _make_optimizer(model, config, device, fast, lr_tensor=lr_tensor)
     start_epoch = 1
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        if use_graph:  # the checkpoint holds lr as a CPU value; the graph needs a device tensor it can read
+        if lr_tensor:  # the checkpoint holds lr as a CPU value; the step needs a device tensor it can read
             for group in optimizer.param_groups:
                 group["lr"] = torch.tensor(float(group["lr"]), device=device)
         torch.set_rng_state(checkpoint["rng_cpu"])
@@ -429,7 +466,7 @@ def train(
     if fast:
         stepper = _FastSteps(model, optimizer, x_all, y_all, config.batch_size, lambda: autocast(config, device),
                              options_on=config.amp or config.channels_last, compiled=config.compile,
-                             use_graph=use_graph, full_epochs=steps_per_epoch in planned,
+                             triton=config.triton and device.type == "cuda", use_graph=use_graph, full_epochs=steps_per_epoch in planned,
                              partial_epochs=any(limit < steps_per_epoch for limit in planned))
         run.setup_seconds.update(stepper.setup_seconds)
     on_cuda = device.type == "cuda"
@@ -441,6 +478,8 @@ def train(
                               # no graph was captured where capture failed
                               "cuda_steps": stepper.steps_run if fast and on_cuda else None,
                               "cuda_graph_error": stepper.graph_error if fast and on_cuda else None,
+                              "cuda_kernels": stepper.cuda_kernels if fast and on_cuda else None,
+                              "triton_unavailable": stepper.triton_unavailable if fast and on_cuda else None,
                               "amp_bfloat16": config.amp, "channels_last": config.channels_last}
 
     show = _progress_enabled(progress)

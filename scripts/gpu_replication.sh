@@ -12,8 +12,9 @@
 #   back every stage it finished. Here: tar -xzf <files_at>/gpu-*.tar.gz -C results/, then commit.
 #   $OUT unset (by hand): the records go straight to results/gpu-<date>/.
 #
-# DEVICE, SEEDS, REF_SEEDS, COMPILE_SEEDS, ROUNDS and EPOCHS override the defaults (cuda, 5, 2, 2, 5, 20): the test
-# suite runs this script on the CPU with tiny values, so it is known to work before a GPU is lent.
+# DEVICE, SEEDS, REF_SEEDS, COMPILE_SEEDS (also for --no-triton), ROUNDS, EPOCHS and TESTS override the defaults
+# (cuda, 5, 2, 2, 5, 20, the three test files below): the test suite runs this script on the CPU with tiny values,
+# so it is known to work before a GPU is lent.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 DEVICE="${DEVICE:-cuda}"
@@ -22,6 +23,7 @@ REF_SEEDS="${REF_SEEDS:-2}"
 COMPILE_SEEDS="${COMPILE_SEEDS:-2}"
 ROUNDS="${ROUNDS:-5}"
 EPOCHS="${EPOCHS:-20}"
+TESTS="${TESTS:-tests/test_cuda.py tests/test_tritonstep.py tests/test_cudagraphs.py}"
 [ -d .gpu/MNIST/raw ] || { echo "no .gpu/MNIST/raw: run scripts/pack_mnist_for_gpu.sh first, and carry .gpu" >&2; exit 2; }
 data="$(mktemp -d)"
 mkdir -p "$data/MNIST/raw"
@@ -60,11 +62,17 @@ stage fast python3 -m hdr_lib replicate "${common[@]}" --seeds "$SEEDS" --out-di
   || stage fast-nograph python3 -m hdr_lib replicate "${common[@]}" --seeds "$SEEDS" --out-dir "$out" --no-cuda-graph
 # Both paths, alternating, one process.
 stage bench python3 -m hdr_lib bench "${common[@]}" --rounds "$ROUNDS" --out "$out/bench-$DEVICE.json"
-# What CI cannot run: the CUDA tests (graphs against eager steps, the decaying lr, resume, compile).
+# What CI cannot run: the CUDA tests (graphs against eager steps, the Triton step compiled for this GPU, the
+# decaying lr, resume, compile).
 if python3 -c "import pytest" 2>/dev/null && [ -d tests ]; then
-  stage tests python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_cudagraphs.py
+  # shellcheck disable=SC2086  # TESTS is a list of files
+  stage tests python3 -m pytest -q -rs -p no:cacheprovider $TESTS
 fi
-# The same, with the model compiled by torch.compile: is it faster on this GPU?
+# The same with PyTorch's own kernels (cuDNN, cuBLAS) in the graph instead of the Triton step, and with those
+# compiled by torch.compile: what the Triton step gains, on this GPU.
+if [ "$DEVICE" != cpu ]; then
+  stage fast-aten python3 -m hdr_lib replicate "${common[@]}" --no-triton --seeds "$COMPILE_SEEDS" --out-dir "$out"
+fi
 stage fast-compiled python3 -m hdr_lib replicate "${common[@]}" --compile --seeds "$COMPILE_SEEDS" --out-dir "$out"
 # The plain PyTorch loop on the same device (it is the slow one).
 stage reference python3 -m hdr_lib replicate "${common[@]}" --path reference --seeds "$REF_SEEDS" --out-dir "$out"

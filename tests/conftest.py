@@ -21,3 +21,12 @@ def mnist(data_root):
     from hdr_lib.data import load_mnist
 
     return load_mnist(data_root, download=False)
+
+
+# Without a GPU, Triton kernels run in Triton's interpreter (tests/test_tritonstep.py): it must be chosen before
+# hdr_lib.tritonkernels is first imported, which nothing does before the tests run.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"

@@ -1,12 +1,13 @@
-"""The CUDA fast path on a real GPU: CUDA graphs replay the eager steps, read the learning rate as it decays,
-resume, compile, and the record holds the GPU's measurements. Every test here needs a GPU and skips without one;
+"""The CUDA fast path on a real GPU: CUDA graphs replay the eager steps, the Triton step trains as PyTorch's kernels
+do, the graph reads the learning rate as it decays, runs resume and compile, and the record holds the GPU's
+measurements (tests/test_tritonstep.py checks the Triton step's gradients, on the GPU there). Every test here needs a GPU and skips without one;
 scripts/gpu_replication.sh runs this file on the GPU machine (plain torch and pytest) and keeps its log."""
 
 import pytest
 import torch
 
 from hdr_lib import PAPER
-from hdr_lib.train import init_model, train
+from hdr_lib.train import CUDA_KERNELS, init_model, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 
@@ -43,6 +44,18 @@ def test_an_epoch_graph_replays_the_eager_steps(mnist):
     torch.testing.assert_close(a[:200], b[:200], rtol=1e-4, atol=1e-4)
     assert abs(graphed["test_accuracy"] - eager["test_accuracy"]) < 0.5
     assert graphed["test_accuracy"] > 97
+
+
+def test_the_triton_step_trains_as_pytorchs_kernels_do(mnist):
+    config = CUDA.replace(epochs=1, seed=6)
+    triton = train(config, data=mnist, progress=False, keep_step_losses=True)
+    aten = train(config.replace(triton=False), data=mnist, progress=False, keep_step_losses=True)
+    assert triton["execution"]["cuda_kernels"] == CUDA_KERNELS["triton"], triton["execution"]["triton_unavailable"]
+    assert aten["execution"]["cuda_kernels"] == CUDA_KERNELS["aten"]
+    assert triton["setup_seconds"]["triton_step"] > 0 and aten["setup_seconds"]["triton_step"] == 0
+    assert triton["execution"]["cuda_steps"]["graph-epoch"] == STEPS
+    torch.testing.assert_close(_losses(triton)[:100], _losses(aten)[:100], rtol=1e-3, atol=1e-3)
+    assert abs(triton["test_accuracy"] - aten["test_accuracy"]) < 0.5
 
 
 def test_the_graph_reads_the_learning_rate_as_it_decays(mnist):
