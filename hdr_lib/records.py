@@ -102,11 +102,22 @@ def is_paper_config(record: dict) -> bool:
     return record.get("deviations_from_paper") == {}
 
 
+def is_default_run(record: dict) -> bool:
+    """Run the default way: not compiled, and on CUDA with its graphs and Triton step (records made before these
+    switches existed ran the default way). Runs with another way switched on are comparisons, not the headline."""
+    config = record.get("config", {})
+    on_cuda = config.get("device") == "cuda"
+    return (not config.get("compile", False)
+            and not (on_cuda and (config.get("cuda_graph", True) is False or config.get("triton", True) is False)))
+
+
 def paper_runs(folder: str | os.PathLike, device: str | None = None, path: str | None = None) -> list[dict]:
-    """Complete training records of the paper's configuration under `folder`, optionally of one device
-    ("cpu", "cuda") and one training path ("fast", "reference"); [] when the folder does not exist."""
+    """Complete training records of the paper's configuration, run the default way (`is_default_run`), under
+    `folder`, optionally of one device ("cpu", "cuda") and one training path ("fast", "reference"); [] when the
+    folder does not exist."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     filters = {key: value for key, value in (("device", device), ("path", path)) if value is not None}
-    return [r for r in load_records(folder, kind="train", status="complete", **filters) if is_paper_config(r)]
+    return [r for r in load_records(folder, kind="train", status="complete", **filters)
+            if is_paper_config(r) and is_default_run(r)]

@@ -90,6 +90,24 @@ def test_other_configurations_and_incomplete_runs_do_not_count(tmp_path):
     assert len(scorecard.paper_runs(tmp_path)) == 1
 
 
+def test_runs_with_another_way_of_running_are_comparisons_not_the_headline(tmp_path):
+    # compile, --no-triton and --no-cuda-graph change how a run goes, not the paper's configuration: such records
+    # are kept beside the default ones (their names differ) but never pooled into the paper's numbers.
+    def run(device, **how):
+        record = make_record(device)
+        record["config"].update(how)
+        return record
+
+    for i, (device, how) in enumerate([("cuda", {}), ("cuda", {"compile": True}), ("cuda", {"triton": False}),
+                                       ("cuda", {"cuda_graph": False}), ("cpu", {}), ("cpu", {"compile": True}),
+                                       ("cpu", {"triton": False, "cuda_graph": False})]):
+        (tmp_path / f"{i}.json").write_text(json.dumps(run(device, **how)))
+    kept = scorecard.paper_runs(tmp_path)
+    assert sorted(r["_path"][-6:] for r in kept) == ["0.json", "4.json", "6.json"]  # CPU runs ignore the CUDA ones
+    assert verdicts(scorecard.scorecard([run("cuda")]))["gpu_time"] != NOT_MEASURED
+    assert {r.verdict for r in scorecard.scorecard([run("cuda", compile=True)])} == {NOT_MEASURED}
+
+
 def test_paths_are_scored_apart():
     rows = scorecard.scorecard([make_record("cpu", path="fast"), make_record("cuda", path="reference")])
     assert {r.path for r in rows} == {"fast", "reference"}
