@@ -342,11 +342,15 @@ def _make_optimizer(model, config: TrainConfig, device: torch.device, fast: bool
     return optimizer, scheduler
 
 
-def _set_lr(optimizer, lr: float) -> None:
-    """Write the epoch's lr in place: a tensor lr is read by a captured CUDA graph, so it must not be rebound."""
-    for group in optimizer.param_groups:
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)
+def _set_lr(optimizer, lr: float, tensors: list[torch.Tensor] | None = None) -> None:
+    """Write the epoch's lr. A tensor lr (`tensors`, one per param group; else the groups' own) is written in place,
+    since a captured CUDA graph and the Triton step read that very tensor, and put back in its group should
+    anything (a scheduler of another torch version, say) have put a number there."""
+    for i, group in enumerate(optimizer.param_groups):
+        tensor = tensors[i] if tensors is not None else group["lr"]
+        if isinstance(tensor, torch.Tensor):
+            tensor.fill_(lr)
+            group["lr"] = tensor
         else:
             group["lr"] = lr
 
@@ -441,6 +445,7 @@ def train(
         run.setup_seconds = {**checkpoint["setup_seconds"], **run.setup_seconds}
         start_epoch = checkpoint["epoch"] + 1
         run.resumed_from_epoch = checkpoint["epoch"]
+    lr_tensors = [group["lr"] for group in optimizer.param_groups] if lr_tensor else None
 
     # Test images for evaluation, on the device, in both paths (evaluation is timed apart).
     with Stopwatch(device) as sw_move:
@@ -499,7 +504,7 @@ def train(
             sampler_cm.__enter__()
         for epoch, limit in zip(range(start_epoch, config.epochs + 1), planned):
             order = batch_order(config.seed, epoch, n_train)
-            _set_lr(optimizer, lr_at(config, epoch))
+            _set_lr(optimizer, lr_at(config, epoch), lr_tensors)
             batch_bar = _bar(show, total=limit, leave=False, desc=f"epoch {epoch}", unit="batch")
             with Stopwatch(device) as sw_train, torch.profiler.record_function(TRAIN_STEPS_LABEL):
                 if fast:

@@ -116,6 +116,19 @@ def test_where_the_epoch_graph_fails_the_step_graph_runs_the_full_batches(mnist,
     assert graphed.steps_run == {"graph-epoch": 0, "graph-step": 30, "eager": 2}  # the batches of 40 run eagerly
 
 
+def test_the_lr_tensor_the_graphs_read_stays_in_the_optimiser():
+    # A scheduler that puts a number in place of the tensor (as some torch versions' may) must not leave the graphs
+    # reading a stale lr: the epoch's lr goes into the same tensor, and the tensor back into the group.
+    model = init_model(CONFIG, torch.device("cpu"))
+    optimizer, scheduler = _make_optimizer(model, CONFIG, torch.device("cpu"), fast=True, lr_tensor=True)
+    tensors = [group["lr"] for group in optimizer.param_groups]
+    optimizer.param_groups[0]["lr"] = 0.5
+    _set_lr(optimizer, 0.001, tensors)
+    assert optimizer.param_groups[0]["lr"] is tensors[0] and tensors[0].item() == pytest.approx(0.001)
+    _set_lr(optimizer, 0.002)  # without a list: the group's own tensor, in place
+    assert optimizer.param_groups[0]["lr"] is tensors[0] and tensors[0].item() == pytest.approx(0.002)
+
+
 @pytest.mark.parametrize("n,batch,sizes", [(1000, 64, [64, 40]), (1024, 64, [64]), (50, 64, [50]), (7, 1, [1])])
 def test_batches_cover_the_order_once(n, batch, sizes):
     order = torch.randperm(n)
