@@ -166,12 +166,13 @@ CUDA_KERNELS = {
 class _FastSteps:
     """The fast path's training step: data already on the device, batches cut by index, no host sync,
     fused SGD; on the CPU `hdr_lib.native`'s operator where it builds, else `hdr_lib.fastcpu`'s explicit step (and
-    its forward pass with autograd under the bfloat16, channels-last and compile options); on CUDA each full epoch
-    replays as one CUDA graph (`hdr_lib.cudagraphs`), and an epoch cut short by `max_steps` replays a one-step
-    graph per batch.
+    its forward pass with autograd under the bfloat16, channels-last and compile options); on CUDA
+    `hdr_lib.tritonstep`'s two kernels where they apply and pass their check (else PyTorch's kernels), each full
+    epoch replayed as one CUDA graph (`hdr_lib.cudagraphs`), and an epoch cut short by `max_steps` replaying a
+    one-step graph per batch.
 
     One-time costs are timed here, apart from training, in `setup_seconds`: building or loading the native step,
-    compiling the model, capturing the graphs."""
+    compiling and checking the Triton kernels, compiling the model, capturing the graphs."""
 
     def __init__(self, model, optimizer, x_all, y_all, batch_size, amp_context, *, options_on, compiled,
                  use_graph, full_epochs, partial_epochs, triton=False):
