@@ -345,6 +345,49 @@ def bench_rows(results_dir=None) -> list[dict]:
     return rows
 
 
+def _cuda_way(record: dict) -> str:
+    """How a CUDA fast-path record ran, in words: its kernels and how they were launched (`execution`)."""
+    from hdr_lib.train import CUDA_KERNELS
+
+    execution = record.get("execution", {})
+    if execution.get("cuda_kernels") == CUDA_KERNELS["triton"]:
+        kernels = "Triton step"
+    else:
+        kernels = "PyTorch's kernels" + (", compiled" if execution.get("compiled") else "")
+    steps = execution.get("cuda_steps") or {}
+    launch = max(steps, key=steps.get) if any(steps.values()) else "unknown"
+    return f"{kernels}; {launch}"
+
+
+def cuda_ways(results_dir=None) -> list[dict]:
+    """The recorded CUDA fast-path runs of the paper's configuration, grouped by how they ran (Triton step or
+    PyTorch's kernels, compiled or not; graphs or eager): one row each with the runs' seconds and accuracies."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in recorded_runs(results_dir, "cuda", path="fast"):
+        if records.is_paper_config(r):
+            groups.setdefault((_cuda_way(r), hardware(r)), []).append(r)
+    return [{"way": way, "hardware": gpu, "seconds": [r["total_train_seconds"] for r in runs],
+             "accuracy": [r["test_accuracy"] for r in runs],
+             "setup_seconds": [sum(v for v in r["setup_seconds"].values() if isinstance(v, (int, float)))
+                               for r in runs]}
+            for (way, gpu), runs in sorted(groups.items())]
+
+
+def cuda_ways_markdown(results_dir=None) -> str:
+    """`cuda_ways` as a Markdown table, or a line saying plainly that no such run is recorded."""
+    rows = cuda_ways(results_dir)
+    if not rows:
+        return (f"**{NOT_MEASURED}:** no CUDA fast-path record of the paper's configuration under "
+                f"`{_shown(results_folder(results_dir))}`.")
+    lines = ["| how the step ran | GPU | runs | training, 20 epochs (mean) | one-time setup (mean) | accuracy (mean) |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        lines.append(f"| {row['way']} | {row['hardware']} | {len(row['seconds'])} | {mean(row['seconds']):.2f} s | "
+                     f"{mean(row['setup_seconds']):.1f} s | {mean(row['accuracy']):.2f} % |")
+    return "\n".join(lines)
+
+
 def paper_claims_markdown() -> str:
     """The paper's headline numbers (§4.1-§4.3) and hardware (§3.4) as a Markdown table."""
     lines = ["| | CPU | GPU |", "|---|---|---|",

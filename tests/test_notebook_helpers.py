@@ -52,3 +52,33 @@ def test_cached_run_trains_once_and_then_reuses(tmp_path, monkeypatch, data_root
     monkeypatch.undo()
     other, _ = nb.cached_run(config.replace(seed=1), tmp_path, verbose=False)  # another config trains anew
     assert other["config"]["seed"] == 1 and len(list(tmp_path.glob("*.json"))) == 2
+
+
+def _cuda_record(kernels, steps, compiled=False, seconds=1.0, seed=0):
+    from hdr_lib.records import SCHEMA
+    from hdr_lib.train import CUDA_KERNELS
+
+    return {"schema": SCHEMA, "kind": "train", "status": "complete",
+            "config": {**PAPER.as_dict(), "device": "cuda", "path": "fast", "seed": seed, "compile": compiled},
+            "deviations_from_paper": {}, "environment": {"gpu": {"name": "Test GPU"}}, "epochs": [{"epoch": 1}],
+            "total_train_seconds": seconds, "test_accuracy": 99.0, "setup_seconds": {"to_device": 0.5, "compile": 2.0},
+            "execution": {"cuda_kernels": CUDA_KERNELS[kernels], "compiled": compiled, "cuda_steps": steps}}
+
+
+def test_cuda_ways_group_runs_by_how_the_step_ran(tmp_path):
+    import json
+
+    assert nb.cuda_ways_markdown(tmp_path).startswith("**not yet measured:**")
+    epoch = {"graph-epoch": 18760, "graph-step": 0, "eager": 0}
+    for i, record in enumerate([_cuda_record("triton", epoch, seconds=0.5), _cuda_record("triton", epoch, seconds=0.7),
+                                _cuda_record("aten", epoch, seconds=2.0),
+                                _cuda_record("aten", epoch, compiled=True, seconds=1.5),
+                                _cuda_record("aten", {"graph-epoch": 0, "graph-step": 0, "eager": 18760}, seconds=9)]):
+        (tmp_path / f"{i}.json").write_text(json.dumps(record))
+    rows = {row["way"]: row for row in nb.cuda_ways(tmp_path)}
+    assert sorted(rows) == ["PyTorch's kernels, compiled; graph-epoch", "PyTorch's kernels; eager",
+                            "PyTorch's kernels; graph-epoch", "Triton step; graph-epoch"]
+    assert rows["Triton step; graph-epoch"]["seconds"] == [0.5, 0.7]
+    assert rows["Triton step; graph-epoch"]["setup_seconds"] == [2.5, 2.5]
+    table = nb.cuda_ways_markdown(tmp_path)
+    assert table.count("\n") == 5 and "| Triton step; graph-epoch | Test GPU | 2 | 0.60 s | 2.5 s | 99.00 % |" in table
