@@ -160,10 +160,7 @@ def paper_runs(results_dir=None, device: str | None = None, path: str | None = "
 
 def hardware(record: dict) -> str:
     """The processor a record ran on: the GPU's name for CUDA runs, the CPU model and threads otherwise."""
-    env = record.get("environment", {})
-    if record.get("config", {}).get("device") == "cuda" and env.get("gpu"):
-        return env["gpu"]["name"]
-    return f"{env.get('cpu', 'unknown CPU')} ({env.get('threads', '?')} threads)"
+    return records.machine(record)
 
 
 def provenance(record: dict) -> str:
@@ -198,10 +195,11 @@ def device_summary(records: list[dict]) -> dict | None:
 
 
 def timing_inputs(live: dict | None, results_dir=None) -> dict:
-    """What the training-time figure shows per device: recorded paper-configuration runs, else the live run."""
+    """What the training-time figure shows per device: recorded paper-configuration runs (of the machine with the
+    most of them: `records.one_machine`), else the live run."""
     out = {}
     for device in ("cpu", "cuda"):
-        runs = paper_runs(results_dir, device)
+        runs = records.one_machine(paper_runs(results_dir, device))
         if not runs and live is not None and live["config"]["device"] == device:
             runs = [live]
         out[device] = device_summary(runs)

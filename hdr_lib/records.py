@@ -111,6 +111,25 @@ def is_default_run(record: dict) -> bool:
             and not (on_cuda and (config.get("cuda_graph", True) is False or config.get("triton", True) is False)))
 
 
+def machine(record: dict) -> str:
+    """The processor a record's time belongs to: the GPU's name for CUDA runs, the CPU model and threads else."""
+    env = record.get("environment", {})
+    if record.get("config", {}).get("device") == "cuda":
+        return (env.get("gpu") or {}).get("name", "unknown GPU")
+    return f"{env.get('cpu', 'unknown CPU')} ({env.get('threads', '?')} threads)"
+
+
+def one_machine(runs: list[dict]) -> list[dict]:
+    """The runs of the machine with the most of them (ties: the first name in order). A mean of times from two
+    machines is neither machine's time: the GPU machine's own CPU run, say, is shown beside, not pooled in."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(machine(r), []).append(r)
+    if not groups:
+        return []
+    return max(sorted(groups.items()), key=lambda item: len(item[1]))[1]
+
+
 def paper_runs(folder: str | os.PathLike, device: str | None = None, path: str | None = None) -> list[dict]:
     """Complete training records of the paper's configuration, run the default way (`is_default_run`), under
     `folder`, optionally of one device ("cpu", "cuda") and one training path ("fast", "reference"); [] when the

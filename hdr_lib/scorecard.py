@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hdr_lib import records
-from hdr_lib.records import is_default_run, is_finite, is_paper_config
+from hdr_lib.records import is_default_run, is_finite, is_paper_config, one_machine
 from hdr_lib.stats import summarize, welch
 
 REPRODUCED, NOT_REPRODUCED, NOT_MEASURED = "reproduced", "not reproduced", "not yet measured"
@@ -216,8 +216,9 @@ def scorecard(records: list[dict] | None = None) -> list[Row]:
     paths = sorted({r["config"].get("path", "?") for r in records}) or ["-"]
     rows = []
     for path in paths:
-        cpu = [r for r in records if r["config"].get("path") == path and r["config"].get("device") == "cpu"]
-        gpu = [r for r in records if r["config"].get("path") == path and r["config"].get("device") == "cuda"]
+        on_path = [r for r in records if r["config"].get("path") == path]
+        cpu = one_machine([r for r in on_path if r["config"].get("device") == "cpu"])
+        gpu = one_machine([r for r in on_path if r["config"].get("device") == "cuda"])
         for claim in CLAIMS:
             measured, note = _measure(claim, cpu, gpu)
             hardware = {"cpu": _hardware(cpu, "cpu"), "cuda": _hardware(gpu, "cuda")}.get(

@@ -82,3 +82,21 @@ def test_cuda_ways_group_runs_by_how_the_step_ran(tmp_path):
     assert rows["Triton step; graph-epoch"]["setup_seconds"] == [2.5, 2.5]
     table = nb.cuda_ways_markdown(tmp_path)
     assert table.count("\n") == 5 and "| Triton step; graph-epoch | Test GPU | 2 | 0.60 s | 2.5 s | 99.00 % |" in table
+
+
+def test_the_time_figure_takes_one_machine_per_device(tmp_path):
+    import json
+
+    from hdr_lib.records import SCHEMA
+
+    def cpu_run(name, seconds, seed):
+        return {"schema": SCHEMA, "kind": "train", "status": "complete",
+                "config": {**PAPER.as_dict(), "device": "cpu", "path": "fast", "seed": seed},
+                "deviations_from_paper": {}, "environment": {"cpu": name, "threads": 2}, "epochs": [{"epoch": 1}],
+                "total_train_seconds": seconds, "test_accuracy": 99.0}
+
+    runs = [cpu_run("Book CPU", 20.0 + i, i) for i in range(3)] + [cpu_run("GPU host CPU", 5.0, 0)]
+    for i, run in enumerate(runs):
+        (tmp_path / f"{i}.json").write_text(json.dumps(run))
+    summary = nb.timing_inputs(None, tmp_path)["cpu"]
+    assert summary["seconds"] == [20.0, 21.0, 22.0] and summary["hardware"] == "Book CPU (2 threads)"

@@ -108,6 +108,16 @@ def test_runs_with_another_way_of_running_are_comparisons_not_the_headline(tmp_p
     assert {r.verdict for r in scorecard.scorecard([run("cuda", compile=True)])} == {NOT_MEASURED}
 
 
+def test_times_from_two_machines_are_not_pooled():
+    # The GPU machine's own CPU run (scripts/gpu_replication.sh makes one) beside five runs of the book's CPU.
+    other = make_record("cpu", seconds=30.0)
+    other["environment"] = {**other["environment"], "cpu": "Other CPU", "threads": 16}
+    rows = scorecard.scorecard([make_record("cpu", seconds=100.0 + i, seed=i) for i in range(5)] + [other])
+    cpu_time = next(r for r in rows if r.claim.key == "cpu_time")
+    assert cpu_time.measured["n"] == 5 and cpu_time.measured["mean"] == pytest.approx(102.0)
+    assert "Other CPU" not in cpu_time.hardware
+
+
 def test_paths_are_scored_apart():
     rows = scorecard.scorecard([make_record("cpu", path="fast"), make_record("cuda", path="reference")])
     assert {r.path for r in rows} == {"fast", "reference"}
