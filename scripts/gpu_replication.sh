@@ -12,9 +12,11 @@
 #   back every stage it finished. Here: tar -xzf <files_at>/gpu-*.tar.gz -C results/, then commit.
 #   $OUT unset (by hand): the records go straight to results/gpu-<date>/.
 #
-# DEVICE, SEEDS, REF_SEEDS, COMPILE_SEEDS (also for --no-triton), ROUNDS, EPOCHS and TESTS override the defaults
-# (cuda, 5, 2, 2, 5, 20, the three test files below): the test suite runs this script on the CPU with tiny values,
-# so it is known to work before a GPU is lent.
+# DEVICE, SEEDS, REF_SEEDS, COMPILE_SEEDS (also for --no-triton), ROUNDS, EPOCHS, TESTS and STAGES override the
+# defaults (cuda, 5, 2, 2, 5, 20, the three test files and every stage below): the test suite runs this script on
+# the CPU with tiny values, so it is known to work before a GPU is lent. All stages together may take longer than
+# the device tool's 10 minutes a command: split them over two calls, e.g. STAGES="fast bench tests fast-aten cpu",
+# then STAGES="fast-compiled reference" (each call packs its own gpu-<date>.tar.gz).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 DEVICE="${DEVICE:-cuda}"
@@ -24,13 +26,14 @@ COMPILE_SEEDS="${COMPILE_SEEDS:-2}"
 ROUNDS="${ROUNDS:-5}"
 EPOCHS="${EPOCHS:-20}"
 TESTS="${TESTS:-tests/test_cuda.py tests/test_tritonstep.py tests/test_cudagraphs.py}"
+STAGES="${STAGES:-fast bench tests fast-aten cpu fast-compiled reference}"
 [ -d .gpu/MNIST/raw ] || { echo "no .gpu/MNIST/raw: run scripts/pack_mnist_for_gpu.sh first, and carry .gpu" >&2; exit 2; }
 data="$(mktemp -d)"
 mkdir -p "$data/MNIST/raw"
 for f in .gpu/MNIST/raw/*.gz; do gunzip -c "$f" > "$data/MNIST/raw/$(basename "$f" .gz)" || exit 2; done
 export HDR_DATA_DIR="$data"
 [ -f .gpu/COMMIT ] && export HDR_GIT_COMMIT="$(cat .gpu/COMMIT)"
-name="gpu-$(date -u +%Y%m%dT%H%M)"
+name="gpu-$(date -u +%Y%m%dT%H%M%S)"
 if [ -n "${OUT:-}" ]; then out="$(mktemp -d)/$name"; else out="results/$name"; fi
 mkdir -p "$out"
 
@@ -54,33 +57,39 @@ stage() {  # stage NAME COMMAND...: run it, log it, note how it ended, pack
 }
 
 common=(--device "$DEVICE" --epochs "$EPOCHS" --quiet)
+wanted() {  # wanted NAME: whether STAGES names this stage (all of them by default)
+  [[ " $STAGES " == *" $1 "* ]]
+}
 stage nvidia-smi bash -c "nvidia-smi > '$out/nvidia-smi.txt' 2>&1 || echo 'no nvidia-smi on this machine' > '$out/nvidia-smi.txt'"
 stage info bash -c "python3 -m hdr_lib info > '$out/info.txt'"
 # The paper's configuration, IEEE float32 (no TF32), fast path: several seeds. Where a graph cannot be captured
 # the fast path runs eagerly and its records say why; should the run fail outright, it goes again without graphs.
-stage fast python3 -m hdr_lib replicate "${common[@]}" --seeds "$SEEDS" --out-dir "$out" \
-  || stage fast-nograph python3 -m hdr_lib replicate "${common[@]}" --seeds "$SEEDS" --out-dir "$out" --no-cuda-graph
+if wanted fast; then
+  stage fast python3 -m hdr_lib replicate "${common[@]}" --seeds "$SEEDS" --out-dir "$out" \
+    || stage fast-nograph python3 -m hdr_lib replicate "${common[@]}" --seeds "$SEEDS" --out-dir "$out" --no-cuda-graph
+fi
 # Both paths, alternating, one process.
-stage bench python3 -m hdr_lib bench "${common[@]}" --rounds "$ROUNDS" --out "$out/bench-$DEVICE.json"
+wanted bench && stage bench python3 -m hdr_lib bench "${common[@]}" --rounds "$ROUNDS" --out "$out/bench-$DEVICE.json"
 # What CI cannot run: the CUDA tests (graphs against eager steps, the Triton step compiled for this GPU, the
 # decaying lr, resume, compile).
-if python3 -c "import pytest" 2>/dev/null && [ -d tests ]; then
+if wanted tests && python3 -c "import pytest" 2>/dev/null && [ -d tests ]; then
   # shellcheck disable=SC2086  # TESTS is a list of files
   stage tests python3 -m pytest -q -rs -p no:cacheprovider $TESTS
 fi
-# The same with PyTorch's own kernels (cuDNN, cuBLAS) in the graph instead of the Triton step, and with those
-# compiled by torch.compile: what the Triton step gains, on this GPU.
 if [ "$DEVICE" != cpu ]; then
-  stage fast-aten python3 -m hdr_lib replicate "${common[@]}" --no-triton --seeds "$COMPILE_SEEDS" --out-dir "$out"
-fi
-stage fast-compiled python3 -m hdr_lib replicate "${common[@]}" --compile --seeds "$COMPILE_SEEDS" --out-dir "$out"
-# The plain PyTorch loop on the same device (it is the slow one).
-stage reference python3 -m hdr_lib replicate "${common[@]}" --path reference --seeds "$REF_SEEDS" --out-dir "$out"
-# The same host's CPU, fast path, one seed: CPU vs GPU on one machine.
-if [ "$DEVICE" != cpu ]; then
-  stage cpu python3 -m hdr_lib train --device cpu --epochs "$EPOCHS" --seed 0 --quiet \
+  # The same with PyTorch's own kernels (cuDNN, cuBLAS) in the graph instead of the Triton step: what it gains.
+  wanted fast-aten && stage fast-aten python3 -m hdr_lib replicate "${common[@]}" --no-triton --seeds "$COMPILE_SEEDS" \
+    --out-dir "$out"
+  # The same host's CPU, fast path, one seed: CPU vs GPU on one machine.
+  wanted cpu && stage cpu python3 -m hdr_lib train --device cpu --epochs "$EPOCHS" --seed 0 --quiet \
     --out "$out/host-cpu/cpu-fast-e$EPOCHS-b64-seed0.json"
 fi
+# PyTorch's kernels compiled by torch.compile (a minute or so of compilation per process).
+wanted fast-compiled && stage fast-compiled python3 -m hdr_lib replicate "${common[@]}" --compile --seeds "$COMPILE_SEEDS" \
+  --out-dir "$out"
+# The plain PyTorch loop on the same device: the slow one, last.
+wanted reference && stage reference python3 -m hdr_lib replicate "${common[@]}" --path reference --seeds "$REF_SEEDS" \
+  --out-dir "$out"
 cat "$out/stages.txt"
 ls -lR "$out"
 exit "$failed"

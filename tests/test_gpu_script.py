@@ -80,6 +80,20 @@ def test_a_failing_stage_is_noted_and_the_later_stages_still_run(tmp_path, data_
     assert [": exit 0 " in line for line in stages] == [True, True, False, False, False, True, False, False]
 
 
+def test_stages_chosen_by_name_run_alone(tmp_path, data_root):
+    # The device tool gives a command 10 minutes: the stages can be split over calls.
+    tree = _tree(tmp_path)
+    subprocess.run(["bash", "scripts/pack_mnist_for_gpu.sh", str(data_root)], cwd=tree, check=True,
+                   capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k != "HDR_DATA_DIR"}
+    env.update(DEVICE="cpu", EPOCHS="0", STAGES="bench reference", OUT=str(tmp_path))
+    subprocess.run(["bash", "scripts/gpu_replication.sh"], cwd=tree, env=env, capture_output=True, timeout=600)
+    (archive,) = tmp_path.glob("gpu-*.tar.gz")
+    with tarfile.open(archive) as tar:
+        stages = tar.extractfile(f"{archive.name[:-7]}/stages.txt").read().decode().splitlines()
+    assert [line.split(":")[0] for line in stages] == ["nvidia-smi", "info", "bench", "reference"]
+
+
 def test_gpu_replication_script_without_packed_data_says_what_to_run(tmp_path):
     done = subprocess.run(["bash", "scripts/gpu_replication.sh"], cwd=_tree(tmp_path), capture_output=True,
                           text=True, env={**os.environ, "OUT": str(tmp_path / "out")})
