@@ -19,6 +19,16 @@ from conftest import REPO
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@pytest.fixture(autouse=True)
+def ieee_float32_references():
+    # On a GPU, cuDNN's convolutions default to TF32, which would make autograd's reference less exact than the
+    # kernels it is compared with; train() switches TF32 off the same way for the paper's float32.
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def _data(mnist, n=200):
     x = mnist.train_images[:n].to(DEVICE).float().div(255).unsqueeze(1).contiguous()
     return x, mnist.train_labels[:n].to(DEVICE)
