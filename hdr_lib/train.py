@@ -175,7 +175,7 @@ class _FastSteps:
     compiling and checking the Triton kernels, compiling the model, capturing the graphs."""
 
     def __init__(self, model, optimizer, x_all, y_all, batch_size, amp_context, *, options_on, compiled,
-                 use_graph, full_epochs, partial_epochs, triton=False):
+                 use_graph, full_epochs, partial_epochs, triton=False, tf32=False):
         self.model, self.optimizer, self.amp = model, optimizer, amp_context
         self.x_all, self.y_all, self.batch_size = x_all, y_all, batch_size
         self.device = x_all.device
@@ -201,7 +201,7 @@ class _FastSteps:
         with Stopwatch(self.device) as sw_triton:  # Triton compiles the kernels at their first launch
             self.triton_step, self.triton_unavailable = None, None
             if triton:
-                self._try_triton(options_on or compiled)
+                self._try_triton(options_on or compiled or tf32)
         self.setup_seconds["triton_step"] = sw_triton.seconds if self.triton_step is not None else 0.0
         self.cuda_kernels = CUDA_KERNELS["triton" if self.triton_step is not None else "aten"]
         self.captured = False
@@ -225,7 +225,8 @@ class _FastSteps:
     def _try_triton(self, options_on: bool) -> None:
         """Use hdr_lib.tritonstep where it applies and its first gradient matches autograd's; else say why."""
         if options_on:
-            self.triton_unavailable = "the Triton step computes without the amp, channels-last and compile options"
+            self.triton_unavailable = ("the Triton step computes in IEEE float32, without the amp, channels-last, "
+                                       "tf32 and compile options")
             return
         self.triton_unavailable = tritonstep.reason_not_applicable(self.model, self.optimizer, self.x_all)
         if self.triton_unavailable is not None:
@@ -472,7 +473,8 @@ def train(
     if fast:
         stepper = _FastSteps(model, optimizer, x_all, y_all, config.batch_size, lambda: autocast(config, device),
                              options_on=config.amp or config.channels_last, compiled=config.compile,
-                             triton=config.triton and device.type == "cuda", use_graph=use_graph, full_epochs=steps_per_epoch in planned,
+                             triton=config.triton and device.type == "cuda", tf32=config.tf32,
+                             use_graph=use_graph, full_epochs=steps_per_epoch in planned,
                              partial_epochs=any(limit < steps_per_epoch for limit in planned))
         run.setup_seconds.update(stepper.setup_seconds)
     on_cuda = device.type == "cuda"

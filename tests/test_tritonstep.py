@@ -204,6 +204,15 @@ def test_the_fast_path_replays_the_triton_step_as_an_epoch_graph(mnist, monkeypa
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_options_that_change_the_arithmetic_keep_the_triton_step_out(mnist):
+    x, y = _data(mnist, N)
+    model = _model(2)
+    stepper = _FastSteps(model, _sgd(model, fused=True), x, y, BATCH, lambda: autocast(PAPER, x.device),
+                         options_on=False, compiled=False, use_graph=False, full_epochs=True, partial_epochs=False,
+                         triton=True, tf32=True)
+    assert stepper.triton_step is None and "tf32" in stepper.triton_unavailable
+
+
 def test_a_triton_step_whose_gradient_is_wrong_is_not_used(mnist, monkeypatch):
     # The reference forward without fc2's ReLU: what a miscompiled kernel would look like to the check.
     def other_forward(params, x):
