@@ -3,8 +3,9 @@
 At batch 64 LeNet-5's step is a few microseconds of GPU work per kernel (two kernels with hdr_lib.tritonstep,
 many with PyTorch's own): launched one by one from Python, the CPU's launch overhead, not the GPU, would set the
 pace. Captured as a graph, a replay launches them all with one call. Capturing a whole epoch (every step: batch
-gather, forward, backward, SGD, and the loss kept) leaves one launch per epoch. What a graph reads is fixed at capture: the batch order lives in a static device
-tensor, rewritten before each replay, and the learning rate is a device tensor the scheduler fills in place.
+gather, forward, backward, SGD, and the loss kept) leaves one launch per epoch. What a graph reads is fixed at
+capture: the batch order lives in a static device tensor, rewritten before each replay, and the learning rate is a
+device tensor written in place each epoch.
 
 Capture changes nothing in the experiment: the warm-up steps it needs (cuDNN's algorithm search, cuBLAS's
 workspace, the optimiser's buffers, a compiled model's first calls) run on a side stream, and the weights and

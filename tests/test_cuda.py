@@ -1,7 +1,8 @@
 """The CUDA fast path on a real GPU: CUDA graphs replay the eager steps, the Triton step trains as PyTorch's kernels
 do, the graph reads the learning rate as it decays, runs resume and compile, and the record holds the GPU's
-measurements (tests/test_tritonstep.py checks the Triton step's gradients, on the GPU there). Every test here needs a GPU and skips without one;
-scripts/gpu_replication.sh runs this file on the GPU machine (plain torch and pytest) and keeps its log."""
+measurements (tests/test_tritonstep.py checks the Triton step's gradients, on the GPU there). Every test here
+needs a GPU and skips without one; scripts/gpu_replication.sh runs this file on the GPU machine (plain torch and
+pytest) and keeps its log."""
 
 import pytest
 import torch
