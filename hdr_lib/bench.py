@@ -6,19 +6,22 @@ import statistics
 from pathlib import Path
 
 from hdr_lib import data as mnist
-from hdr_lib.config import TrainConfig
+from hdr_lib.config import ConfigError, TrainConfig
 from hdr_lib.hardware import environment, resolve_device
 from hdr_lib.records import SCHEMA, write_json_atomic
 from hdr_lib.train import check_writable, train
 
 PATHS = ("reference", "fast")
+# Other ways to run the fast path, timed beside it with --variant: each is "fast <name>" in the record.
+VARIANTS = {"no-triton": {"triton": False}, "no-cuda-graph": {"cuda_graph": False}, "compile": {"compile": True}}
 
 
 def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None, data_root=None,
-          progress: bool | None = None) -> dict:
+          progress: bool | None = None, variants: tuple[str, ...] = ()) -> dict:
     """Time one epoch of each path `rounds` times, alternating, so both see the same machine state: round 1 runs
     (reference, fast), round 2 (fast, reference), and so on, so that neither path always runs second in a
     process that may slow down as it goes. Every epoch starts from the same seed: the same work, the same accuracy.
+    `variants` (names in VARIANTS) add ways to run the fast path; the order then rotates by one each round.
 
     Reports seconds per epoch (median, min, max), images per second, test accuracy and the speed ratio: of the
     medians, and round by round (the two epochs of a round run back to back, so their ratio is the one
@@ -26,20 +29,27 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     One-time costs (data loading, moving data, graph capture) are reported apart, per path.
     """
     config.validate()
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
     device = resolve_device(config.device)
     if out is not None:
         check_writable(Path(out))
     data = mnist.load_mnist(data_root)
     n_images = data.train_images.shape[0]
-    runs = {path: [] for path in PATHS}
+    ways = {path: config.replace(path=path, epochs=1) for path in PATHS}
+    ways.update({f"fast {v}": config.replace(path="fast", epochs=1, **VARIANTS[v]) for v in variants})
+    names = list(ways)
+    runs = {name: [] for name in names}
     for round_ in range(rounds):
-        for path in PATHS if round_ % 2 == 0 else PATHS[::-1]:
-            record = train(config.replace(path=path, epochs=1), data=data, progress=progress)
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            record = train(ways[name], data=data, progress=progress)
             epoch = record["epochs"][0]
-            runs[path].append({"round": round_ + 1, "train_seconds": epoch["train_seconds"],
+            runs[name].append({"round": round_ + 1, "train_seconds": epoch["train_seconds"],
                                "test_accuracy": epoch["test_accuracy"], "train_loss": epoch["train_loss"],
                                "setup_seconds": record["setup_seconds"], "execution": record["execution"]})
-            print(f"round {round_ + 1}/{rounds} {path:>9}: {epoch['train_seconds']:.2f} s/epoch, "
+            print(f"round {round_ + 1}/{rounds} {name:>9}: {epoch['train_seconds']:.2f} s/epoch, "
                   f"test accuracy {epoch['test_accuracy']:.2f} %", flush=True)
     summary = {}
     for path, items in runs.items():
@@ -57,7 +67,7 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
         "kind": "bench",
         # Each round times one epoch per path: the record says so, whatever `config.epochs` was.
         "config": {**config.as_dict(), "epochs": 1, "device": device.type, "device_requested": config.device,
-                   "path": "both", "rounds": rounds},
+                   "path": "both", "rounds": rounds, "variants": list(variants)},
         "environment": environment(device),
         "epochs": [],
         "runs": runs,
@@ -65,6 +75,9 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
         "speedup_fast_over_reference": ratio,
         "speedup_per_round": per_round,
         "speedup_median_of_rounds": per_round_median,
+        # Every way of running against the reference, by medians (the variants' too).
+        "speedup_over_reference": {name: summary["reference"]["seconds_per_epoch_median"]
+                                   / summary[name]["seconds_per_epoch_median"] for name in names[1:]},
         "status": "complete",
     }
     print(f"fast: {summary['fast']['seconds_per_epoch_median']:.3f} s/epoch "
@@ -72,6 +85,9 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
           f"{summary['reference']['seconds_per_epoch_median']:.3f} s/epoch "
           f"({summary['reference']['images_per_second']:,.0f} images/s); fast is {ratio:.2f}x the reference "
           f"(round by round: {', '.join(f'{r:.2f}' for r in per_round)}; median {per_round_median:.2f}x)")
+    for name in names[2:]:
+        print(f"{name}: {summary[name]['seconds_per_epoch_median']:.3f} s/epoch, "
+              f"{record['speedup_over_reference'][name]:.2f}x the reference")
     if out is not None:
         write_json_atomic(out, record)
         print(f"-> {out}")

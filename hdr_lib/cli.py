@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time the fast and reference paths in one process, alternating")
     _add_run_options(p)
     p.add_argument("--rounds", type=_positive_int, default=3, help="epochs timed per path (default %(default)s)")
+    p.add_argument("--variant", action="append", default=[], choices=["no-triton", "no-cuda-graph", "compile"],
+                   help="also time the fast path run this way (repeatable), alternating with the others")
     p.add_argument("--out", default=None, help="benchmark record file (default: results/bench-<device>.json)")
 
     p = sub.add_parser("replicate", help="run the paper's configuration for several seeds, one record each")
@@ -166,6 +168,7 @@ def _dispatch(args) -> int:
         config = _config_from(args)
         device = resolve_device(config.device)
         out = Path(args.out) if args.out else Path("results") / f"bench-{device.type}.json"
-        bench(config, rounds=args.rounds, out=out, data_root=args.data_dir, progress=progress)
+        bench(config, rounds=args.rounds, out=out, data_root=args.data_dir, progress=progress,
+              variants=tuple(args.variant))
         return 0
     raise AssertionError(args.command)

@@ -225,10 +225,14 @@ def digit_image(image: torch.Tensor, title: str = "") -> go.Figure:
 def bench_bars(rows: list[dict], unit: str = "seconds per epoch") -> go.Figure:
     """Training seconds of the fast and the reference path, per device (rows: device, path, seconds list)."""
     fig = go.Figure()
-    for path, colour in (("reference", PAPER_COLOUR), ("fast", DEVICE_COLOURS["cpu"])):
+    others = sorted({r["path"] for r in rows} - {"reference", "fast"})  # the fast path run other ways (bench --variant)
+    ways = [("reference", PAPER_COLOUR), ("fast", DEVICE_COLOURS["cpu"])] + list(
+        zip(others, ("#8c8c8c", "#bcbd22", "#17becf")))  # one colour per variant of hdr_lib.bench.VARIANTS
+    for path, colour in ways:
         for row in (r for r in rows if r["path"] == path):
             s = summarize(row["seconds"])
-            fig.add_bar(x=[row["device"]], y=[s["mean"]], name=f"{path} path", marker_color=colour,
+            fig.add_bar(x=[row["device"]], y=[s["mean"]], name=path if path in others else f"{path} path",
+                        marker_color=colour,
                         legendgroup=path, showlegend=row is next(r for r in rows if r["path"] == path),
                         text=[f"{s['mean']:.2f} s (n={s['n']})"], textposition="outside",
                         error_y=dict(type="data", symmetric=False, array=[s["max"] - s["mean"]],

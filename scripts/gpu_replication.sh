@@ -68,8 +68,11 @@ if wanted fast; then
   stage fast python3 -m hdr_lib replicate "${common[@]}" --seeds "$SEEDS" --out-dir "$out" \
     || stage fast-nograph python3 -m hdr_lib replicate "${common[@]}" --seeds "$SEEDS" --out-dir "$out" --no-cuda-graph
 fi
-# Both paths, alternating, one process.
-wanted bench && stage bench python3 -m hdr_lib bench "${common[@]}" --rounds "$ROUNDS" --out "$out/bench-$DEVICE.json"
+# Both paths, alternating, one process; on CUDA with PyTorch's kernels in the graph as a third way (--no-triton).
+bench_extra=()
+[ "$DEVICE" != cpu ] && bench_extra=(--variant no-triton)
+wanted bench && stage bench python3 -m hdr_lib bench "${common[@]}" --rounds "$ROUNDS" "${bench_extra[@]}" \
+  --out "$out/bench-$DEVICE.json"
 # What CI cannot run: the CUDA tests (graphs against eager steps, the Triton step compiled for this GPU, the
 # decaying lr, resume, compile).
 if wanted tests && python3 -c "import pytest" 2>/dev/null && [ -d tests ]; then

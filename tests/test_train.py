@@ -143,3 +143,26 @@ def test_bench_times_both_paths_to_equal_accuracy(data_root, tmp_path, capsys):
     per_round = [r["train_seconds"] / f["train_seconds"] for r, f in zip(runs["reference"], runs["fast"])]
     assert record["speedup_per_round"] == pytest.approx(per_round) and len(per_round) == 2
     assert min(per_round) <= record["speedup_median_of_rounds"] <= max(per_round)
+
+
+def test_bench_times_other_ways_of_running_the_fast_path_in_turn(data_root, tmp_path, capsys):
+    from hdr_lib import notebook as nb, plots
+    from hdr_lib.bench import bench
+    from hdr_lib.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown bench variant 'bogus'"):
+        bench(CPU, rounds=1, variants=("bogus",), data_root=data_root)
+    record = bench(CPU.replace(batch_size=1000, lr=0.05), rounds=2, out=tmp_path / "bench-cpu.json",
+                   data_root=data_root, progress=False, variants=("no-cuda-graph",))
+    order = [line.split(": ")[0].split(maxsplit=2)[-1].strip() for line in capsys.readouterr().out.splitlines()
+             if line.startswith("round")]
+    assert order == ["reference", "fast", "fast no-cuda-graph", "fast", "fast no-cuda-graph", "reference"]
+    assert record["config"]["variants"] == ["no-cuda-graph"]
+    assert set(record["speedup_over_reference"]) == {"fast", "fast no-cuda-graph"}
+    assert record["speedup_over_reference"]["fast"] == pytest.approx(record["speedup_fast_over_reference"])
+    # On the CPU the variant runs the fast path itself (graphs are CUDA's): the same arithmetic, the same accuracy.
+    assert record["summary"]["fast no-cuda-graph"]["test_accuracy"] == record["summary"]["fast"]["test_accuracy"]
+    rows = nb.bench_rows(tmp_path)
+    assert {row["path"] for row in rows} == {"reference", "fast", "fast no-cuda-graph"}
+    assert sorted(bar.name for bar in plots.bench_bars(rows).data) == ["fast no-cuda-graph", "fast path",
+                                                                        "reference path"]
