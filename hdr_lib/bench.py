@@ -12,7 +12,7 @@ from hdr_lib.records import SCHEMA, write_json_atomic
 from hdr_lib.train import check_writable, train
 
 PATHS = ("reference", "fast")
-# Other ways to run the fast path, timed beside it with --variant: each is "fast <name>" in the record.
+# Other ways to run the fast path, timed beside it with --fast-variant: each is "fast <name>" in the record.
 VARIANTS = {"no-triton": {"triton": False}, "no-cuda-graph": {"cuda_graph": False}, "compile": {"compile": True}}
 
 

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time the fast and reference paths in one process, alternating")
     _add_run_options(p)
     p.add_argument("--rounds", type=_positive_int, default=3, help="epochs timed per path (default %(default)s)")
-    p.add_argument("--variant", action="append", default=[], choices=["no-triton", "no-cuda-graph", "compile"],
+    p.add_argument("--fast-variant", action="append", default=[], choices=["no-triton", "no-cuda-graph", "compile"],
                    help="also time the fast path run this way (repeatable), alternating with the others")
     p.add_argument("--out", default=None, help="benchmark record file (default: results/bench-<device>.json)")
 
@@ -169,6 +169,6 @@ def _dispatch(args) -> int:
         device = resolve_device(config.device)
         out = Path(args.out) if args.out else Path("results") / f"bench-{device.type}.json"
         bench(config, rounds=args.rounds, out=out, data_root=args.data_dir, progress=progress,
-              variants=tuple(args.variant))
+              variants=tuple(args.fast_variant))
         return 0
     raise AssertionError(args.command)

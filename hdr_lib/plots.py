@@ -225,9 +225,10 @@ def digit_image(image: torch.Tensor, title: str = "") -> go.Figure:
 def bench_bars(rows: list[dict], unit: str = "seconds per epoch") -> go.Figure:
     """Training seconds of the fast and the reference path, per device (rows: device, path, seconds list)."""
     fig = go.Figure()
-    others = sorted({r["path"] for r in rows} - {"reference", "fast"})  # the fast path run other ways (bench --variant)
+    # the fast path run other ways (bench --fast-variant), each in a colour of its own
+    others = sorted({r["path"] for r in rows} - {"reference", "fast"})
     ways = [("reference", PAPER_COLOUR), ("fast", DEVICE_COLOURS["cpu"])] + list(
-        zip(others, ("#8c8c8c", "#bcbd22", "#17becf")))  # one colour per variant of hdr_lib.bench.VARIANTS
+        zip(others, ("#8c8c8c", "#bcbd22", "#17becf")))  # as many as hdr_lib.bench.VARIANTS
     for path, colour in ways:
         for row in (r for r in rows if r["path"] == path):
             s = summarize(row["seconds"])

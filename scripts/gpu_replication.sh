@@ -70,7 +70,7 @@ if wanted fast; then
 fi
 # Both paths, alternating, one process; on CUDA with PyTorch's kernels in the graph as a third way (--no-triton).
 bench_extra=()
-[ "$DEVICE" != cpu ] && bench_extra=(--variant no-triton)
+[ "$DEVICE" != cpu ] && bench_extra=(--fast-variant no-triton)
 wanted bench && stage bench python3 -m hdr_lib bench "${common[@]}" --rounds "$ROUNDS" "${bench_extra[@]}" \
   --out "$out/bench-$DEVICE.json"
 # What CI cannot run: the CUDA tests (graphs against eager steps, the Triton step compiled for this GPU, the

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hdr_lib.data import raw_folder
+from hdr_lib.records import read_record
 
 from conftest import REPO
 
@@ -78,3 +79,17 @@ def test_info_prints_the_provenance_a_record_holds():
     assert proc.returncode == 0, proc.stderr
     for key in ('"torch"', '"torchvision"', '"cpu"', '"threads"', '"gpu"', '"git_commit"'):
         assert key in proc.stdout
+
+
+def test_bench_times_a_fast_variant_from_the_command_line(tmp_path, data_root):
+    # Ten big batches an epoch: the command's options, not the training, are what is tested here.
+    proc, out = run_cli(["bench", "--device", "cpu", "--rounds", "1", "--batch-size", "6000", "--lr", "0.05",
+                         "--fast-variant", "no-cuda-graph"], tmp_path, data_root)
+    assert proc.returncode == 0, proc.stderr
+    record = read_record(out)
+    assert record["config"]["variants"] == ["no-cuda-graph"] and set(record["runs"]) == {
+        "reference", "fast", "fast no-cuda-graph"}
+    assert "fast no-cuda-graph:" in proc.stdout
+    (tmp_path / "bad").mkdir()
+    proc, out = run_cli(["bench", "--device", "cpu", "--fast-variant", "bogus"], tmp_path / "bad", data_root)
+    assert proc.returncode == 2 and "invalid choice: 'bogus'" in proc.stderr and not out.exists()
