@@ -233,8 +233,8 @@ class _FastSteps:
             return
         try:
             step = tritonstep.TrainStep(self.model, self.optimizer, self.batch_size)
-            self.triton_unavailable = step.check(self.model, self.x_all, self.y_all,
-                                                 torch.arange(self.batch_size, device=self.device))
+            first = torch.arange(self.batch_size, device=self.device)
+            self.triton_unavailable = step.check(self.x_all, self.y_all, first)
         except Exception as exc:  # noqa: BLE001 (a kernel Triton cannot compile here: say why, use ATen's)
             self.triton_unavailable = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
         if self.triton_unavailable is None:

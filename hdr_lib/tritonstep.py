@@ -117,20 +117,22 @@ class TrainStep:
 
     def step(self, x_all, y_all, idx, *, flat=None, buf=None, grad_out=None) -> torch.Tensor:
         n = idx.shape[0]
+        if not 0 < n <= self.scratch.shape[0]:
+            raise ValueError(f"a batch of {n} images; this step holds scratch rows for 1 to {self.scratch.shape[0]}")
         p = self.params
         loss = torch.empty((), device=idx.device)
         self.k.sample_kernel[(n,)](x_all, y_all, idx, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9],
                                    self.scratch, self.winners, 1.0 / n, num_warps=8)
         flat = self.flat if flat is None else flat
-        self.k.update_kernel[(triton_cdiv(flat.numel(), 128),)](
+        self.k.update_kernel[(_cdiv(flat.numel(), 128),)](
             self.scratch, self.u, self.v, flat, self.buf if buf is None else buf, self.group["lr"], loss,
             grad_out if grad_out is not None else loss, n, flat.numel(), float(self.group["momentum"]),
             STORE_GRAD=grad_out is not None)
         return loss
 
-    def check(self, model, x_all, y_all, idx) -> str | None:
-        """One step's gradient and loss against autograd's on the module, computed on copies (nothing changes);
-        None when they agree, else what differs."""
+    def check(self, x_all, y_all, idx) -> str | None:
+        """One step's gradient and loss against autograd's on the module's parameters, computed on copies (nothing
+        changes); None when they agree, else what differs."""
         grad = torch.empty_like(self.flat)
         loss = self.step(x_all, y_all, idx, flat=self.flat.clone(), buf=self.buf.clone(), grad_out=grad)
         x, y = x_all.index_select(0, idx), y_all.index_select(0, idx)
@@ -145,7 +147,7 @@ class TrainStep:
         return None
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 

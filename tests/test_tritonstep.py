@@ -65,7 +65,9 @@ def _assert_same_as_autograd(model, x, y, idx):
         assert p.grad.abs().max() > 0, name  # a zero gradient would make the comparison empty
         torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-6, msg=name)
     assert offset == grad.numel() == 44_426
-    assert step.check(model, x, y, idx) is None
+    assert step.check(x, y, idx) is None
+    with pytest.raises(ValueError, match="a batch of 65 images"):
+        step.step(x, y, torch.arange(65, device=DEVICE))
 
 
 # A batch that fills one pass over the update kernel's 64 rows, the epoch's last (smaller) one, and odd sizes.
@@ -86,7 +88,7 @@ def test_the_update_sums_every_row_of_batches_beyond_64_images_then_steps_with_m
     flat, buf = torch.randn(2, u.numel(), generator=generator).to(DEVICE)
     lr, loss, grad = torch.tensor(0.05, device=DEVICE), torch.empty((), device=DEVICE), torch.empty_like(flat)
     new_flat, new_buf = flat.clone(), buf.clone()
-    k.update_kernel[(tritonstep.triton_cdiv(u.numel(), 128),)](scratch, u, v, new_flat, new_buf, lr, loss, grad, 130,
+    k.update_kernel[(tritonstep._cdiv(u.numel(), 128),)](scratch, u, v, new_flat, new_buf, lr, loss, grad, 130,
                                                                u.numel(), 0.9, STORE_GRAD=True)
     expected = (scratch[:, u.long()] * scratch[:, v.long()]).sum(0)
     torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-5)
