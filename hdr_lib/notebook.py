@@ -380,9 +380,9 @@ def cuda_ways_markdown(results_dir=None) -> str:
     lines = ["| how the step ran | GPU | runs | training, 20 epochs (mean) | one-time setup (mean) | accuracy (mean) |",
              "|---|---|---|---|---|---|"]
     for row in rows:
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-        lines.append(f"| {row['way']} | {row['hardware']} | {len(row['seconds'])} | {mean(row['seconds']):.2f} s | "
-                     f"{mean(row['setup_seconds']):.1f} s | {mean(row['accuracy']):.2f} % |")
+        seconds, setup, accuracy = (summarize(row[key])["mean"] for key in ("seconds", "setup_seconds", "accuracy"))
+        lines.append(f"| {row['way']} | {row['hardware']} | {len(row['seconds'])} | {seconds:.2f} s | "
+                     f"{setup:.1f} s | {accuracy:.2f} % |")
     return "\n".join(lines)
 
 

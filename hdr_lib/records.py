@@ -111,6 +111,11 @@ def is_default_run(record: dict) -> bool:
             and not (on_cuda and (config.get("cuda_graph", True) is False or config.get("triton", True) is False)))
 
 
+def is_headline_run(record: dict) -> bool:
+    """A run the paper's numbers are compared with: the paper's configuration, run the default way."""
+    return is_paper_config(record) and is_default_run(record)
+
+
 def machine(record: dict) -> str:
     """The processor a record's time belongs to: the GPU's name for CUDA runs, the CPU model and threads else."""
     env = record.get("environment", {})
@@ -138,5 +143,4 @@ def paper_runs(folder: str | os.PathLike, device: str | None = None, path: str |
     if not folder.is_dir():
         return []
     filters = {key: value for key, value in (("device", device), ("path", path)) if value is not None}
-    return [r for r in load_records(folder, kind="train", status="complete", **filters)
-            if is_paper_config(r) and is_default_run(r)]
+    return [r for r in load_records(folder, kind="train", status="complete", **filters) if is_headline_run(r)]

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hdr_lib import records
-from hdr_lib.records import is_default_run, is_finite, is_paper_config, one_machine
+from hdr_lib.records import is_finite, is_headline_run, one_machine
 from hdr_lib.stats import summarize, welch
 
 REPRODUCED, NOT_REPRODUCED, NOT_MEASURED = "reproduced", "not reproduced", "not yet measured"
@@ -212,7 +212,7 @@ def _measure(claim: Claim, cpu: list[dict], gpu: list[dict]) -> tuple[dict | Non
 
 def scorecard(records: list[dict] | None = None) -> list[Row]:
     """One row per claim and training path found in `records` (default: `paper_runs()`)."""
-    records = paper_runs() if records is None else [r for r in records if is_paper_config(r) and is_default_run(r)]
+    records = paper_runs() if records is None else [r for r in records if is_headline_run(r)]
     paths = sorted({r["config"].get("path", "?") for r in records}) or ["-"]
     rows = []
     for path in paths:

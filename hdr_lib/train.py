@@ -163,6 +163,12 @@ CUDA_KERNELS = {
 }
 
 
+def _brief(exc: Exception) -> str:
+    """An exception as a record gives it: its type and the first line of its message, at most 300 characters."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
 class _FastSteps:
     """The fast path's training step: data already on the device, batches cut by index, no host sync,
     fused SGD; on the CPU `hdr_lib.native`'s operator where it builds, else `hdr_lib.fastcpu`'s explicit step (and
@@ -236,7 +242,7 @@ class _FastSteps:
             first = torch.arange(self.batch_size, device=self.device)
             self.triton_unavailable = step.check(self.x_all, self.y_all, first)
         except Exception as exc:  # noqa: BLE001 (a kernel Triton cannot compile here: say why, use ATen's)
-            self.triton_unavailable = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+            self.triton_unavailable = _brief(exc)
         if self.triton_unavailable is None:
             self.triton_step = step
 
@@ -310,7 +316,7 @@ class _FastSteps:
         self.optimizer.zero_grad(set_to_none=True)
         if self.device.type == "cuda":  # a failed capture_end leaves the capture stream current
             torch.cuda.set_stream(torch.cuda.default_stream(self.device))
-        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+        return _brief(exc)
 
     def run_epoch(self, order: torch.Tensor, limit: int, on_step: Callable[[int], object]) -> torch.Tensor:
         """The first `limit` steps of an epoch in the batch order `order` (on the device); returns their losses."""

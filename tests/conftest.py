@@ -8,6 +8,20 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def emulated_capture(work, warmup):
+    """hdr_lib.cudagraphs.capture on the CPU: warm up, run the work once, and return a "graph" whose replay runs the
+    work again into the tensor the first run returned, as a real replay writes its static outputs in place (and
+    reads its inputs, the batch order and the lr, from the same tensors each time)."""
+    warmup()
+    out = work()
+
+    class Replay:
+        def replay(self):
+            out.copy_(work())
+
+    return Replay(), out
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     root = os.environ.get("HDR_DATA_DIR")

@@ -14,22 +14,10 @@ import torch
 from hdr_lib import PAPER, cudagraphs
 from hdr_lib.train import _FastSteps, _make_optimizer, _set_lr, autocast, batch_order, init_model
 
+from conftest import emulated_capture
+
 N, BATCH = 1000, 64  # 16 batches, the last of 40 images: both batch shapes of a real epoch
 CONFIG = PAPER.replace(device="cpu", seed=2)
-
-
-class _ReplayedWork:
-    def __init__(self, work, out):
-        self.work, self.out = work, out
-
-    def replay(self):
-        self.out.copy_(self.work())
-
-
-def _emulated_capture(work, warmup):
-    warmup()
-    out = work()
-    return _ReplayedWork(work, out), out
 
 
 def _fails_to_capture(work, warmup):
@@ -59,7 +47,7 @@ def _train(stepper, optimizer, limits):
 def test_an_epoch_graph_replays_exactly_the_eager_steps(mnist, monkeypatch):
     eager, eager_model, eager_opt = _stepper(mnist, use_graph=False)
     expected = _train(eager, eager_opt, [16, 16, 16])
-    monkeypatch.setattr(cudagraphs, "capture", _emulated_capture)
+    monkeypatch.setattr(cudagraphs, "capture", emulated_capture)
     graphed, model, optimizer = _stepper(mnist, use_graph=True)
     assert graphed.epoch_graph is not None and graphed.step_graph is None and graphed.graph_error is None
     got = _train(graphed, optimizer, [16, 16, 16])
@@ -74,7 +62,7 @@ def test_an_epoch_graph_replays_exactly_the_eager_steps(mnist, monkeypatch):
 def test_an_epoch_cut_short_replays_the_step_graph_for_full_batches(mnist, monkeypatch):
     eager, _, eager_opt = _stepper(mnist, use_graph=False)
     expected = _train(eager, eager_opt, [16, 7])
-    monkeypatch.setattr(cudagraphs, "capture", _emulated_capture)
+    monkeypatch.setattr(cudagraphs, "capture", emulated_capture)
     graphed, _, optimizer = _stepper(mnist, use_graph=True, full=True, partial=True)
     assert graphed.epoch_graph is not None and graphed.step_graph is not None
     assert torch.equal(_train(graphed, optimizer, [16, 7]), expected)
@@ -106,7 +94,7 @@ def test_where_the_epoch_graph_fails_the_step_graph_runs_the_full_batches(mnist,
 
     def epoch_fails(work, warmup):
         calls.append(work)
-        return _fails_to_capture(work, warmup) if len(calls) == 1 else _emulated_capture(work, warmup)
+        return _fails_to_capture(work, warmup) if len(calls) == 1 else emulated_capture(work, warmup)
 
     monkeypatch.setattr(cudagraphs, "capture", epoch_fails)
     graphed, _, optimizer = _stepper(mnist, use_graph=True)

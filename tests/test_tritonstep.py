@@ -14,7 +14,7 @@ from hdr_lib import PAPER, cudagraphs, tritonstep
 from hdr_lib.model import LeNet5
 from hdr_lib.train import CUDA_KERNELS, _FastSteps, _set_lr, autocast, batch_order
 
-from conftest import REPO
+from conftest import REPO, emulated_capture
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -180,22 +180,11 @@ def _train(stepper, optimizer, epochs=2):
     return torch.cat(losses)
 
 
-def _emulated_capture(work, warmup):  # as in tests/test_cudagraphs.py
-    warmup()
-    out = work()
-
-    class Replay:
-        def replay(self):
-            out.copy_(work())
-
-    return Replay(), out
-
-
 def test_the_fast_path_replays_the_triton_step_as_an_epoch_graph(mnist, monkeypatch):
     plain, plain_model, plain_opt = _stepper(mnist, triton=False)
     expected = _train(plain, plain_opt)
     if DEVICE.type != "cuda":
-        monkeypatch.setattr(cudagraphs, "capture", _emulated_capture)
+        monkeypatch.setattr(cudagraphs, "capture", emulated_capture)
     stepper, model, optimizer = _stepper(mnist, triton=True, use_graph=True)
     assert stepper.triton_unavailable is None and stepper.cuda_kernels == CUDA_KERNELS["triton"]
     assert stepper.epoch_graph is not None and stepper.graph_error is None
