@@ -2,7 +2,10 @@
 
 `sample_kernel`, one program per image of the batch: the whole forward pass, the loss, and the backward pass of
 that image, with each convolution, its ReLU and its 2x2 max pooling computed per pooling corner (as
-hdr_lib/csrc/lenet5_cpu.cpp does on the CPU). The image's share of every gradient goes to its row of a scratch
+hdr_lib/csrc/lenet5_cpu.cpp does on the CPU). conv2's input gradient uses the pooling too: only a window's winning
+corner carries a gradient, so each pooled position reaches one 6x6 patch of conv2's input, through conv2.weight
+shifted by its corner (about a third of the multiply-adds of a transposed convolution over the whole 8x8 output
+gradient, three quarters of which is zeros). The image's share of every gradient goes to its row of a scratch
 buffer: the convolutions' weight and bias gradients themselves, and for the fully connected layers the inputs and
 output gradients whose outer products are theirs.
 
@@ -34,8 +37,8 @@ ONE = tl.constexpr(3246)  # 1.0: a bias's gradient is its output gradient times 
 LOSS = tl.constexpr(3247)  # the sample's loss divided by the batch size
 A1 = tl.constexpr(3264)  # conv1 pooled, 16 x 256 (6 x 144 used)
 DH = tl.constexpr(7360)  # fc2's, then fc1's input gradient, 256
-DC2 = tl.constexpr(7616)  # conv2's output gradient before pooling, 16 x 64
-ROW = tl.constexpr(8640)
+T6 = tl.constexpr(7616)  # conv2's input gradient per pooled position over its 6x6 window, 16 x (6 x 36)
+ROW = tl.constexpr(11072)
 IROW = tl.constexpr(4352)  # int32 per sample: conv1's winning pooling corners (16 x 256), conv2's (16 x 16)
 
 
@@ -151,9 +154,6 @@ def sample_kernel(x_ptr, y_ptr, idx_ptr, w1, b1, w2, b2, f1w, f1b, f2w, f2b, f3w
     # conv2's backward: the pooled gradient goes to each window's winning corner where the ReLU passed it.
     dpre2 = tl.where(a2 > 0, tl.load(s + DH + c16[:, None] * 16 + q16[None, :]), 0.0)
     tl.store(s + C2B + c16, tl.sum(dpre2, axis=1))
-    for c in tl.static_range(4):
-        tl.store(s + DC2 + c16[:, None] * 64 + (2 * qi[None, :] + c // 2) * 8 + 2 * qj[None, :] + c % 2,
-                 tl.where(win2 == c, dpre2, 0.0))
     for ci in tl.static_range(6):
         dw2 = tl.zeros((16, 32), tl.float32)
         for c in tl.static_range(4):
@@ -161,19 +161,33 @@ def sample_kernel(x_ptr, y_ptr, idx_ptr, w1, b1, w2, b2, f1w, f1b, f2w, f2b, f3w
                               + (2 * qj[:, None] + c % 2 + kx[None, :]), mask=kok[None, :], other=0.0)
             dw2 += tl.dot(tl.where(win2 == c, dpre2, 0.0), patch_t, input_precision="ieee")
         tl.store(s + C2W + c16[:, None] * 150 + ci * 25 + k32[None, :], dw2, mask=kok[None, :])
-    tl.debug_barrier()
 
-    # conv2's input gradient, gathered (no scatter, no atomics): da1[ci, y, x] = sum over co, ky, kx of
-    # conv2.weight[co, ci, ky, kx] * (conv2's output gradient)[co, y - ky, x - kx].
+    # conv2's input gradient. Only the winning corner of each pooling window has an output gradient, so each pooled
+    # position (qi, qj) reaches the 6x6 input window at (2qi, 2qj) alone, through conv2.weight shifted by its corner:
+    # t[q, ci, u, v] = sum over c, co of [win2[co, q] == c] * dpre2[co, q] * conv2.weight[co, ci, u - c // 2, v - c % 2].
+    # Stored, then summed into each input pixel over the (up to 3x3) windows that hold it. n = ci * 36 + u * 6 + v.
+    nci = p256 // 36
+    nu = p256 % 36 // 6
+    nv = p256 % 6
+    nok = p256 < 216
+    t = tl.zeros((256, 16), tl.float32)
+    for c in tl.static_range(4):
+        wy = nu - c // 2
+        wx = nv - c % 2
+        wok = nok & (wy >= 0) & (wy < 5) & (wx >= 0) & (wx < 5)
+        w6 = tl.load(w2 + c16[None, :] * 150 + (nci * 25 + wy * 5 + wx)[:, None], mask=wok[:, None], other=0.0)
+        t += tl.dot(w6, tl.where(win2 == c, dpre2, 0.0), input_precision="ieee")
+    tl.store(s + T6 + q16[None, :] * 216 + p256[:, None], t, mask=nok[:, None])
+    tl.debug_barrier()
     da1 = tl.zeros((16, 256), tl.float32)
-    for co in tl.static_range(16):
-        w_t = tl.load(w2 + co * 150 + c16[:, None] * 25 + k32[None, :], mask=(c16[:, None] < 6) & kok[None, :],
-                      other=0.0)
-        yy = pi[None, :] - ky[:, None]
-        xx = pj[None, :] - kx[:, None]
-        inside = kok[:, None] & pok[None, :] & (yy >= 0) & (yy < 8) & (xx >= 0) & (xx < 8)
-        grad = tl.load(s + DC2 + co * 64 + yy * 8 + xx, mask=inside, other=0.0)
-        da1 += tl.dot(w_t, grad, input_precision="ieee")
+    for di in tl.static_range(3):
+        for dj in tl.static_range(3):
+            wi = pi // 2 - di
+            wj = pj // 2 - dj
+            held = pok & (wi >= 0) & (wi < 4) & (wj >= 0) & (wj < 4)
+            da1 += tl.load(s + T6 + (wi * 4 + wj)[None, :] * 216 + c16[:, None] * 36
+                           + ((pi % 2 + 2 * di) * 6 + pj % 2 + 2 * dj)[None, :],
+                           mask=(c16[:, None] < 6) & held[None, :], other=0.0)
 
     # conv1's backward: weight and bias gradients (the image needs no gradient).
     a1 = tl.load(s + A1 + c16[:, None] * 256 + p256[None, :], mask=ok1, other=0.0)
