@@ -15,8 +15,9 @@
 # DEVICE, SEEDS, REF_SEEDS, COMPILE_SEEDS (also for --no-triton), ROUNDS, EPOCHS, TESTS and STAGES override the
 # defaults (cuda, 5, 2, 2, 5, 20, the three test files and every stage below): the test suite runs this script on
 # the CPU with tiny values, so it is known to work before a GPU is lent. All stages together may take longer than
-# the device tool's 10 minutes a command: split them over two calls, e.g. STAGES="fast bench tests fast-aten cpu",
-# then STAGES="fast-compiled reference" (each call packs its own gpu-<date>.tar.gz).
+# the device tool's 10 minutes a command: split them over two calls, e.g.
+# STAGES="fast bench tests kernels fast-aten cpu", then STAGES="fast-compiled reference" (each call packs its own
+# gpu-<date>.tar.gz).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 DEVICE="${DEVICE:-cuda}"
@@ -26,7 +27,7 @@ COMPILE_SEEDS="${COMPILE_SEEDS:-2}"
 ROUNDS="${ROUNDS:-5}"
 EPOCHS="${EPOCHS:-20}"
 TESTS="${TESTS:-tests/test_cuda.py tests/test_tritonstep.py tests/test_cudagraphs.py}"
-STAGES="${STAGES:-fast bench tests fast-aten cpu fast-compiled reference}"
+STAGES="${STAGES:-fast bench tests kernels fast-aten cpu fast-compiled reference}"
 [ -d .gpu/MNIST/raw ] || { echo "no .gpu/MNIST/raw: run scripts/pack_mnist_for_gpu.sh first, and carry .gpu" >&2; exit 2; }
 data="$(mktemp -d)"
 mkdir -p "$data/MNIST/raw"
@@ -80,6 +81,9 @@ if wanted tests && python3 -c "import pytest" 2>/dev/null && [ -d tests ]; then
   stage tests python3 -m pytest -q -rs -p no:cacheprovider $TESTS
 fi
 if [ "$DEVICE" != cpu ]; then
+  # The Triton step's two kernels timed alone (sample_kernel at 4, 8 and 16 warps): where a step's time goes.
+  wanted kernels && stage kernels env PYTHONPATH=. python3 scripts/cuda_kernel_times.py \
+    --out "$out/kernel-times-cuda.json"
   # The same with PyTorch's own kernels (cuDNN, cuBLAS) in the graph instead of the Triton step: what it gains.
   wanted fast-aten && stage fast-aten python3 -m hdr_lib replicate "${common[@]}" --no-triton --seeds "$COMPILE_SEEDS" \
     --out-dir "$out"

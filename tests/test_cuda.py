@@ -4,11 +4,18 @@ measurements (tests/test_tritonstep.py checks the Triton step's gradients, on th
 needs a GPU and skips without one; scripts/gpu_replication.sh runs this file on the GPU machine (plain torch and
 pytest) and keeps its log."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from hdr_lib import PAPER
+from hdr_lib.records import read_record
 from hdr_lib.train import CUDA_KERNELS, init_model, train
+
+from conftest import REPO
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 
@@ -104,3 +111,18 @@ def test_the_cuda_record_holds_the_gpu_measurements(mnist, tmp_path):
     gpu = record["utilisation"]["gpu"]
     assert gpu["utilisation_mean_percent"] is not None or gpu["reason"]
     assert record["numerics"]["tf32_matmul"] is False and record["numerics"]["tf32_cudnn"] is False
+
+
+def test_the_kernel_timer_writes_a_record_of_each_kernels_time(tmp_path):
+    out = tmp_path / "kernel-times-cuda.json"
+    done = subprocess.run([sys.executable, "scripts/cuda_kernel_times.py", "--out", str(out), "--launches", "5",
+                           "--repeats", "2", "--warps", "8"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = read_record(out)
+    assert record["kind"] == "kernel-times" and record["environment"]["gpu"]["name"]
+    times = record["microseconds_per_launch"]
+    assert set(times) == {"sample_kernel, 8 warps", "update_kernel", "whole step (both, as trained)"}
+    assert all(0 < t["min"] <= t["median"] <= t["max"] for t in times.values())
+    assert record["projected_seconds_20_epochs"] == pytest.approx(
+        times["whole step (both, as trained)"]["median"] * 20 * 938 / 1e6)

@@ -7,6 +7,7 @@ scripts/pack_mnist_for_gpu.sh writes, with its records going to $OUT (what the d
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 
 from hdr_lib.records import load_records, read_record
@@ -92,6 +93,21 @@ def test_stages_chosen_by_name_run_alone(tmp_path, data_root):
     with tarfile.open(archive) as tar:
         stages = tar.extractfile(f"{archive.name[:-7]}/stages.txt").read().decode().splitlines()
     assert [line.split(":")[0] for line in stages] == ["nvidia-smi", "info", "bench", "reference"]
+
+
+def test_the_kernel_timer_refuses_a_machine_without_a_gpu_and_nonsense_warps_before_any_work(tmp_path):
+    # CUDA_VISIBLE_DEVICES hides any GPU, so this checks the refusal on the GPU machine too.
+    out = tmp_path / "kernel-times-cuda.json"
+    done = subprocess.run([sys.executable, "scripts/cuda_kernel_times.py", "--out", str(out)], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "cuda_kernel_times: needs a CUDA GPU (none on this machine)"
+    assert not out.exists()
+    bad = subprocess.run([sys.executable, "scripts/cuda_kernel_times.py", "--out", str(out), "--warps", "8,six"],
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "--warps powers of 2" in bad.stderr and not out.exists()
 
 
 def test_gpu_replication_script_without_packed_data_says_what_to_run(tmp_path):
