@@ -39,7 +39,7 @@ A1 = tl.constexpr(3264)  # conv1 pooled, 16 x 256 (6 x 144 used)
 DH = tl.constexpr(7360)  # fc2's, then fc1's input gradient, 256
 T6 = tl.constexpr(7616)  # conv2's input gradient per pooled position over its 6x6 window, 16 x (6 x 36)
 ROW = tl.constexpr(11072)
-IROW = tl.constexpr(4352)  # int32 per sample: conv1's winning pooling corners (16 x 256), conv2's (16 x 16)
+IROW = tl.constexpr(4352)  # int32 per sample: conv1's winning pooling corners (16 x 256, 6 x 144 used), conv2's
 
 
 @triton.jit
@@ -65,20 +65,23 @@ def sample_kernel(x_ptr, y_ptr, idx_ptr, w1, b1, w2, b2, f1w, f1b, f2w, f2b, f3w
     ok1 = (c16[:, None] < 6) & pok[None, :]
 
     # conv1 + ReLU + pooling: per corner (dy, dx) of the 2x2 windows, the convolution at those pixels; the first
-    # corner in row-major order that holds the maximum wins, as in max_pool2d.
-    w1t = tl.load(w1 + c16[:, None] * 25 + k32[None, :], mask=(c16[:, None] < 6) & kok[None, :], other=0.0)
-    best1 = tl.full((16, 256), float("-inf"), tl.float32)
-    win1 = tl.zeros((16, 256), tl.int32)
+    # corner in row-major order that holds the maximum wins, as in max_pool2d. One input channel: each of the 25
+    # taps adds an outer product of the 6 (of 8) channels' weights and the 144 (of 256) pixels.
+    c8 = tl.arange(0, 8)
+    best1 = tl.full((8, 256), float("-inf"), tl.float32)
+    win1 = tl.zeros((8, 256), tl.int32)
     for c in tl.static_range(4):
-        patch = tl.load(x + (2 * pi[None, :] + c // 2 + ky[:, None]) * 28 + (2 * pj[None, :] + c % 2 + kx[:, None]),
-                        mask=kok[:, None] & pok[None, :], other=0.0)
-        conv = tl.dot(w1t, patch, input_precision="ieee")
+        conv = tl.zeros((8, 256), tl.float32)
+        for tap in tl.static_range(25):
+            w = tl.load(w1 + c8 * 25 + tap, mask=c8 < 6, other=0.0)
+            pixels = tl.load(x + (2 * pi + c // 2 + tap // 5) * 28 + 2 * pj + c % 2 + tap % 5, mask=pok, other=0.0)
+            conv += w[:, None] * pixels[None, :]
         better = conv > best1
         best1 = tl.where(better, conv, best1)
         win1 = tl.where(better, c, win1)
-    a1 = tl.maximum(best1 + tl.load(b1 + c16, mask=c16 < 6, other=0.0)[:, None], 0.0)
-    tl.store(s + A1 + c16[:, None] * 256 + p256[None, :], a1, mask=ok1)
-    tl.store(si + c16[:, None] * 256 + p256[None, :], win1)
+    a1 = tl.maximum(best1 + tl.load(b1 + c8, mask=c8 < 6, other=0.0)[:, None], 0.0)
+    tl.store(s + A1 + c8[:, None] * 256 + p256[None, :], a1, mask=(c8[:, None] < 6) & pok[None, :])
+    tl.store(si + c8[:, None] * 256 + p256[None, :], win1)
     tl.debug_barrier()
 
     # conv2 + ReLU + pooling, the same way: [16 channels, 16 pooled positions] per corner, summed over 6 inputs.
@@ -164,7 +167,7 @@ def sample_kernel(x_ptr, y_ptr, idx_ptr, w1, b1, w2, b2, f1w, f1b, f2w, f2b, f3w
 
     # conv2's input gradient. Only the winning corner of each pooling window has an output gradient, so each pooled
     # position (qi, qj) reaches the 6x6 input window at (2qi, 2qj) alone, through conv2.weight shifted by its corner:
-    # t[q, ci, u, v] = sum over c, co of [win2[co, q] == c] * dpre2[co, q] * conv2.weight[co, ci, u - c // 2, v - c % 2].
+    # t[q, ci, u, v] = sum over c, co of [win2[co, q] == c] * dpre2[co, q] * conv2.weight[co, ci, u - c//2, v - c%2].
     # Stored, then summed into each input pixel over the (up to 3x3) windows that hold it. n = ci * 36 + u * 6 + v.
     nci = p256 // 36
     nu = p256 % 36 // 6
@@ -191,7 +194,7 @@ def sample_kernel(x_ptr, y_ptr, idx_ptr, w1, b1, w2, b2, f1w, f1b, f2w, f2b, f3w
 
     # conv1's backward: weight and bias gradients (the image needs no gradient).
     a1 = tl.load(s + A1 + c16[:, None] * 256 + p256[None, :], mask=ok1, other=0.0)
-    win1 = tl.load(si + c16[:, None] * 256 + p256[None, :])
+    win1 = tl.load(si + c16[:, None] * 256 + p256[None, :], mask=ok1, other=0)
     dpre1 = tl.where(a1 > 0, da1, 0.0)
     tl.store(s + C1B + c16, tl.sum(dpre1, axis=1), mask=c16 < 6)
     dw1 = tl.zeros((16, 32), tl.float32)
