@@ -219,33 +219,17 @@ def test_a_triton_step_whose_gradient_is_wrong_is_not_used(mnist, monkeypatch):
     assert stepper.triton_unavailable.startswith("the Triton step's first gradient differs from autograd's by")
 
 
-COMPILE_FOR_HOPPER = """
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from hdr_lib import tritonkernels as k
-
-pointers = {name: "*fp32" for name in ("x_ptr", "w1", "b1", "w2", "b2", "f1w", "f1b", "f2w", "f2b", "f3w", "f3b",
-                                       "s_ptr")}
-sample = {**pointers, "y_ptr": "*i64", "idx_ptr": "*i64", "i_ptr": "*i32", "inv_n": "fp32"}
-sample = {name: sample[name] for name in k.sample_kernel.arg_names}
-update = {"s_ptr": "*fp32", "u_ptr": "*i32", "v_ptr": "*i32", "p_ptr": "*fp32", "buf_ptr": "*fp32", "lr_ptr": "*fp32",
-          "loss_ptr": "*fp32", "g_ptr": "*fp32", "n_samples": "i32", "n_params": "i32", "momentum": "fp32",
-          "STORE_GRAD": "constexpr"}
-for fn, signature, constants, warps in ((k.sample_kernel, sample, {}, 8),
-                                        (k.update_kernel, update, {"STORE_GRAD": False}, 4)):
-    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constants),
-                              target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
-    assert compiled.asm["cubin"], fn.__name__
-    print(fn.__name__, "compiled for sm_90")
-"""
-
-
 def test_the_kernels_compile_for_an_h100_here_without_a_gpu():
     # The interpreter runs the kernels' Python; this compiles them (Triton to PTX to machine code, with the ptxas
-    # that comes with Triton) for the H100's architecture, the GPU the replication runs on, as Triton will there.
+    # that comes with Triton) for the H100's architecture, the GPU the replication runs on, as Triton will there,
+    # and reads their machine code back.
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+    env["PYTHONPATH"] = str(REPO)
+    done = subprocess.run([sys.executable, "scripts/triton_sass_counts.py", "--arch", "90"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split("\n")[:2] == ["sample_kernel compiled for sm_90", "update_kernel compiled for sm_90"]
+    lines = done.stdout.splitlines()
+    assert [line.split(" for ")[0] for line in lines] == ["sample_kernel (8 warps)", "update_kernel (4 warps)"]
+    for line in lines:
+        assert line.split(" for ")[1].startswith("sm_90: ") and "REG:" in line
+        assert int(line.split(": ")[1].split(" instructions")[0].replace(",", "")) > 0
