@@ -213,20 +213,19 @@ def update_kernel(s_ptr, u_ptr, v_ptr, p_ptr, buf_ptr, lr_ptr, loss_ptr, g_ptr, 
     jok = j < n_params
     u = tl.load(u_ptr + j, mask=jok, other=0)
     v = tl.load(v_ptr + j, mask=jok, other=0)
-    rows = tl.arange(0, 64)
     g = tl.zeros((128,), tl.float32)
-    for start in range(0, n_samples, 64):
-        r = start + rows
-        m = (r < n_samples)[:, None] & jok[None, :]
-        base = s_ptr + r[:, None] * ROW
-        g += tl.sum(tl.load(base + u[None, :], mask=m, other=0.0) * tl.load(base + v[None, :], mask=m, other=0.0),
-                    axis=0)
+    for start in range(0, n_samples, 16):  # each thread sums its parameter's rows in order, 16 loads at a time
+        for r in tl.static_range(16):
+            m = jok & (start + r < n_samples)
+            base = s_ptr + (start + r) * ROW
+            g += tl.load(base + u, mask=m, other=0.0) * tl.load(base + v, mask=m, other=0.0)
     buf = tl.load(buf_ptr + j, mask=jok, other=0.0) * momentum + g
     tl.store(buf_ptr + j, buf, mask=jok)
     tl.store(p_ptr + j, tl.load(p_ptr + j, mask=jok, other=0.0) - tl.load(lr_ptr) * buf, mask=jok)
     if STORE_GRAD:
         tl.store(g_ptr + j, g, mask=jok)
     if pid == 0:
+        rows = tl.arange(0, 64)
         losses = tl.zeros((64,), tl.float32)
         for start in range(0, n_samples, 64):
             r = start + rows
