@@ -386,6 +386,24 @@ def cuda_ways_markdown(results_dir=None) -> str:
     return "\n".join(lines)
 
 
+def kernel_times_markdown(results_dir=None) -> str:
+    """The Triton step's kernels timed alone (scripts/cuda_kernel_times.py, kind "kernel-times"), one table per
+    record, or a line saying plainly that none is recorded."""
+    folder = results_folder(results_dir)
+    found = load_records(folder, kind="kernel-times") if folder.is_dir() else []
+    if not found:
+        return (f"**{NOT_MEASURED}:** no timing of the Triton step's kernels under `{_shown(folder)}` "
+                "(`scripts/cuda_kernel_times.py` makes one on a GPU).")
+    parts = []
+    for r in found:
+        lines = [f"{provenance(r)}:", "", "| kernel | median | min | max |", "|---|---|---|---|"]
+        for name, t in r["microseconds_per_launch"].items():
+            lines.append(f"| {name} | {t['median']:.1f} µs | {t['min']:.1f} µs | {t['max']:.1f} µs |")
+        lines += ["", f"20 epochs of such steps (18,760, kernels only): {r['projected_seconds_20_epochs']:.2f} s."]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
 def paper_claims_markdown() -> str:
     """The paper's headline numbers (§4.1-§4.3) and hardware (§3.4) as a Markdown table."""
     lines = ["| | CPU | GPU |", "|---|---|---|",

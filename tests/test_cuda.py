@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from hdr_lib import PAPER
+from hdr_lib import notebook as nb
 from hdr_lib.records import read_record
 from hdr_lib.train import CUDA_KERNELS, init_model, train
 
@@ -126,3 +127,4 @@ def test_the_kernel_timer_writes_a_record_of_each_kernels_time(tmp_path):
     assert all(0 < t["min"] <= t["median"] <= t["max"] for t in times.values())
     assert record["projected_seconds_20_epochs"] == pytest.approx(
         times["whole step (both, as trained)"]["median"] * 20 * 938 / 1e6)
+    assert "| update_kernel | " in nb.kernel_times_markdown(tmp_path)  # chapter 09 tables it

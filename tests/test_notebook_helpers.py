@@ -84,6 +84,28 @@ def test_cuda_ways_group_runs_by_how_the_step_ran(tmp_path):
     assert table.count("\n") == 5 and "| Triton step; graph-epoch | Test GPU | 2 | 0.60 s | 2.5 s | 99.00 % |" in table
 
 
+def test_kernel_times_are_tabled_per_record_or_said_to_be_missing(tmp_path):
+    import json
+
+    from hdr_lib.records import SCHEMA
+
+    assert nb.kernel_times_markdown(tmp_path).startswith("**not yet measured:** no timing of the Triton step's")
+    times = {"sample_kernel, 8 warps": {"median": 30.04, "min": 29.5, "max": 31.0},
+             "whole step (both, as trained)": {"median": 40.0, "min": 39.0, "max": 41.26}}
+    record = {"schema": SCHEMA, "kind": "kernel-times", "status": "complete",
+              "config": {**PAPER.as_dict(), "device": "cuda", "path": "fast", "epochs": 0},
+              "environment": {"gpu": {"name": "Test GPU"}, "torch": "2.11.0", "created_at": "2026-11-25T00:00:00",
+                              "git_commit": "0123456789abcdef"},
+              "epochs": [], "microseconds_per_launch": times, "projected_seconds_20_epochs": 0.7504}
+    (tmp_path / "kernel-times-cuda.json").write_text(json.dumps(record))
+    (tmp_path / "train.json").write_text(json.dumps(_cuda_record("triton", {"graph-epoch": 18760})))
+    table = nb.kernel_times_markdown(tmp_path)
+    assert table.startswith("Test GPU, torch 2.11.0, 2026-11-25, seed 0, commit 0123456789ab:")
+    assert "| sample_kernel, 8 warps | 30.0 µs | 29.5 µs | 31.0 µs |" in table
+    assert "| whole step (both, as trained) | 40.0 µs | 39.0 µs | 41.3 µs |" in table
+    assert table.endswith("20 epochs of such steps (18,760, kernels only): 0.75 s.")
+
+
 def test_the_time_figure_takes_one_machine_per_device(tmp_path):
     import json
 
