@@ -16,7 +16,7 @@
 # defaults (cuda, 5, 2, 2, 5, 20, the three test files and every stage below): the test suite runs this script on
 # the CPU with tiny values, so it is known to work before a GPU is lent. All stages together may take longer than
 # the device tool's 10 minutes a command: split them over two calls, e.g.
-# STAGES="fast bench tests kernels fast-aten cpu", then STAGES="fast-compiled reference" (each call packs its own
+# STAGES="fast bench kernels tests fast-aten cpu", then STAGES="fast-compiled reference" (each call packs its own
 # gpu-<date>.tar.gz).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -27,7 +27,7 @@ COMPILE_SEEDS="${COMPILE_SEEDS:-2}"
 ROUNDS="${ROUNDS:-5}"
 EPOCHS="${EPOCHS:-20}"
 TESTS="${TESTS:-tests/test_cuda.py tests/test_tritonstep.py tests/test_cudagraphs.py}"
-STAGES="${STAGES:-fast bench tests kernels fast-aten cpu fast-compiled reference}"
+STAGES="${STAGES:-fast bench kernels tests fast-aten cpu fast-compiled reference}"
 [ -d .gpu/MNIST/raw ] || { echo "no .gpu/MNIST/raw: run scripts/pack_mnist_for_gpu.sh first, and carry .gpu" >&2; exit 2; }
 data="$(mktemp -d)"
 mkdir -p "$data/MNIST/raw"
@@ -74,6 +74,10 @@ bench_extra=()
 [ "$DEVICE" != cpu ] && bench_extra=(--fast-variant no-triton)
 wanted bench && stage bench python3 -m hdr_lib bench "${common[@]}" --rounds "$ROUNDS" "${bench_extra[@]}" \
   --out "$out/bench-$DEVICE.json"
+# The Triton step's two kernels timed alone (sample_kernel at 4, 8 and 16 warps): where a step's time goes.
+if [ "$DEVICE" != cpu ] && wanted kernels; then
+  stage kernels env PYTHONPATH=. python3 scripts/cuda_kernel_times.py --out "$out/kernel-times-cuda.json"
+fi
 # What CI cannot run: the CUDA tests (graphs against eager steps, the Triton step compiled for this GPU, the
 # decaying lr, resume, compile).
 if wanted tests && python3 -c "import pytest" 2>/dev/null && [ -d tests ]; then
@@ -81,9 +85,6 @@ if wanted tests && python3 -c "import pytest" 2>/dev/null && [ -d tests ]; then
   stage tests python3 -m pytest -q -rs -p no:cacheprovider $TESTS
 fi
 if [ "$DEVICE" != cpu ]; then
-  # The Triton step's two kernels timed alone (sample_kernel at 4, 8 and 16 warps): where a step's time goes.
-  wanted kernels && stage kernels env PYTHONPATH=. python3 scripts/cuda_kernel_times.py \
-    --out "$out/kernel-times-cuda.json"
   # The same with PyTorch's own kernels (cuDNN, cuBLAS) in the graph instead of the Triton step: what it gains.
   wanted fast-aten && stage fast-aten python3 -m hdr_lib replicate "${common[@]}" --no-triton --seeds "$COMPILE_SEEDS" \
     --out-dir "$out"
