@@ -399,7 +399,8 @@ def kernel_times_markdown(results_dir=None) -> str:
         lines = [f"{provenance(r)}:", "", "| kernel | median | min | max |", "|---|---|---|---|"]
         for name, t in r["microseconds_per_launch"].items():
             lines.append(f"| {name} | {t['median']:.1f} µs | {t['min']:.1f} µs | {t['max']:.1f} µs |")
-        lines += ["", f"20 epochs of such steps (18,760, kernels only): {r['projected_seconds_20_epochs']:.2f} s."]
+        lines += ["", f"20 epochs of such steps ({r['projected_steps']:,}, kernels only): "
+                      f"{r['projected_seconds_20_epochs']:.2f} s."]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 

@@ -119,16 +119,24 @@ class TrainStep:
         n = idx.shape[0]
         if not 0 < n <= self.scratch.shape[0]:
             raise ValueError(f"a batch of {n} images; this step holds scratch rows for 1 to {self.scratch.shape[0]}")
-        p = self.params
         loss = torch.empty((), device=idx.device)
-        self.k.sample_kernel[(n,)](x_all, y_all, idx, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9],
-                                   self.scratch, self.winners, 1.0 / n, num_warps=8)
+        self.sample(x_all, y_all, idx)
+        self.update(n, loss, flat=flat, buf=buf, grad_out=grad_out)
+        return loss
+
+    def sample(self, x_all, y_all, idx, num_warps: int = 8) -> None:
+        """The first kernel: each image's forward and backward pass, into its scratch row."""
+        self.k.sample_kernel[(idx.shape[0],)](x_all, y_all, idx, *self.params, self.scratch, self.winners,
+                                              1.0 / idx.shape[0], num_warps=num_warps)
+
+    def update(self, n: int, loss, *, flat=None, buf=None, grad_out=None) -> None:
+        """The second kernel: the gradient summed over the first `n` scratch rows, SGD with momentum on `flat`
+        (default: the parameters) and `buf` (their momentum), and the batch's loss into `loss`."""
         flat = self.flat if flat is None else flat
         self.k.update_kernel[(_cdiv(flat.numel(), 128),)](
             self.scratch, self.u, self.v, flat, self.buf if buf is None else buf, self.group["lr"], loss,
             grad_out if grad_out is not None else loss, n, flat.numel(), float(self.group["momentum"]),
             STORE_GRAD=grad_out is not None)
-        return loss
 
     def check(self, x_all, y_all, idx) -> str | None:
         """One step's gradient and loss against autograd's on the module's parameters, computed on copies (nothing

@@ -2,8 +2,7 @@
 
 Each is launched many times inside one CUDA graph (no Python or launch overhead between launches, as in training)
 and timed with CUDA events; sample_kernel runs at 4, 8 and 16 warps per image by default (hdr_lib.tritonstep uses
-8). The
-projection multiplies a step's time by the paper's 20 epochs of 938 steps. It writes an hdr-run/1 record of kind
+8). The projection multiplies a step's time by the paper's 20 epochs of 938 steps. It writes an hdr-run/1 record of kind
 "kernel-times" (with the GPU, the versions and the commit, as every record has). The kernels update the weights as
 they run (on one batch, over and over): a timing, not training.
 
@@ -19,7 +18,7 @@ import torch
 from hdr_lib import PAPER, hardware, tritonstep
 from hdr_lib.data import DataError, load_mnist, to_float
 from hdr_lib.records import SCHEMA, write_json_atomic
-from hdr_lib.train import batch_order, init_model
+from hdr_lib.train import _make_optimizer, batch_order, init_model
 
 STEPS_20_EPOCHS = 20 * 938
 
@@ -78,23 +77,15 @@ def main(argv=None) -> int:
     y_all = data.train_labels.to(device)
     idx = batch_order(config.seed, 1, x_all.shape[0])[:config.batch_size].to(device)
     model = init_model(config, device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=torch.tensor(config.lr, device=device),
-                                momentum=config.momentum)  # as the fast path makes it: the kernels read the lr there
+    optimizer, _ = _make_optimizer(model, config, device, fast=True, lr_tensor=True)  # as the fast path makes it
     step = tritonstep.TrainStep(model, optimizer, config.batch_size)
-    k, p, n = step.k, step.params, config.batch_size
     loss = torch.empty((), device=device)
 
     def sample(warps):
-        return lambda: k.sample_kernel[(n,)](x_all, y_all, idx, *p, step.scratch, step.winners, 1.0 / n,
-                                             num_warps=warps)
-
-    def update():
-        k.update_kernel[(-(-step.flat.numel() // 128),)](
-            step.scratch, step.u, step.v, step.flat, step.buf, step.group["lr"], loss, loss, n, step.flat.numel(),
-            float(step.group["momentum"]), STORE_GRAD=False)
+        return lambda: step.sample(x_all, y_all, idx, num_warps=warps)
 
     timings = {f"sample_kernel, {w} warps": sample(w) for w in warps}
-    timings["update_kernel"] = update
+    timings["update_kernel"] = lambda: step.update(config.batch_size, loss)
     timings["whole step (both, as trained)"] = lambda: step.step(x_all, y_all, idx)
     result = {"schema": SCHEMA, "kind": "kernel-times",
               "config": {**config.as_dict(), "path": "fast", "epochs": 0, "launches_per_graph": args.launches,
@@ -106,6 +97,7 @@ def main(argv=None) -> int:
                                                    "max": max(times)}
         print(f"{name:32s} median {statistics.median(times):8.2f} us  (min {min(times):.2f}, max {max(times):.2f})")
     whole = result["microseconds_per_launch"]["whole step (both, as trained)"]["median"]
+    result["projected_steps"] = STEPS_20_EPOCHS
     result["projected_seconds_20_epochs"] = whole * STEPS_20_EPOCHS / 1e6
     print(f"20 epochs of {STEPS_20_EPOCHS} such steps: {result['projected_seconds_20_epochs']:.2f} s "
           "(kernels only; the last batch of each epoch is 32 images)")

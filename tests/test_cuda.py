@@ -125,6 +125,7 @@ def test_the_kernel_timer_writes_a_record_of_each_kernels_time(tmp_path):
     times = record["microseconds_per_launch"]
     assert set(times) == {"sample_kernel, 8 warps", "update_kernel", "whole step (both, as trained)"}
     assert all(0 < t["min"] <= t["median"] <= t["max"] for t in times.values())
+    assert record["projected_steps"] == 20 * 938
     assert record["projected_seconds_20_epochs"] == pytest.approx(
         times["whole step (both, as trained)"]["median"] * 20 * 938 / 1e6)
     assert "| update_kernel | " in nb.kernel_times_markdown(tmp_path)  # chapter 09 tables it

@@ -96,7 +96,8 @@ def test_kernel_times_are_tabled_per_record_or_said_to_be_missing(tmp_path):
               "config": {**PAPER.as_dict(), "device": "cuda", "path": "fast", "epochs": 0},
               "environment": {"gpu": {"name": "Test GPU"}, "torch": "2.11.0", "created_at": "2026-11-25T00:00:00",
                               "git_commit": "0123456789abcdef"},
-              "epochs": [], "microseconds_per_launch": times, "projected_seconds_20_epochs": 0.7504}
+              "epochs": [], "microseconds_per_launch": times, "projected_steps": 18760,
+              "projected_seconds_20_epochs": 0.7504}
     (tmp_path / "kernel-times-cuda.json").write_text(json.dumps(record))
     (tmp_path / "train.json").write_text(json.dumps(_cuda_record("triton", {"graph-epoch": 18760})))
     table = nb.kernel_times_markdown(tmp_path)
