@@ -343,6 +343,30 @@ def bench_rows(results_dir=None) -> list[dict]:
     return rows
 
 
+def ceiling_markdown(results_dir=None) -> str:
+    """Per bench record: how much of its device each way used, its sustained GFLOP/s (the epoch's FLOPs over its
+    median epoch) against a large float32 matrix product's on the same device in the same process (`ceiling`)."""
+    folder = results_folder(results_dir)
+    records = load_records(folder, kind="bench") if folder.is_dir() else []
+    if not records:
+        return f"**{NOT_MEASURED}:** no benchmark record under `{_shown(folder)}`."
+    parts = []
+    for r in records:
+        c = r.get("ceiling")
+        if not c:
+            parts.append(f"{provenance(r)}: this record has no matrix-product ceiling (made before `hdr_lib.bench` "
+                         "measured one).")
+            continue
+        n = c["matmul"]["n"]
+        lines = [f"{provenance(r)}: a {n} x {n} float32 matrix product (`torch.mm`, best of "
+                 f"{c['matmul']['trials']}) runs at **{c['matmul']['gflops']:,.0f} GFLOP/s**.", "",
+                 "| way | sustained GFLOP/s | share of the matrix product's |", "|---|---|---|"]
+        for name, rate in c["gflops"].items():
+            lines.append(f"| {name} | {rate:,.1f} | {100 * c['fraction_of_matmul'][name]:.1f} % |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
 def _cuda_way(record: dict) -> str:
     """How a CUDA fast-path record ran, in words: its kernels and how they were launched (`execution`)."""
     from hdr_lib.train import CUDA_KERNELS
@@ -414,17 +438,6 @@ def paper_claims_markdown() -> str:
              "| utilisation, memory (§4.3) | - | > 90 %, ~6 GB of 11 GB |",
              "| framework (§3.4) | TensorFlow 2.x | TensorFlow 2.x, CUDA 10.1, cuDNN 7.6 |"]
     return "\n".join(lines)
-
-
-def training_flops(variant: str = "paper", images: int = 60_000) -> dict:
-    """Multiply-adds of one forward pass per image, and the FLOPs of one training epoch (forward + backward
-    taken as 3x forward, 2 FLOPs per multiply-add): the work the 3600 s and 300 s of §4.1 were spent on."""
-    model = LeNet5(variant)
-    rows = {row["layer"]: row for row in layer_table(variant)}
-    macs = (math.prod(rows["Conv1"]["output_shape"]) * model.conv1.weight[0].numel()
-            + math.prod(rows["Conv2"]["output_shape"]) * model.conv2.weight[0].numel()
-            + sum(layer.weight.numel() for layer in (model.fc1, model.fc2, model.fc3)))
-    return {"forward_macs_per_image": macs, "train_flops_per_epoch": 3 * 2 * macs * images}
 
 
 def quick_path_comparison(config: TrainConfig, data, steps: int = 100, rounds: int = 2) -> list[dict]:
