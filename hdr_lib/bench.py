@@ -5,9 +5,10 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from hdr_lib import data as mnist
+from hdr_lib import ceiling, data as mnist
 from hdr_lib.config import ConfigError, TrainConfig
 from hdr_lib.hardware import environment, resolve_device
+from hdr_lib.model import training_flops
 from hdr_lib.records import SCHEMA, write_json_atomic
 from hdr_lib.train import check_writable, train
 
@@ -27,6 +28,8 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     medians, and round by round (the two epochs of a round run back to back, so their ratio is the one
     least moved by a machine whose speed drifts; the record keeps each round's and their median).
     One-time costs (data loading, moving data, graph capture) are reported apart, per path.
+    `ceiling` puts each way's sustained rate (the epoch's FLOPs, hdr_lib.model.training_flops, over its median
+    time) beside the rate of a large float32 matrix product on the same device (hdr_lib.ceiling).
     """
     config.validate()
     unknown = [v for v in variants if v not in VARIANTS]
@@ -62,6 +65,10 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     ratio = summary["reference"]["seconds_per_epoch_median"] / summary["fast"]["seconds_per_epoch_median"]
     per_round = [ref["train_seconds"] / fast["train_seconds"] for ref, fast in zip(runs["reference"], runs["fast"])]
     per_round_median = statistics.median(per_round)
+    # How much of the device each way uses: its sustained rate against a large matrix product's, same process.
+    matmul = ceiling.matmul_rate(device)
+    flops = training_flops(config.variant, n_images)["train_flops_per_epoch"]
+    rates = {name: flops / summary[name]["seconds_per_epoch_median"] / 1e9 for name in names}
     record = {
         "schema": SCHEMA,
         "kind": "bench",
@@ -78,6 +85,8 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
         # Every way of running against the reference, by medians (the variants' too).
         "speedup_over_reference": {name: summary["reference"]["seconds_per_epoch_median"]
                                    / summary[name]["seconds_per_epoch_median"] for name in names[1:]},
+        "ceiling": {"matmul": matmul, "train_flops_per_epoch": flops, "gflops": rates,
+                    "fraction_of_matmul": {name: rate / matmul["gflops"] for name, rate in rates.items()}},
         "status": "complete",
     }
     print(f"fast: {summary['fast']['seconds_per_epoch_median']:.3f} s/epoch "
@@ -85,6 +94,9 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
           f"{summary['reference']['seconds_per_epoch_median']:.3f} s/epoch "
           f"({summary['reference']['images_per_second']:,.0f} images/s); fast is {ratio:.2f}x the reference "
           f"(round by round: {', '.join(f'{r:.2f}' for r in per_round)}; median {per_round_median:.2f}x)")
+    print(f"a {matmul['n']}x{matmul['n']} float32 matrix product runs at {matmul['gflops']:,.0f} GFLOP/s here; "
+          + "; ".join(f"{name} sustains {rates[name]:,.1f} GFLOP/s ({100 * rates[name] / matmul['gflops']:.1f} %)"
+                      for name in names))
     for name in names[2:]:
         print(f"{name}: {summary[name]['seconds_per_epoch_median']:.3f} s/epoch, "
               f"{record['speedup_over_reference'][name]:.2f}x the reference")

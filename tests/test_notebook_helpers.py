@@ -123,3 +123,28 @@ def test_the_time_figure_takes_one_machine_per_device(tmp_path):
         (tmp_path / f"{i}.json").write_text(json.dumps(run))
     summary = nb.timing_inputs(None, tmp_path)["cpu"]
     assert summary["seconds"] == [20.0, 21.0, 22.0] and summary["hardware"] == "Book CPU (2 threads)"
+
+
+def test_ceiling_table_gives_each_way_its_share_of_the_matrix_product(tmp_path):
+    import json
+
+    from hdr_lib.records import SCHEMA
+
+    assert nb.ceiling_markdown(tmp_path).startswith("**not yet measured:** no benchmark record under")
+    record = {"schema": SCHEMA, "kind": "bench", "status": "complete",
+              "config": {**PAPER.as_dict(), "device": "cpu", "path": "both", "epochs": 1},
+              "environment": {"cpu": "Test CPU", "threads": 2, "torch": "2.14.1", "created_at": "2026-11-26T00:00:00",
+                              "git_commit": "0123456789abcdef"},
+              "epochs": [], "runs": {}, "summary": {},
+              "ceiling": {"matmul": {"n": 1024, "trials": 3, "gflops": 150.0}, "train_flops_per_epoch": 1.0e11,
+                          "gflops": {"reference": 12.34, "fast": 90.0},
+                          "fraction_of_matmul": {"reference": 12.34 / 150.0, "fast": 0.6}}}
+    (tmp_path / "bench-cpu.json").write_text(json.dumps(record))
+    old = {**record, "environment": {**record["environment"], "cpu": "Old CPU"}}
+    del old["ceiling"]
+    (tmp_path / "bench-old.json").write_text(json.dumps(old))
+    text = nb.ceiling_markdown(tmp_path)
+    assert ("Test CPU (2 threads), torch 2.14.1, 2026-11-26, seed 0, commit 0123456789ab: a 1024 x 1024 float32 "
+            "matrix product (`torch.mm`, best of 3) runs at **150 GFLOP/s**.") in text
+    assert "| reference | 12.3 | 8.2 % |" in text and "| fast | 90.0 | 60.0 % |" in text
+    assert "Old CPU (2 threads), torch 2.14.1, 2026-11-26, seed 0, commit 0123456789ab: this record has no " in text

@@ -143,6 +143,16 @@ def test_bench_times_both_paths_to_equal_accuracy(data_root, tmp_path, capsys):
     per_round = [r["train_seconds"] / f["train_seconds"] for r, f in zip(runs["reference"], runs["fast"])]
     assert record["speedup_per_round"] == pytest.approx(per_round) and len(per_round) == 2
     assert min(per_round) <= record["speedup_median_of_rounds"] <= max(per_round)
+    # Each path's sustained rate: the epoch's FLOPs over its median epoch, beside a large matrix product's rate.
+    from hdr_lib.model import training_flops
+
+    ceiling = record["ceiling"]
+    assert ceiling["train_flops_per_epoch"] == training_flops()["train_flops_per_epoch"]
+    for name, summary in (("fast", fast), ("reference", ref)):
+        rate = ceiling["train_flops_per_epoch"] / summary["seconds_per_epoch_median"] / 1e9
+        assert ceiling["gflops"][name] == pytest.approx(rate)
+        assert ceiling["fraction_of_matmul"][name] == pytest.approx(rate / ceiling["matmul"]["gflops"])
+    assert ceiling["matmul"]["n"] == 1024 and ceiling["matmul"]["gflops"] > 0
 
 
 def test_bench_times_other_ways_of_running_the_fast_path_in_turn(data_root, tmp_path, capsys):
