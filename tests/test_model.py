@@ -40,6 +40,9 @@ def test_training_flops_count_the_paper_layers_multiply_adds():
     from hdr_lib.model import training_flops
 
     # §3.3 by hand: conv1 24x24x6 outputs of 5x5 taps, conv2 8x8x16 of 6x5x5, then 256x120, 120x84, 84x10.
-    macs = 24 * 24 * 6 * 25 + 8 * 8 * 16 * 150 + 256 * 120 + 120 * 84 + 84 * 10
-    assert training_flops() == {"forward_macs_per_image": macs, "train_flops_per_epoch": 6 * macs * 60_000}
-    assert training_flops(images=10)["train_flops_per_epoch"] == 60 * macs
+    conv1, rest = 24 * 24 * 6 * 25, 8 * 8 * 16 * 150 + 256 * 120 + 120 * 84 + 84 * 10
+    # A step: the forward pass, each layer's weight gradient (as many multiply-adds), each input gradient but conv1's.
+    train = (conv1 + rest) + (conv1 + rest) + rest
+    assert training_flops() == {"forward_macs_per_image": conv1 + rest, "train_macs_per_image": train,
+                                "train_flops_per_epoch": 2 * train * 60_000}
+    assert training_flops(images=10)["train_flops_per_epoch"] == 20 * train
