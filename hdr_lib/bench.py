@@ -29,7 +29,8 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     least moved by a machine whose speed drifts; the record keeps each round's and their median).
     One-time costs (data loading, moving data, graph capture) are reported apart, per path.
     `ceiling` puts each way's sustained rate (the epoch's FLOPs, hdr_lib.model.training_flops, over its median
-    time) beside the rate of a large float32 matrix product on the same device (hdr_lib.ceiling).
+    time) beside the rate of a large float32 matrix product on the same device (hdr_lib.ceiling), measured after
+    every round and taken as the median of the rounds, as the paths' times are.
     """
     config.validate()
     unknown = [v for v in variants if v not in VARIANTS]
@@ -44,6 +45,7 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     ways.update({f"fast {v}": config.replace(path="fast", epochs=1, **VARIANTS[v]) for v in variants})
     names = list(ways)
     runs = {name: [] for name in names}
+    products = []  # the matrix product's rate after each round: the ceiling, under the same machine state
     for round_ in range(rounds):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
@@ -54,6 +56,7 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
                                "setup_seconds": record["setup_seconds"], "execution": record["execution"]})
             print(f"round {round_ + 1}/{rounds} {name:>9}: {epoch['train_seconds']:.2f} s/epoch, "
                   f"test accuracy {epoch['test_accuracy']:.2f} %", flush=True)
+        products.append(ceiling.matmul_rate(device))
     summary = {}
     for path, items in runs.items():
         seconds = [item["train_seconds"] for item in items]
@@ -66,7 +69,9 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     per_round = [ref["train_seconds"] / fast["train_seconds"] for ref, fast in zip(runs["reference"], runs["fast"])]
     per_round_median = statistics.median(per_round)
     # How much of the device each way uses: its sustained rate against a large matrix product's, same process.
-    matmul = ceiling.matmul_rate(device)
+    matmul = {**{key: products[0][key] for key in ("op", "n", "dtype", "tf32", "trials")},
+              "gflops_per_round": [p["gflops"] for p in products],
+              "gflops": statistics.median(p["gflops"] for p in products)}
     flops = training_flops(config.variant, n_images)["train_flops_per_epoch"]
     rates = {name: flops / summary[name]["seconds_per_epoch_median"] / 1e9 for name in names}
     record = {
@@ -94,7 +99,8 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
           f"{summary['reference']['seconds_per_epoch_median']:.3f} s/epoch "
           f"({summary['reference']['images_per_second']:,.0f} images/s); fast is {ratio:.2f}x the reference "
           f"(round by round: {', '.join(f'{r:.2f}' for r in per_round)}; median {per_round_median:.2f}x)")
-    print(f"a {matmul['n']}x{matmul['n']} float32 matrix product runs at {matmul['gflops']:,.0f} GFLOP/s here; "
+    print(f"a {matmul['n']}x{matmul['n']} float32 matrix product runs at {matmul['gflops']:,.0f} GFLOP/s here "
+          f"(median of the rounds; {min(matmul['gflops_per_round']):,.0f}-{max(matmul['gflops_per_round']):,.0f}); "
           + "; ".join(f"{name} sustains {rates[name]:,.1f} GFLOP/s ({100 * rates[name] / matmul['gflops']:.1f} %)"
                       for name in names))
     for name in names[2:]:

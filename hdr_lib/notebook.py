@@ -357,9 +357,11 @@ def ceiling_markdown(results_dir=None) -> str:
             parts.append(f"{provenance(r)}: this record has no matrix-product ceiling (made before `hdr_lib.bench` "
                          "measured one).")
             continue
-        n = c["matmul"]["n"]
-        lines = [f"{provenance(r)}: a {n} x {n} float32 matrix product (`torch.mm`, best of "
-                 f"{c['matmul']['trials']}) runs at **{c['matmul']['gflops']:,.0f} GFLOP/s**.", "",
+        n, per_round = c["matmul"]["n"], c["matmul"]["gflops_per_round"]
+        lines = [f"{provenance(r)}: a {n} x {n} float32 matrix product (`torch.mm`) runs at "
+                 f"**{c['matmul']['gflops']:,.0f} GFLOP/s** (the median of {len(per_round)} rounds, "
+                 f"{min(per_round):,.0f} to {max(per_round):,.0f}; each round's the best of {c['matmul']['trials']} "
+                 "trials).", "",
                  "| way | sustained GFLOP/s | share of the matrix product's |", "|---|---|---|"]
         for name, rate in c["gflops"].items():
             lines.append(f"| {name} | {rate:,.1f} | {100 * c['fraction_of_matmul'][name]:.1f} % |")

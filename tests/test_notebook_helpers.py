@@ -136,7 +136,8 @@ def test_ceiling_table_gives_each_way_its_share_of_the_matrix_product(tmp_path):
               "environment": {"cpu": "Test CPU", "threads": 2, "torch": "2.14.1", "created_at": "2026-11-26T00:00:00",
                               "git_commit": "0123456789abcdef"},
               "epochs": [], "runs": {}, "summary": {},
-              "ceiling": {"matmul": {"n": 1024, "trials": 3, "gflops": 150.0}, "train_flops_per_epoch": 1.0e11,
+              "ceiling": {"matmul": {"n": 1024, "trials": 3, "gflops": 150.0, "gflops_per_round": [140.2, 150.0, 171.0]},
+                          "train_flops_per_epoch": 1.0e11,
                           "gflops": {"reference": 12.34, "fast": 90.0},
                           "fraction_of_matmul": {"reference": 12.34 / 150.0, "fast": 0.6}}}
     (tmp_path / "bench-cpu.json").write_text(json.dumps(record))
@@ -145,6 +146,7 @@ def test_ceiling_table_gives_each_way_its_share_of_the_matrix_product(tmp_path):
     (tmp_path / "bench-old.json").write_text(json.dumps(old))
     text = nb.ceiling_markdown(tmp_path)
     assert ("Test CPU (2 threads), torch 2.14.1, 2026-11-26, seed 0, commit 0123456789ab: a 1024 x 1024 float32 "
-            "matrix product (`torch.mm`, best of 3) runs at **150 GFLOP/s**.") in text
+            "matrix product (`torch.mm`) runs at **150 GFLOP/s** (the median of 3 rounds, 140 to 171; each round's "
+            "the best of 3 trials).") in text
     assert "| reference | 12.3 | 8.2 % |" in text and "| fast | 90.0 | 60.0 % |" in text
     assert "Old CPU (2 threads), torch 2.14.1, 2026-11-26, seed 0, commit 0123456789ab: this record has no " in text

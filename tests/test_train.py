@@ -152,7 +152,8 @@ def test_bench_times_both_paths_to_equal_accuracy(data_root, tmp_path, capsys):
         rate = ceiling["train_flops_per_epoch"] / summary["seconds_per_epoch_median"] / 1e9
         assert ceiling["gflops"][name] == pytest.approx(rate)
         assert ceiling["fraction_of_matmul"][name] == pytest.approx(rate / ceiling["matmul"]["gflops"])
-    assert ceiling["matmul"]["n"] == 1024 and ceiling["matmul"]["gflops"] > 0
+    assert ceiling["matmul"]["n"] == 1024 and len(ceiling["matmul"]["gflops_per_round"]) == 2  # one per round
+    assert ceiling["matmul"]["gflops"] == pytest.approx(sum(ceiling["matmul"]["gflops_per_round"]) / 2)
 
 
 def test_bench_times_other_ways_of_running_the_fast_path_in_turn(data_root, tmp_path, capsys):
