@@ -9,6 +9,9 @@
 //    16-lane vectors that the compiler maps onto the CPU's (AVX-512, AVX2, NEON); pooling compares whole vectors
 //    and sends each window's gradient to its first maximum in row-major order, as max_pool2d does, ties included;
 //  - conv1 splits each image by column parity, so that the four corners of 12 pooling windows are four vectors;
+//    its forward pass sums all six channels' corners of a row of windows at once (24 vectors), loading each input
+//    vector once for all of them, and its backward pass keeps a group of taps' sums in registers over the rows;
+//  - rows are read and written as whole vectors (12 of 16 lanes), not element by element;
 //  - conv2 holds a pixel's 16 output channels in one vector; its output is never stored;
 //  - the fully connected layers call ATen (MKL), the loss is log_softmax and nll_loss as in F.cross_entropy;
 //  - images are split over the threads (at::parallel_for); the weight gradients are summed per thread, then
@@ -24,6 +27,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -37,6 +41,7 @@ constexpr int64_t kPad = 32;  // row length of the column-split image (12 output
 // 16 floats in a vector register (AVX-512, or two AVX registers), loaded from any address.
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
 typedef int32_t i16 __attribute__((vector_size(64), aligned(4)));
+typedef uint8_t u8x16 __attribute__((vector_size(16), aligned(1)));  // 16 winning corners, as stored
 
 inline v16 splat(float v) { return v16{} + v; }
 inline v16 select(i16 mask, v16 a, v16 b) { return mask ? a : b; }
@@ -62,11 +67,16 @@ struct SplitImage {
   alignas(64) float odd[kIn][kPad];
 
   explicit SplitImage(const float* x) {
+    alignas(64) float row[2 * 16] = {};  // one image row, 28 floats and 4 zeros
     for (int64_t r = 0; r < kIn; ++r) {
-      for (int64_t m = 0; m < kPad; ++m) {
-        even[r][m] = m < kIn / 2 ? x[r * kIn + 2 * m] : 0.f;
-        odd[r][m] = m < kIn / 2 ? x[r * kIn + 2 * m + 1] : 0.f;
-      }
+      std::memcpy(row, x + r * kIn, kIn * sizeof(float));
+      const v16 lo = *reinterpret_cast<const v16*>(row), hi = *reinterpret_cast<const v16*>(row + 16);
+      *reinterpret_cast<v16*>(even[r]) =
+          __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+      *reinterpret_cast<v16*>(odd[r]) =
+          __builtin_shufflevector(lo, hi, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+      *reinterpret_cast<v16*>(even[r] + 16) = splat(0.f);
+      *reinterpret_cast<v16*>(odd[r] + 16) = splat(0.f);
     }
   }
 
@@ -94,36 +104,73 @@ std::vector<at::Tensor> conv1_pool_forward(const at::Tensor& x, const at::Tensor
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const SplitImage image(xp + n * kIn * kIn);
-      for (int64_t c = 0; c < kCh1; ++c) {
-        const float* w = wp + c * kK * kK;
-        float* o = op + (n * kCh1 + c) * kP1 * kP1;
-        uint8_t* k = cp + (n * kCh1 + c) * kP1 * kP1;
-        for (int64_t pi = 0; pi < kP1; ++pi) {
-          v16 v[4];  // the window's corners, in row-major order, for 16 windows (12 used)
-          for (auto& corner_sum : v) corner_sum = splat(bp[c]);
+      for (int64_t pi = 0; pi < kP1; ++pi) {
+        // For 16 windows (12 used) of row pi, each channel's four corners in row-major order: 24 independent sums,
+        // so that each input vector is loaded once for all six channels.
+        v16 v[kCh1][4];
+        for (int64_t c = 0; c < kCh1; ++c)
+          for (auto& corner_sum : v[c]) corner_sum = splat(bp[c]);
 #pragma GCC unroll 5
-          for (int64_t ki = 0; ki < kK; ++ki) {
+        for (int64_t ki = 0; ki < kK; ++ki) {
 #pragma GCC unroll 5
-            for (int64_t kj = 0; kj < kK; ++kj) {
-              const v16 wv = splat(w[ki * kK + kj]);
-              v[0] += wv * image.tap(2 * pi, ki, kj, 0);
-              v[1] += wv * image.tap(2 * pi, ki, kj, 1);
-              v[2] += wv * image.tap(2 * pi + 1, ki, kj, 0);
-              v[3] += wv * image.tap(2 * pi + 1, ki, kj, 1);
+          for (int64_t kj = 0; kj < kK; ++kj) {
+            const v16 t0 = image.tap(2 * pi, ki, kj, 0), t1 = image.tap(2 * pi, ki, kj, 1);
+            const v16 t2 = image.tap(2 * pi + 1, ki, kj, 0), t3 = image.tap(2 * pi + 1, ki, kj, 1);
+#pragma GCC unroll 6
+            for (int64_t c = 0; c < kCh1; ++c) {
+              const v16 wv = splat(wp[c * kK * kK + ki * kK + kj]);
+              v[c][0] += wv * t0;
+              v[c][1] += wv * t1;
+              v[c][2] += wv * t2;
+              v[c][3] += wv * t3;
             }
           }
+        }
+        for (int64_t c = 0; c < kCh1; ++c) {
           v16 relu;
           i16 which;
-          pool_relu(v[0], v[1], v[2], v[3], relu, which);
-          for (int64_t pj = 0; pj < kP1; ++pj) {
-            o[pi * kP1 + pj] = relu[pj];
-            k[pi * kP1 + pj] = static_cast<uint8_t>(which[pj]);
-          }
+          pool_relu(v[c][0], v[c][1], v[c][2], v[c][3], relu, which);
+          const u8x16 corners = __builtin_convertvector(which, u8x16);
+          std::memcpy(op + ((n * kCh1 + c) * kP1 + pi) * kP1, &relu, kP1 * sizeof(float));
+          std::memcpy(cp + ((n * kCh1 + c) * kP1 + pi) * kP1, &corners, kP1);
         }
       }
     }
   });
   return {out, corner};
+}
+
+// For the 12 rows of pooling windows of one image and channel: each window's gradient (none where ReLU cut) and
+// its winning corner (di, dj) = (bottom, right), as lane masks, 16 windows (12 used) per row.
+struct WindowGradients {
+  v16 grad[kP1];
+  i16 right[kP1];
+  i16 bottom[kP1];
+};
+
+// acc[ki * 5 + kj] += the gradient of conv1's weight at tap (ki, kj), for kj = KJ0 .. KJ0 + NKJ - 1. Each lane's
+// gradient goes to its window's corner: under tap (ki, kj) that is image row 2 pi + di + ki, column phase dj + kj.
+// Pick each lane's value by its corner, then one product per tap, instead of a product for each of the four corners.
+template <int64_t KJ0, int64_t NKJ>
+inline void tap_gradients(const SplitImage& image, const WindowGradients& windows, v16* acc) {
+  v16 a[kK][NKJ];
+  for (int64_t ki = 0; ki < kK; ++ki)
+    for (int64_t j = 0; j < NKJ; ++j) a[ki][j] = acc[ki * kK + KJ0 + j];
+  for (int64_t pi = 0; pi < kP1; ++pi) {
+    const v16 gv = windows.grad[pi];
+    const i16 right = windows.right[pi], bottom = windows.bottom[pi];
+#pragma GCC unroll 5
+    for (int64_t j = 0; j < NKJ; ++j) {
+      v16 column[kK + 1];  // rows 2 pi + r, r = 0..5, at each lane's column phase
+#pragma GCC unroll 6
+      for (int64_t r = 0; r <= kK; ++r)
+        column[r] = select(right, image.tap(2 * pi, r, KJ0 + j, 1), image.tap(2 * pi, r, KJ0 + j, 0));
+#pragma GCC unroll 5
+      for (int64_t ki = 0; ki < kK; ++ki) a[ki][j] += gv * select(bottom, column[ki + 1], column[ki]);
+    }
+  }
+  for (int64_t ki = 0; ki < kK; ++ki)
+    for (int64_t j = 0; j < NKJ; ++j) acc[ki * kK + KJ0 + j] = a[ki][j];
 }
 
 // The gradients of conv1's weight [6, 1, 5, 5] and bias [6], given `grad`, the gradient of the output `out` of
@@ -147,34 +194,23 @@ std::vector<at::Tensor> conv1_pool_backward(const at::Tensor& grad, const at::Te
         const SplitImage image(xp + n * kIn * kIn);
         for (int64_t c = 0; c < kCh1; ++c) {
           const int64_t at = (n * kCh1 + c) * kP1 * kP1;
-          v16 a[kK * kK];
-          for (int64_t t = 0; t < kK * kK; ++t) a[t] = acc[c][t];
+          WindowGradients windows;
           for (int64_t pi = 0; pi < kP1; ++pi) {
-            alignas(64) float g[16] = {};
-            alignas(64) int32_t k[16];
-            for (int64_t pj = 0; pj < kP1; ++pj) {
-              g[pj] = op[at + pi * kP1 + pj] > 0.f ? gp[at + pi * kP1 + pj] : 0.f;
-              k[pj] = cp[at + pi * kP1 + pj];
-            }
-            for (int64_t pj = kP1; pj < 16; ++pj) k[pj] = 0;
-            const v16 gv = *reinterpret_cast<const v16*>(g);
-            const i16 kv = *reinterpret_cast<const i16*>(k);
-            bias_acc[c] += gv;
-            // Each lane's gradient goes to its window's corner (di, dj) = (k >> 1, k & 1): under tap (ki, kj) that
-            // is image row 2 pi + di + ki, column phase dj + kj. Pick each lane's value by its corner, then one
-            // product per tap, instead of a product for each of the four corners.
-            const i16 right = (kv & 1) != 0, bottom = kv >= 2;
-#pragma GCC unroll 5
-            for (int64_t kj = 0; kj < kK; ++kj) {
-              v16 column[kK + 1];  // rows 2 pi + r, r = 0..5, at each lane's column phase
-#pragma GCC unroll 6
-              for (int64_t r = 0; r <= kK; ++r)
-                column[r] = select(right, image.tap(2 * pi, r, kj, 1), image.tap(2 * pi, r, kj, 0));
-#pragma GCC unroll 5
-              for (int64_t ki = 0; ki < kK; ++ki) a[ki * kK + kj] += gv * select(bottom, column[ki + 1], column[ki]);
-            }
+            alignas(64) float g[16] = {}, o[16] = {};
+            alignas(16) uint8_t kb[16] = {};
+            std::memcpy(g, gp + at + pi * kP1, kP1 * sizeof(float));
+            std::memcpy(o, op + at + pi * kP1, kP1 * sizeof(float));
+            std::memcpy(kb, cp + at + pi * kP1, kP1);
+            const i16 kv = __builtin_convertvector(*reinterpret_cast<const u8x16*>(kb), i16);
+            const i16 relu_passed = *reinterpret_cast<const v16*>(o) > 0.f;
+            windows.grad[pi] = select(relu_passed, *reinterpret_cast<const v16*>(g), splat(0.f));
+            windows.right[pi] = (kv & 1) != 0;
+            windows.bottom[pi] = kv >= 2;
+            bias_acc[c] += windows.grad[pi];
           }
-          for (int64_t t = 0; t < kK * kK; ++t) acc[c][t] = a[t];
+          // Taps in two groups of columns, so that a group's sums stay in registers.
+          tap_gradients<0, 3>(image, windows, acc[c]);
+          tap_gradients<3, 2>(image, windows, acc[c]);
         }
       }
       float* p = pp + chunk * kCh1 * (kK * kK + 1);
