@@ -179,3 +179,26 @@ def test_the_ab_script_times_the_four_ways_to_write_a_cpu_step(data_root):
     for name in ("module + autograd", "fastcpu.forward + autograd", "fastcpu.train_step", "native.TrainStep"):
         assert any(line.strip().startswith(f"{name}: median") for line in lines), name
     assert sum("of module + autograd's time per step" in line for line in lines) == 3
+
+
+def test_the_native_ab_script_checks_the_gradients_before_it_times(data_root, tmp_path):
+    # A version whose loss gradient is scaled by 2 must be reported as differing in every gradient, not timed as if
+    # it computed the same thing; a revision that does not exist is refused before any build.
+    env = {**os.environ, "HDR_DATA_DIR": str(data_root)}
+    script = str(REPO / "scripts" / "ab_native_versions.py")
+    bad = subprocess.run([sys.executable, script, "--base", "no-such-revision"], capture_output=True, text=True,
+                         timeout=60, env=env, cwd=REPO)
+    assert bad.returncode == 2 and "cannot read hdr_lib/csrc/lenet5_cpu.cpp at 'no-such-revision'" in bad.stderr
+    source = (REPO / "hdr_lib" / "csrc" / "lenet5_cpu.cpp").read_text()
+    scale = "const float scale = 1.f / static_cast<float>(batch);"
+    assert scale in source
+    mutated = tmp_path / "lenet5_cpu.cpp"
+    mutated.write_text(source.replace(scale, scale.replace("1.f", "2.f")))
+    out = subprocess.run([sys.executable, script, "--base", "HEAD", "--new", str(mutated), "--rounds", "1",
+                          "--batch-size", "8"], capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("loss and gradients: differ: conv1.weight by ")
+    assert "loss by" not in lines[0] and "fc3.bias by" in lines[0]
+    for part in ("conv1 forward", "conv1 backward", "conv2 forward", "conv2 backward", "whole step"):
+        assert any(line.startswith(part) and line.rstrip().endswith(")") for line in lines), part
