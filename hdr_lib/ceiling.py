@@ -1,9 +1,9 @@
 """What the device itself reaches: the float32 rate of a large matrix product, measured in the process that times
 training, as the ceiling a training path's sustained rate is compared with.
 
-A LeNet-5 step at batch 64 is small matrices and short loops, so no training path gets near this rate; the
-fraction it does reach says how much of the hardware it uses. The product is IEEE float32 (TF32 off on CUDA), as
-the paper's configuration is, and its rate is the best of a few timed trials: the ceiling, not an average.
+A LeNet-5 step at batch 64 is small matrices and short loops, which run below this rate; the fraction of it that
+a path reaches says how much of the hardware the path uses. The product is IEEE float32 (TF32 off on CUDA), as the
+paper's configuration is, and its rate is the best of a few timed trials: the ceiling, not an average.
 """
 
 from __future__ import annotations
