@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from hdr_lib import data as mnist
+from hdr_lib import ceiling, data as mnist
 from hdr_lib.config import PAPER, ConfigError, TrainConfig
 from hdr_lib.hardware import resolve_device
-from hdr_lib.model import LeNet5, count_parameters, layer_table
+from hdr_lib.model import LeNet5, count_parameters, layer_table, training_flops
 from hdr_lib.plots import PAPER_CLAIMS
 from hdr_lib import records
 from hdr_lib.records import RecordError, load_records
@@ -367,6 +367,20 @@ def ceiling_markdown(results_dir=None) -> str:
             lines.append(f"| {name} | {rate:,.1f} | {100 * c['fraction_of_matmul'][name]:.1f} % |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def quick_share_markdown(rows: list[dict], config: TrainConfig, steps: int, matmul: dict | None = None) -> str:
+    """For the live comparison's rows (quick_path_comparison): each path's sustained GFLOP/s over its mean time for
+    `steps` steps (as the bars show it), beside a large matrix product's rate measured now on the same device (or `matmul`, a
+    hdr_lib.ceiling.matmul_rate result)."""
+    matmul = matmul or ceiling.matmul_rate(rows[0]["device"])
+    flops = 2 * training_flops(config.variant)["train_macs_per_image"] * config.batch_size * steps
+    shares = []
+    for row in rows:
+        rate = flops / summarize(row["seconds"])["mean"] / 1e9
+        shares.append(f"the {row['path']} path {rate:,.1f} GFLOP/s ({100 * rate / matmul['gflops']:.1f} %)")
+    return (f"Here, now: a {matmul['n']} x {matmul['n']} float32 matrix product runs at {matmul['gflops']:,.0f} "
+            f"GFLOP/s; over these {steps} steps {' and '.join(shares)}.")
 
 
 def _cuda_way(record: dict) -> str:

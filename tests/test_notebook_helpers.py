@@ -150,3 +150,14 @@ def test_ceiling_table_gives_each_way_its_share_of_the_matrix_product(tmp_path):
             "the best of 3 trials).") in text
     assert "| reference | 12.3 | 8.2 % |" in text and "| fast | 90.0 | 60.0 % |" in text
     assert "Old CPU (2 threads), torch 2.14.1, 2026-11-26, seed 0, commit 0123456789ab: this record has no " in text
+
+
+def test_the_live_comparison_gets_its_share_of_a_matrix_product_measured_now():
+    rows = [{"device": "cpu", "path": "reference", "seconds": [0.9, 1.1], "hardware": ""},
+            {"device": "cpu", "path": "fast", "seconds": [0.1, 0.1], "hardware": ""}]
+    # 50 steps of 64 images at 758,520 multiply-adds each (tests/test_model.py) are 4.855 GFLOP.
+    text = nb.quick_share_markdown(rows, PAPER, 50, matmul={"n": 1024, "gflops": 100.0})
+    assert text == ("Here, now: a 1024 x 1024 float32 matrix product runs at 100 GFLOP/s; over these 50 steps the "
+                    "reference path 4.9 GFLOP/s (4.9 %) and the fast path 48.5 GFLOP/s (48.5 %).")
+    measured = nb.quick_share_markdown(rows, PAPER, 50)  # the product timed now, on this machine's CPU
+    assert measured.startswith("Here, now: a 1024 x 1024 float32 matrix product runs at ")
