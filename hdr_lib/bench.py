@@ -74,6 +74,7 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
               "gflops": statistics.median(p["gflops"] for p in products)}
     flops = training_flops(config.variant, n_images)["train_flops_per_epoch"]
     rates = {name: flops / summary[name]["seconds_per_epoch_median"] / 1e9 for name in names}
+    shares = {name: rate / matmul["gflops"] for name, rate in rates.items()}
     record = {
         "schema": SCHEMA,
         "kind": "bench",
@@ -90,8 +91,7 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
         # Every way of running against the reference, by medians (the variants' too).
         "speedup_over_reference": {name: summary["reference"]["seconds_per_epoch_median"]
                                    / summary[name]["seconds_per_epoch_median"] for name in names[1:]},
-        "ceiling": {"matmul": matmul, "train_flops_per_epoch": flops, "gflops": rates,
-                    "fraction_of_matmul": {name: rate / matmul["gflops"] for name, rate in rates.items()}},
+        "ceiling": {"matmul": matmul, "train_flops_per_epoch": flops, "gflops": rates, "fraction_of_matmul": shares},
         "status": "complete",
     }
     print(f"fast: {summary['fast']['seconds_per_epoch_median']:.3f} s/epoch "
@@ -101,8 +101,7 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
           f"(round by round: {', '.join(f'{r:.2f}' for r in per_round)}; median {per_round_median:.2f}x)")
     print(f"a {matmul['n']}x{matmul['n']} float32 matrix product runs at {matmul['gflops']:,.0f} GFLOP/s here "
           f"(median of the rounds; {min(matmul['gflops_per_round']):,.0f}-{max(matmul['gflops_per_round']):,.0f}); "
-          + "; ".join(f"{name} sustains {rates[name]:,.1f} GFLOP/s ({100 * rates[name] / matmul['gflops']:.1f} %)"
-                      for name in names))
+          + "; ".join(f"{name} sustains {rates[name]:,.1f} GFLOP/s ({100 * shares[name]:.1f} %)" for name in names))
     for name in names[2:]:
         print(f"{name}: {summary[name]['seconds_per_epoch_median']:.3f} s/epoch, "
               f"{record['speedup_over_reference'][name]:.2f}x the reference")

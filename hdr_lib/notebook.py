@@ -371,10 +371,10 @@ def ceiling_markdown(results_dir=None) -> str:
 
 def quick_share_markdown(rows: list[dict], config: TrainConfig, steps: int, matmul: dict | None = None) -> str:
     """For the live comparison's rows (quick_path_comparison): each path's sustained GFLOP/s over its mean time for
-    `steps` steps (as the bars show it), beside a large matrix product's rate measured now on the same device (or `matmul`, a
-    hdr_lib.ceiling.matmul_rate result)."""
+    `steps` steps (as the bars show it), beside a large matrix product's rate measured now on the same device (or
+    `matmul`, a hdr_lib.ceiling.matmul_rate result)."""
     matmul = matmul or ceiling.matmul_rate(rows[0]["device"])
-    flops = 2 * training_flops(config.variant)["train_macs_per_image"] * config.batch_size * steps
+    flops = training_flops(config.variant, images=config.batch_size * steps)["train_flops_per_epoch"]
     shares = []
     for row in rows:
         rate = flops / summarize(row["seconds"])["mean"] / 1e9

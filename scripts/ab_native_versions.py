@@ -106,9 +106,10 @@ def main(argv=None) -> int:
     x = to_float(data.train_images[:args.batch_size]).contiguous()
     y = data.train_labels[:args.batch_size].long()
     torch.manual_seed(0)
-    params = [p.detach() for p in LeNet5().parameters()]
+    model = LeNet5()
+    names = ["loss"] + [name for name, _ in model.named_parameters()]
+    params = [p.detach() for p in model.parameters()]
     results = {label: whole.loss_and_gradients(x, y, *params) for label, (whole, _) in ops.items()}
-    names = ["loss"] + [name for name, _ in LeNet5().named_parameters()]
     differ = [(n, (a - b).abs().max().item()) for n, a, b in zip(names, results["base"], results["new"])
               if not torch.equal(a, b)]
     print("loss and gradients: " + ("bit for bit the same" if not differ else
