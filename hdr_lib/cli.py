@@ -1,4 +1,4 @@
-"""The command line: `python -m hdr_lib train|bench|replicate|info|native`; user errors exit 2 with one clear line."""
+"""The command line: `python -m hdr_lib train|bench|replicate|info|data|native`; user errors exit 2 with one clear line."""
 
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
     p.add_argument("--compile", action="store_true",
                    help="fast path: torch.compile the model (Inductor); compilation is timed apart from training")
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
-    p.add_argument("--data-dir", default=None, help="MNIST root holding MNIST/raw (default: $HDR_DATA_DIR or ./data)")
+    p.add_argument("--data-dir", default=None, help="MNIST root holding MNIST/raw (default: $HDR_DATA_DIR, else ../shared/data beside the "
+                        "checkout, else data/ of the repository)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="results", help="folder for the records (default %(default)s)")
 
     sub.add_parser("info", help="print the hardware and versions a record would hold")
+    p = sub.add_parser("data", help="say where MNIST is found (and why there) and check its four files")
+    p.add_argument("--data-dir", default=None, help="MNIST root holding MNIST/raw (default: as for train)")
     sub.add_parser("native", help="build the fast path's native CPU step for this machine (once), say if it is used")
     return parser
 
@@ -130,6 +133,13 @@ def _dispatch(args) -> int:
         import torch
 
         print(json.dumps(environment(torch.device("cuda") if torch.cuda.is_available() else None), indent=1))
+        return 0
+    if args.command == "data":
+        from hdr_lib import data
+
+        location = data.locate(args.data_dir)
+        data.ensure_mnist(args.data_dir)
+        print(f"MNIST: {location.root} ({location.why}), four files checked against SHA-256")
         return 0
     if args.command == "native":
         from hdr_lib import native

@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 
 ENV_VAR = "HDR_DATA_DIR"
-DEFAULT_DIR = "data"
+REPOSITORY = Path(__file__).resolve().parent.parent  # the checkout hdr_lib runs from (installed with pip -e)
+SHARED_DIR = REPOSITORY.parent / "shared" / "data"  # ../shared/data beside the checkout, where it holds MNIST
+DOWNLOAD_DIR = REPOSITORY / "data"  # the only folder torchvision may download into (ignored by git)
 
 # SHA-256 of the four original MNIST files, uncompressed, under torchvision's names.
 MNIST_SHA256 = {
@@ -36,11 +38,55 @@ class MNISTTensors:
     root: Path
 
 
+@dataclass(frozen=True)
+class DataLocation:
+    """Where MNIST is looked for, and why there: `source` is "argument", "$HDR_DATA_DIR", "../shared/data" or
+    "default"; only the default folder (data/ of the repository) may be downloaded into."""
+
+    root: Path
+    source: str
+
+    @property
+    def may_download(self) -> bool:
+        return self.source == "default"
+
+    @property
+    def why(self) -> str:
+        """Why MNIST is looked for here, in words."""
+        return {"argument": "given as the data folder", "$" + ENV_VAR: "from $" + ENV_VAR,
+                "../shared/data": "../shared/data beside the checkout",
+                "default": "the default, data/ of the repository"}[self.source]
+
+
+def absolute(value: str | os.PathLike, base: str | os.PathLike | None = None) -> Path:
+    """A path as the user meant it: `~` expanded and, when relative, taken against `base`, else against the folder
+    the command was typed in (the shell's $PWD, which a program started from there inherits even after it changes
+    its own working folder, as a notebook kernel does), else the working folder."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    if base is None:
+        shell = os.environ.get("PWD")
+        base = shell if shell and os.path.isabs(shell) and os.path.isdir(shell) else os.getcwd()
+    return Path(base) / path
+
+
+def locate(root: str | os.PathLike | None = None) -> DataLocation:
+    """The one rule for where MNIST is: the argument (the CLI's --data-dir, a notebook's data_dir), else
+    $HDR_DATA_DIR, else ../shared/data beside the checkout when it holds MNIST/raw, else data/ of the repository
+    (where torchvision downloads MNIST if a network allows). Relative paths are made absolute (`absolute`)."""
+    if root is not None:
+        return DataLocation(absolute(root), "argument")
+    if os.environ.get(ENV_VAR):
+        return DataLocation(absolute(os.environ[ENV_VAR]), "$" + ENV_VAR)
+    if raw_folder(SHARED_DIR).is_dir():
+        return DataLocation(SHARED_DIR, "../shared/data")
+    return DataLocation(DOWNLOAD_DIR, "default")
+
+
 def data_dir(root: str | os.PathLike | None = None) -> Path:
-    """The torchvision root that holds MNIST/raw: the argument, else $HDR_DATA_DIR, else ./data."""
-    if root is None:
-        root = os.environ.get(ENV_VAR) or DEFAULT_DIR
-    return Path(root).expanduser()
+    """The torchvision root that holds MNIST/raw, by the rule of `locate`."""
+    return locate(root).root
 
 
 def raw_folder(root: Path) -> Path:
@@ -58,13 +104,13 @@ def _sha256(path: Path) -> str:
 _verified: dict[tuple, bool] = {}
 
 
-def verify_raw(root: Path, checksums: dict[str, str] = MNIST_SHA256) -> None:
+def verify_raw(root: Path, checksums: dict[str, str] = MNIST_SHA256, location: DataLocation | None = None) -> None:
     """Check that every raw file exists and matches its SHA-256; raise DataError naming the first that does not."""
     folder = raw_folder(root)
     for name, expected in checksums.items():
         path = folder / name
         if not path.is_file():
-            raise DataError(_missing_message(root, path))
+            raise DataError(_missing_message(location or DataLocation(Path(root), "argument"), path))
         stat = path.stat()
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, expected)
         if _verified.get(key):
@@ -79,30 +125,29 @@ def verify_raw(root: Path, checksums: dict[str, str] = MNIST_SHA256) -> None:
         _verified[key] = True
 
 
-def _missing_message(root: Path, path: Path) -> str:
-    return (
-        f"MNIST not found: looked for {path} (data root {root.resolve()}, from "
-        f"{'$' + ENV_VAR if os.environ.get(ENV_VAR) else 'the default ./' + DEFAULT_DIR}) and could not "
-        f"download it. Set {ENV_VAR} to a folder that holds MNIST/raw/ with the four IDX files, or run "
-        f"once on a machine with network access so torchvision can download them."
-    )
+def _missing_message(location: DataLocation, path: Path) -> str:
+    tried = "; torchvision could not download it (no network?)" if location.may_download else ""
+    return (f"MNIST not found: looked for {path} (data folder {location.root}, {location.why}){tried}. "
+            f"Point {ENV_VAR} (or --data-dir, or a notebook's data_dir) at a folder that holds MNIST/raw/ with the "
+            f"four IDX files, e.g. ../shared/data.")
 
 
 def ensure_mnist(root: str | os.PathLike | None = None, *, download: bool = True,
                  checksums: dict[str, str] = MNIST_SHA256) -> Path:
-    """Return the verified data root, downloading through torchvision first if files are missing."""
-    root = data_dir(root)
-    folder = raw_folder(root)
-    if download and not all((folder / name).is_file() for name in checksums):
+    """Return the verified data root. Only the default folder (data/ of the repository) is downloaded into, through
+    torchvision, where files are missing; a folder the user named is only read, never created."""
+    location = locate(root)
+    folder = raw_folder(location.root)
+    if download and location.may_download and not all((folder / name).is_file() for name in checksums):
         try:
             from torchvision.datasets import MNIST
 
-            MNIST(root=str(root), train=True, download=True)
-            MNIST(root=str(root), train=False, download=True)
+            MNIST(root=str(location.root), train=True, download=True)
+            MNIST(root=str(location.root), train=False, download=True)
         except Exception:  # no network, no permission: report below as "not found"
             pass
-    verify_raw(root, checksums)
-    return root
+    verify_raw(location.root, checksums, location)
+    return location.root
 
 
 def load_mnist(root: str | os.PathLike | None = None, *, download: bool = True,

@@ -14,8 +14,12 @@ from plotly.io.base_renderers import MimetypeRenderer
 BOOK_BUILD_ENV = "HDR_BOOK_BUILD"
 RENDERER = "hdr"
 
-# Plotly's own options for every figure: no link to the plotly cloud, resize with the page.
-PLOTLY_CONFIG = {"responsive": True, "displaylogo": False}
+# Plotly's own options for every figure: no link to the plotly cloud. In the static book a figure also resizes with
+# the page ("responsive"): its div there has a fixed height. Not in JupyterLab: there plotly would set the figure's
+# container to height 100% of an output area that has no height of its own, and the figure would collapse to 0 px
+# as soon as a slider or a legend entry redraws it.
+PLOTLY_CONFIG = {"displaylogo": False}
+BOOK_PLOTLY_CONFIG = {**PLOTLY_CONFIG, "responsive": True}
 
 
 def in_book_build() -> bool:
@@ -69,7 +73,7 @@ class BookRenderer(MimetypeRenderer):
         height = (fig_dict.get("layout") or {}).get("height") or 450
         # "</" would end the script element early inside a page; JSON allows the escaped form.
         payload = payload.replace("</", "<\\/")
-        config = json.dumps(PLOTLY_CONFIG)
+        config = json.dumps(BOOK_PLOTLY_CONFIG)
         return (
             f'<div id="{div_id}" class="plotly-graph-div hdr-figure" style="height:{int(height)}px; width:100%;"></div>\n'
             '<script type="text/javascript">\n'

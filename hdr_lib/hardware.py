@@ -107,6 +107,9 @@ def environment(device: torch.device | None = None) -> dict:
         "cuda_available": torch.cuda.is_available(),
         "git_commit": git_commit(),
         "hostname_hash": _host_hash(),
+        # How busy the machine was when the record was made (1, 5 and 15 minute averages of runnable processes):
+        # a timing made beside other work is slower, and the record says so rather than being dropped.
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -52,8 +52,8 @@ def check_parameters(device="auto", epochs=PAPER.epochs, batch_size=PAPER.batch_
     """Check a notebook's parameters before any work; return the TrainConfig they describe.
 
     Raises ConfigError (a ValueError) naming the bad parameter and what to pass instead. Side effects: sets
-    $HDR_DATA_DIR when `data_dir` is given (or to ./data of the repository when nothing else is set), so every
-    later call finds the same MNIST, and checks that MNIST is there when `needs_data`.
+    $HDR_DATA_DIR to the absolute folder when `data_dir` is given or $HDR_DATA_DIR is relative, so every later
+    call finds the same MNIST, and checks that MNIST is there when `needs_data`.
     """
     if not isinstance(device, str):
         raise ConfigError(f"parameter device must be 'cpu', 'cuda' or 'auto', got {device!r}")
@@ -68,9 +68,12 @@ def check_parameters(device="auto", epochs=PAPER.epochs, batch_size=PAPER.batch_
     _folder(results_dir, ROOT / "results")
     _folder(cache_dir, ROOT / "_build" / "run-cache")
     if data_dir is not None:
-        os.environ[mnist.ENV_VAR] = str(_folder(data_dir, ROOT / "data"))
-    elif not os.environ.get(mnist.ENV_VAR):
-        os.environ[mnist.ENV_VAR] = str(ROOT / "data")
+        _folder(data_dir, ROOT / "data")  # a path, not a number
+    # One rule for where MNIST is (hdr_lib.data.locate); a folder the chapter was given, or a relative
+    # $HDR_DATA_DIR, is made absolute once here, so every later call in this kernel finds the same MNIST.
+    location = mnist.locate(data_dir)
+    if location.source != "../shared/data" and location.source != "default":
+        os.environ[mnist.ENV_VAR] = str(location.root)
     if needs_data:
         mnist.ensure_mnist(None, download=True)
     return config

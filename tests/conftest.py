@@ -1,4 +1,5 @@
-"""Shared fixtures: the real MNIST (from $HDR_DATA_DIR, as CI sets it) loaded once per session."""
+"""Shared fixtures: the real MNIST, found by the library's own rule (hdr_lib.data.locate: $HDR_DATA_DIR, else
+../shared/data beside the checkout, as in CI), loaded once per session."""
 
 import os
 from pathlib import Path
@@ -24,10 +25,13 @@ def emulated_capture(work, warmup):
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    root = os.environ.get("HDR_DATA_DIR")
-    if not root:
-        pytest.fail("set HDR_DATA_DIR to the folder holding MNIST/raw (CI: ../shared/data)")
-    return Path(root)
+    from hdr_lib.data import locate, raw_folder
+
+    location = locate()
+    if not raw_folder(location.root).is_dir():
+        pytest.fail(f"no MNIST/raw under {location.root} ({location.why}): set HDR_DATA_DIR to the folder "
+                    "holding MNIST/raw, or put ../shared/data beside the checkout")
+    return location.root
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,11 @@ def test_lab_bundle_is_the_plotly_mime_type(monkeypatch):
     display.setup()
     bundle = pio.renderers[display.RENDERER].to_mimebundle(figure().to_dict())
     assert set(bundle) == {"application/vnd.plotly.v1+json", "text/plain"}
-    assert bundle["application/vnd.plotly.v1+json"]["config"]["displaylogo"] is False
+    config = bundle["application/vnd.plotly.v1+json"]["config"]
+    assert config["displaylogo"] is False
+    # "responsive" makes plotly size the figure to 100 % of JupyterLab's output area, which has no height: the
+    # figure collapses to 0 px at the first slider step or legend click (tests/test_jupyterlab.py sees it happen).
+    assert "responsive" not in config
 
 
 def test_book_bundle_is_html_on_the_global_plotly_js(monkeypatch):

@@ -1,7 +1,6 @@
 """The chapter notebooks through papermill: bad parameters stop them at the parameter check with a clear
 message; one chapter runs end to end; the book runner names a notebook that fails."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +12,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-DATA = os.environ.get("HDR_DATA_DIR")
-
-needs_data = pytest.mark.usefixtures("data_root")  # fails, never skips, without MNIST (tests/conftest.py)
 
 
 def execute(name, tmp_path, **parameters):
@@ -66,11 +62,10 @@ def test_bad_parameters_stop_the_notebook_at_the_check(parameters, message, tmp_
     assert not (tmp_path / "cache").exists()
 
 
-@needs_data
-def test_training_time_chapter_runs_end_to_end_with_one_epoch(tmp_path):
+def test_training_time_chapter_runs_end_to_end_with_one_epoch(tmp_path, data_root):
     results = tmp_path / "results"  # empty: the chapter must say the GPU is not yet measured
     nb = execute("05_training_time.ipynb", tmp_path, epochs=1, device="cpu", results_dir=str(results),
-                 cache_dir=str(tmp_path / "cache"), data_dir=DATA)
+                 cache_dir=str(tmp_path / "cache"), data_dir=str(data_root))
     text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", ""))
                      for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "epoch  1/1" in text and "GPU measurement: not yet measured" in text
