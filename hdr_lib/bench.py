@@ -18,7 +18,7 @@ VARIANTS = {"no-triton": {"triton": False}, "no-cuda-graph": {"cuda_graph": Fals
 
 
 def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None, data_root=None,
-          progress: bool | None = None, variants: tuple[str, ...] = ()) -> dict:
+          progress: bool | None = None, variants: tuple[str, ...] = (), max_steps: int | None = None) -> dict:
     """Time one epoch of each path `rounds` times, alternating, so both see the same machine state: round 1 runs
     (reference, fast), round 2 (fast, reference), and so on, so that neither path always runs second in a
     process that may slow down as it goes. Every epoch starts from the same seed: the same work, the same accuracy.
@@ -40,7 +40,9 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     if out is not None:
         check_writable(Path(out))
     data = mnist.load_mnist(data_root)
-    n_images = data.train_images.shape[0]
+    n_images = data.train_images.shape[0]  # per timed epoch
+    if max_steps is not None:  # a quick check of the command, not a benchmark: its record says "incomplete"
+        n_images = min(n_images, max_steps * config.batch_size)
     ways = {path: config.replace(path=path, epochs=1) for path in PATHS}
     ways.update({f"fast {v}": config.replace(path="fast", epochs=1, **VARIANTS[v]) for v in variants})
     names = list(ways)
@@ -49,7 +51,7 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     for round_ in range(rounds):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
-            record = train(ways[name], data=data, progress=progress)
+            record = train(ways[name], data=data, progress=progress, max_steps=max_steps)
             epoch = record["epochs"][0]
             runs[name].append({"round": round_ + 1, "train_seconds": epoch["train_seconds"],
                                "test_accuracy": epoch["test_accuracy"], "train_loss": epoch["train_loss"],
@@ -92,7 +94,8 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
         "speedup_over_reference": {name: summary["reference"]["seconds_per_epoch_median"]
                                    / summary[name]["seconds_per_epoch_median"] for name in names[1:]},
         "ceiling": {"matmul": matmul, "train_flops_per_epoch": flops, "gflops": rates, "fraction_of_matmul": shares},
-        "status": "complete",
+        "status": "complete" if max_steps is None else "incomplete",
+        "max_steps": max_steps,
     }
     print(f"fast: {summary['fast']['seconds_per_epoch_median']:.3f} s/epoch "
           f"({summary['fast']['images_per_second']:,.0f} images/s); reference: "

@@ -64,6 +64,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
     p.add_argument("--data-dir", default=None, help="MNIST root holding MNIST/raw (default: $HDR_DATA_DIR, else ../shared/data beside the "
                         "checkout, else data/ of the repository)")
+    p.add_argument("--max-steps", type=_positive_int, default=None,
+                   help="stop each run after this many optimiser steps in all: a quick check of the whole command "
+                        "(its records say status 'incomplete' and max_steps)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -162,15 +165,16 @@ def _dispatch(args) -> int:
         device = resolve_device(config.device)
         out = Path(args.out) if args.out else Path("results") / record_name(config, device.type)
         record = train(config, data_root=args.data_dir, out=out, checkpoint_dir=args.checkpoint_dir,
-                       resume=args.resume, progress=progress)
+                       resume=args.resume, progress=progress, max_steps=args.max_steps)
         print(f"{record['status']}: test accuracy {record['test_accuracy']:.2f} %, "
               f"training {record['total_train_seconds']:.1f} s on {device.type} ({config.path} path) -> {out}")
-        return 0 if record["status"] == "complete" else 1
+        return 0 if record["status"] == "complete" or args.max_steps is not None else 1
     if args.command == "replicate":
         from hdr_lib.replicate import replicate
 
         config = _config_from(args, seed=args.first_seed)
-        replicate(config, seeds=args.seeds, out_dir=args.out_dir, data_root=args.data_dir, progress=progress)
+        replicate(config, seeds=args.seeds, out_dir=args.out_dir, data_root=args.data_dir, progress=progress,
+                  max_steps=args.max_steps)
         return 0
     if args.command == "bench":
         from hdr_lib.bench import bench
@@ -179,6 +183,6 @@ def _dispatch(args) -> int:
         device = resolve_device(config.device)
         out = Path(args.out) if args.out else Path("results") / f"bench-{device.type}.json"
         bench(config, rounds=args.rounds, out=out, data_root=args.data_dir, progress=progress,
-              variants=tuple(args.fast_variant))
+              variants=tuple(args.fast_variant), max_steps=args.max_steps)
         return 0
     raise AssertionError(args.command)

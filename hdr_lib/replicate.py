@@ -25,8 +25,9 @@ def record_name(config: TrainConfig, device_type: str) -> str:
 
 
 def replicate(config: TrainConfig, *, seeds: int = 5, out_dir: str | Path = "results", data_root=None,
-              progress: bool | None = None) -> list[dict]:
-    """Train `config` for seeds config.seed .. config.seed + seeds - 1; write each record to `out_dir`."""
+              progress: bool | None = None, max_steps: int | None = None) -> list[dict]:
+    """Train `config` for seeds config.seed .. config.seed + seeds - 1; write each record to `out_dir`
+    (`max_steps`: each run stops after that many steps, a quick check of the command)."""
     config.validate()
     device = resolve_device(config.device)
     out_dir = Path(out_dir)
@@ -36,7 +37,7 @@ def replicate(config: TrainConfig, *, seeds: int = 5, out_dir: str | Path = "res
     for seed in range(config.seed, config.seed + seeds):
         run_config = config.replace(seed=seed)
         out = out_dir / record_name(run_config, device.type)
-        record = train(run_config, data=data, data_root=data_root, out=out, progress=progress)
+        record = train(run_config, data=data, data_root=data_root, out=out, progress=progress, max_steps=max_steps)
         print(f"seed {seed}: {record['status']}, test accuracy {record['test_accuracy']:.2f} %, "
               f"training {record['total_train_seconds']:.1f} s -> {out}")
         records.append(record)

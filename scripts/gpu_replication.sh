@@ -13,8 +13,9 @@
 #   $OUT unset (by hand): the records go straight to results/gpu-<date>/.
 #
 # DEVICE, SEEDS, REF_SEEDS, COMPILE_SEEDS (also for --no-triton), ROUNDS, EPOCHS, TESTS and STAGES override the
-# defaults (cuda, 5, 2, 2, 5, 20, the three test files and every stage below): the test suite runs this script on
-# the CPU with tiny values, so it is known to work before a GPU is lent. All stages together may take longer than
+# defaults (cuda, 5, 2, 2, 5, 20, the three test files and every stage below), and MAX_STEPS (unset) stops every
+# run after that many steps: the test suite runs this script on the CPU with tiny values, so it is known to work
+# before a GPU is lent. All stages together may take longer than
 # the device tool's 10 minutes a command: split them over two calls, e.g.
 # STAGES="fast bench kernels tests fast-aten cpu", then STAGES="fast-compiled reference" (each call packs its own
 # gpu-<date>.tar.gz).
@@ -58,6 +59,7 @@ stage() {  # stage NAME COMMAND...: run it, log it, note how it ended, pack
 }
 
 common=(--device "$DEVICE" --epochs "$EPOCHS" --quiet)
+[ -n "${MAX_STEPS:-}" ] && common+=(--max-steps "$MAX_STEPS")
 wanted() {  # wanted NAME: whether STAGES names this stage (all of them by default)
   [[ " $STAGES " == *" $1 "* ]]
 }
@@ -88,9 +90,11 @@ if [ "$DEVICE" != cpu ]; then
   # The same with PyTorch's own kernels (cuDNN, cuBLAS) in the graph instead of the Triton step: what it gains.
   wanted fast-aten && stage fast-aten python3 -m hdr_lib replicate "${common[@]}" --no-triton --seeds "$COMPILE_SEEDS" \
     --out-dir "$out"
-  # The same host's CPU, fast path, one seed: CPU vs GPU on one machine.
-  wanted cpu && stage cpu python3 -m hdr_lib train --device cpu --epochs "$EPOCHS" --seed 0 --quiet \
-    --out "$out/host-cpu/cpu-fast-e$EPOCHS-b64-seed0.json"
+  # The same host's CPU, both paths, two seeds each: CPU vs GPU on one machine (a speedup pairs runs of one host,
+  # at least two of each; the headline pairs the reference path, the same software on both devices).
+  host_cpu=(--device cpu --epochs "$EPOCHS" --quiet ${MAX_STEPS:+--max-steps "$MAX_STEPS"})
+  wanted cpu && stage cpu bash -c "python3 -m hdr_lib replicate ${host_cpu[*]} --seeds 2 --out-dir '$out/host-cpu' \
+    && python3 -m hdr_lib replicate ${host_cpu[*]} --path reference --seeds 2 --out-dir '$out/host-cpu'"
 fi
 # PyTorch's kernels compiled by torch.compile (a minute or so of compilation per process).
 wanted fast-compiled && stage fast-compiled python3 -m hdr_lib replicate "${common[@]}" --compile --seeds "$COMPILE_SEEDS" \

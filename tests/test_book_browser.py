@@ -23,8 +23,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 HTML_DIR = Path(os.environ.get("HDR_BOOK_HTML", ROOT / "_build" / "html"))
 CI = bool(os.environ.get("CI"))
-PAGE_TIMEOUT_S = 60  # one page to load (plotly.js is 4.8 MB to parse on a busy 2-core machine)
-DRAW_TIMEOUT_S = 20  # after the load event, for every figure to draw
+PAGE_TIMEOUT_S = 180  # one page to load (plotly.js is 4.8 MB to parse on a busy 2-core machine)
+DRAW_TIMEOUT_S = 60  # after the load event, for every figure to draw
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-extensions", "--remote-debugging-port=0"]

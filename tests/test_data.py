@@ -118,7 +118,7 @@ def test_relative_hdr_data_dir_is_taken_from_the_folder_it_was_given_in(tmp_path
     relative = os.path.relpath(data_root, tmp_path)
     env = {**os.environ, "HDR_DATA_DIR": relative, "PWD": str(tmp_path)}
     done = subprocess.run([sys.executable, "-m", "hdr_lib", "data"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert str(tmp_path / relative) in done.stdout and "from $HDR_DATA_DIR" in done.stdout
     old = dict(os.environ)

@@ -76,7 +76,7 @@ def test_training_time_chapter_runs_end_to_end_with_one_epoch(tmp_path, data_roo
 def test_runner_names_the_failing_notebook_and_exits_1(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_notebooks.py"), "--only", "01",
                              "-p", "batch_size", "0", "--output-dir", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=900)
     assert result.returncode == 1
     assert "FAILED 01_introduction.ipynb" in result.stderr
     assert "batch_size must be a positive integer, got 0" in result.stderr
