@@ -1,4 +1,4 @@
-"""The command line: `python -m hdr_lib train|bench|replicate|info|data|native`; user errors exit 2 with one clear line."""
+"""The command line: `python -m hdr_lib train|bench|replicate|info|data|scorecard|native`; user errors exit 2 with one clear line."""
 
 from __future__ import annotations
 
@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="print the hardware and versions a record would hold")
     p = sub.add_parser("data", help="say where MNIST is found (and why there) and check its four files")
     p.add_argument("--data-dir", default=None, help="MNIST root holding MNIST/raw (default: as for train)")
+    p = sub.add_parser("scorecard", help="the verdict table: each claim of the paper beside ours, from run records")
+    p.add_argument("--results", default=None,
+                   help="folder of run records (default: results/ of the repository, or $HDR_RESULTS_DIR)")
+    p.add_argument("--json", action="store_true", help="print the table as JSON instead of text")
     sub.add_parser("native", help="build the fast path's native CPU step for this machine (once), say if it is used")
     return parser
 
@@ -143,6 +147,20 @@ def _dispatch(args) -> int:
         location = data.locate(args.data_dir)
         data.ensure_mnist(args.data_dir)
         print(f"MNIST: {location.root} ({location.why}), four files checked against SHA-256")
+        return 0
+    if args.command == "scorecard":
+        from hdr_lib import scorecard
+
+        folder = Path(args.results) if args.results else scorecard.results_dir()
+        if not folder.is_dir():
+            raise RecordError(f"--results {folder}: no such folder of run records")
+        rows = scorecard.scorecard(scorecard.paper_runs(folder))
+        if args.json:
+            print(json.dumps({"results": str(folder), "status": scorecard.status_line(rows).replace("**", ""),
+                              "claims": scorecard.as_json(rows)}, indent=1))
+        else:
+            print(f"Records: {folder}\n{scorecard.status_line(rows).replace('**', '')}\n")
+            print(scorecard.to_text(rows), end="")
         return 0
     if args.command == "native":
         from hdr_lib import native

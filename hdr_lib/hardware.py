@@ -107,11 +107,26 @@ def environment(device: torch.device | None = None) -> dict:
         "cuda_available": torch.cuda.is_available(),
         "git_commit": git_commit(),
         "hostname_hash": _host_hash(),
+        # The timing session: $HDR_SESSION (a script's several commands), else this process's start (one
+        # `replicate` or `bench` invocation). The book shows sessions apart or says that it pools them.
+        "session": os.environ.get("HDR_SESSION") or SESSION,
         # How busy the machine was when the record was made (1, 5 and 15 minute averages of runnable processes):
         # a timing made beside other work is slower, and the record says so rather than being dropped.
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+SESSION = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")  # when this process started
+
+
+def _percentile(values: list, q: float) -> float:
+    """The q-th percentile (0..100) of `values`, linear between the two nearest ranks (numpy's default)."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def _host_hash() -> str:
@@ -196,12 +211,16 @@ class NvmlSampler:
         if n == 0:
             reason = self.error or "no NVML sample was taken (the span was shorter than one period)"
             return {"utilisation_mean_percent": None, "utilisation_max_percent": None,
-                    "memory_used_max_bytes": None, "sample_period_s": self.period_s, "sample_count": 0,
+                    "utilisation_p10_percent": None, "memory_used_max_bytes": None, "memory_used_mean_bytes": None, "sample_period_s": self.period_s, "sample_count": 0,
                     "reason": reason}
         return {
             "utilisation_mean_percent": sum(self.samples_util) / n,
             "utilisation_max_percent": max(self.samples_util),
+            # "consistently above" (§4.3) is a low percentile of the samples, not their mean
+            "utilisation_p10_percent": _percentile(self.samples_util, 10),
             "memory_used_max_bytes": max(self.samples_mem),
+            # "averaged around" (§4.3): the mean of the memory samples, beside the peak
+            "memory_used_mean_bytes": sum(self.samples_mem) / len(self.samples_mem),
             "sample_period_s": self.period_s,
             "sample_count": n,
             "reason": self.error,

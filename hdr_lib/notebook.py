@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from hdr_lib import ceiling, data as mnist
+from hdr_lib import data as mnist
 from hdr_lib.config import PAPER, ConfigError, TrainConfig
 from hdr_lib.hardware import resolve_device
-from hdr_lib.model import LeNet5, count_parameters, layer_table, training_flops
+from hdr_lib.model import LeNet5, count_parameters, layer_table
 from hdr_lib.plots import PAPER_CLAIMS
 from hdr_lib import records
 from hdr_lib.records import RecordError, load_records
@@ -197,61 +197,6 @@ def device_summary(records: list[dict]) -> dict | None:
             "epochs": records[0]["config"]["epochs"]}
 
 
-def timing_inputs(live: dict | None, results_dir=None) -> dict:
-    """What the training-time figure shows per device: recorded paper-configuration runs (of the machine with the
-    most of them: `records.one_machine`), else the live run."""
-    out = {}
-    for device in ("cpu", "cuda"):
-        runs = records.one_machine(paper_runs(results_dir, device))
-        if not runs and live is not None and live["config"]["device"] == device:
-            runs = [live]
-        out[device] = device_summary(runs)
-    return out
-
-
-def speedup(summaries: dict) -> float | None:
-    """Mean CPU seconds over mean CUDA seconds, only when both were measured for the same number of epochs."""
-    cpu, gpu = summaries.get("cpu"), summaries.get("cuda")
-    if not cpu or not gpu or cpu["epochs"] != gpu["epochs"]:
-        return None
-    return summarize(cpu["seconds"])["mean"] / summarize(gpu["seconds"])["mean"]
-
-
-def _fmt(value, unit="", digits=1) -> str:
-    return NOT_MEASURED if value is None else f"{value:,.{digits}f}{unit}"
-
-
-def _mean_text(summary: dict | None, key: str, unit: str, digits: int) -> str:
-    if not summary:
-        return NOT_MEASURED
-    s = summarize(summary[key])
-    epochs = "" if summary["epochs"] == PAPER.epochs else f", only {summary['epochs']} epoch(s)"
-    return f"{s['mean']:,.{digits}f}{unit} (n={s['n']}{epochs}, {summary['hardware']})"
-
-
-def claims_table(summaries: dict, gpu_record: dict | None = None) -> str:
-    """The paper's claims beside ours, as a Markdown table; a missing measurement says 'not yet measured'."""
-    cpu, gpu = summaries.get("cpu"), summaries.get("cuda")
-    gpu_util = (gpu_record or {}).get("utilisation", {}).get("gpu", {})
-    mem = (gpu_record or {}).get("memory", {})
-    mib = lambda b: None if b is None else b / 2**20  # noqa: E731
-    rows = [
-        ("CPU training time (§4.1)", "3600 s", _mean_text(cpu, "seconds", " s", 1)),
-        ("GPU training time (§4.1)", "300 s", _mean_text(gpu, "seconds", " s", 1)),
-        ("Speedup CPU/GPU (§4.1)", "12x", _fmt(speedup(summaries), "x")),
-        ("CPU test accuracy (§4.2)", "98.2 %", _mean_text(cpu, "accuracy", " %", 2)),
-        ("GPU test accuracy (§4.2)", "98.3 %", _mean_text(gpu, "accuracy", " %", 2)),
-        ("GPU utilisation (§4.3)", "> 90 %", _fmt(gpu_util.get("utilisation_mean_percent"), " % (NVML mean)")),
-        ("GPU memory (§4.3)", "~6 GB of 11 GB",
-         _fmt(mib(mem.get("cuda_peak_reserved_bytes")), " MiB reserved by PyTorch's allocator", 0)
-         + ("" if gpu_util.get("memory_used_max_bytes") is None else
-            f"; {_fmt(mib(gpu_util['memory_used_max_bytes']), ' MiB used on the device (NVML)', 0)}")),
-    ]
-    lines = ["| claim | paper (claimed) | ours (measured) |", "|---|---|---|"]
-    lines += [f"| {name} | {claimed} | {ours} |" for name, claimed, ours in rows]
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------- chapter-specific helpers
 
 def dataset_summary(data: mnist.MNISTTensors) -> dict:
@@ -370,20 +315,6 @@ def ceiling_markdown(results_dir=None) -> str:
             lines.append(f"| {name} | {rate:,.1f} | {100 * c['fraction_of_matmul'][name]:.1f} % |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
-
-
-def quick_share_markdown(rows: list[dict], config: TrainConfig, steps: int, matmul: dict | None = None) -> str:
-    """For the live comparison's rows (quick_path_comparison): each path's sustained GFLOP/s over its mean time for
-    `steps` steps (as the bars show it), beside a large matrix product's rate measured now on the same device (or
-    `matmul`, a hdr_lib.ceiling.matmul_rate result)."""
-    matmul = matmul or ceiling.matmul_rate(rows[0]["device"])
-    flops = training_flops(config.variant, images=config.batch_size * steps)["train_flops_per_epoch"]
-    shares = []
-    for row in rows:
-        rate = flops / summarize(row["seconds"])["mean"] / 1e9
-        shares.append(f"the {row['path']} path {rate:,.1f} GFLOP/s ({100 * rate / matmul['gflops']:.1f} %)")
-    return (f"Here, now: a {matmul['n']} x {matmul['n']} float32 matrix product runs at {matmul['gflops']:,.0f} "
-            f"GFLOP/s; over these {steps} steps {' and '.join(shares)}.")
 
 
 def _cuda_way(record: dict) -> str:

@@ -144,3 +144,33 @@ def paper_runs(folder: str | os.PathLike, device: str | None = None, path: str |
         return []
     filters = {key: value for key, value in (("device", device), ("path", path)) if value is not None}
     return [r for r in load_records(folder, kind="train", status="complete", **filters) if is_headline_run(r)]
+
+
+def session_of(record: dict) -> str:
+    """The timing session a record belongs to: `environment.session` (the invocation that made it: one
+    `replicate`, one `bench`, or $HDR_SESSION for a script's several commands), else, for records made before
+    sessions were kept, its commit and date."""
+    env = record.get("environment", {})
+    if env.get("session"):
+        return str(env["session"])
+    commit = str(env.get("git_commit") or "unknown commit")[:7]
+    return f"commit {commit}, {str(env.get('created_at', '?'))[:10]}"
+
+
+def host_of(record: dict) -> str:
+    """The host a record was made on (`environment.hostname_hash`), '?' when the record does not say."""
+    return str(record.get("environment", {}).get("hostname_hash") or "?")
+
+
+def same_host_pair(cpu_runs: list[dict], gpu_runs: list[dict], min_runs: int = 2):
+    """(host, its CPU runs, its GPU runs) of the host with at least `min_runs` runs on each device (the most
+    runs wins; ties: the first host in order), or None. A speedup divides times of one host only: never one
+    machine's CPU time by another host's GPU time. Records that do not name their host pair with nothing."""
+    best = None
+    for host in sorted({host_of(r) for r in cpu_runs} - {"?"}):
+        cpu = one_machine([r for r in cpu_runs if host_of(r) == host])
+        gpu = one_machine([r for r in gpu_runs if host_of(r) == host])
+        if len(cpu) >= min_runs and len(gpu) >= min_runs:
+            if best is None or min(len(cpu), len(gpu)) > min(len(best[1]), len(best[2])):
+                best = (host, cpu, gpu)
+    return best

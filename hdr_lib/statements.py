@@ -1,0 +1,172 @@
+"""Sentences of the book rendered from the records, so that what a page says is what `results/` shows.
+
+Each function returns Markdown. Where the records hold nothing for a statement, it says "not yet measured"
+(or words the statement as an expectation) rather than a number.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hdr_lib import records
+from hdr_lib.records import load_records, one_machine, session_of
+from hdr_lib.stats import summarize
+
+NOT_MEASURED = "not yet measured"
+
+
+def _folder(results_dir) -> Path:
+    if results_dir is not None:
+        return Path(results_dir).expanduser()
+    from hdr_lib.scorecard import results_dir as default
+
+    return default()
+
+
+def _runs(results_dir, **filters) -> list[dict]:
+    return records.paper_runs(_folder(results_dir), **filters)
+
+
+def _machine(record: dict) -> str:
+    return records.machine(record)
+
+
+def sessions(results_dir=None) -> list[dict]:
+    """The timing sessions of the paper-configuration records: one row per device, path, machine and session,
+    with its runs' training seconds (every run kept, slow ones too)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in _runs(results_dir):
+        key = (r["config"]["device"], r["config"]["path"], _machine(r), session_of(r))
+        groups.setdefault(key, []).append(r)
+    out = []
+    for (device, path, machine, session), runs in sorted(groups.items()):
+        env = [r.get("environment", {}) for r in runs]
+        loads = [e["load_average"][0] for e in env if isinstance(e.get("load_average"), list)]
+        out.append({"device": device, "path": path, "machine": machine, "session": session,
+                    "seconds": [r["total_train_seconds"] for r in runs],
+                    "seeds": sorted(r["config"]["seed"] for r in runs),
+                    "commits": sorted({str(e.get("git_commit") or "?")[:7] for e in env}),
+                    "dates": sorted({str(e.get("created_at", "?"))[:10] for e in env}),
+                    "load_1min": loads})
+    return out
+
+
+def sessions_markdown(results_dir=None) -> str:
+    """A table of timing sessions, and how the book uses them (pooled per machine, with the count said)."""
+    rows = sessions(results_dir)
+    if not rows:
+        return f"**Timing sessions: {NOT_MEASURED}** (no record of the paper's configuration)."
+    lines = ["| device | path | machine | session | seeds | training seconds: mean (min to max) | commit | "
+             "load (1 min) |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        s = summarize(row["seconds"])
+        load = (f"{min(row['load_1min']):.1f} to {max(row['load_1min']):.1f}" if row["load_1min"]
+                else "not recorded")
+        lines.append(f"| {row['device'].upper()} | {row['path']} | {row['machine']} | {row['session']} | "
+                     f"{', '.join(map(str, row['seeds']))} | {s['mean']:.1f} ({s['min']:.1f} to {s['max']:.1f}) | "
+                     f"{', '.join(row['commits'])} | {load} |")
+    per_group: dict[tuple, int] = {}
+    for row in rows:
+        key = (row["device"], row["path"], row["machine"])
+        per_group[key] = per_group.get(key, 0) + 1
+    several = [k for k, n in per_group.items() if n > 1]
+    how = ("Every group above is one session, so each confidence interval in this book is **within one "
+           "session**: it says how much runs vary back to back, not from one day or one machine load to another."
+           if not several else
+           f"{len(several)} group(s) have several sessions; the scorecard pools them and says how many.")
+    lines += ["", "Records without a session of their own are grouped by commit and date. " + how]
+    return "\n".join(lines)
+
+
+def path_ratio_markdown(results_dir=None) -> str:
+    """The fast path's speed over the reference path's from the 20-epoch records (one machine), beside the
+    one-epoch benchmark's ratio with its per-round range, and what differs between the two measurements."""
+    folder = _folder(results_dir)
+    parts = []
+    for device in ("cpu", "cuda"):
+        ref = one_machine(_runs(results_dir, device=device, path="reference"))
+        fast = [r for r in one_machine(_runs(results_dir, device=device, path="fast"))
+                if not ref or _machine(r) == _machine(ref[0])]
+        if not ref or not fast:
+            continue
+        mr, mf = (summarize([r["total_train_seconds"] for r in runs])["mean"] for runs in (ref, fast))
+        commits = sorted({str(r["environment"].get("git_commit"))[:7] for r in ref + fast})
+        dates = sorted({str(r["environment"].get("created_at"))[:10] for r in ref + fast})
+        parts.append(f"- 20-epoch records, {device.upper()} ({_machine(ref[0])}): reference mean {mr:.1f} s "
+                     f"(n = {len(ref)}), fast mean {mf:.1f} s (n = {len(fast)}): the fast path takes "
+                     f"**{mr / mf:.1f}x** less time (means; commits {', '.join(commits)}; "
+                     f"{', '.join(dates)}).")
+    benches = load_records(folder, kind="bench") if folder.is_dir() else []
+    for b in benches:
+        rounds = b.get("speedup_per_round") or []
+        env = b.get("environment", {})
+        parts.append(f"- one-epoch benchmark, {b['config']['device'].upper()} ({_machine(b)}): "
+                     f"{b['speedup_fast_over_reference']:.1f}x (ratio of the median epochs; {len(rounds)} rounds "
+                     f"from {min(rounds):.1f}x to {max(rounds):.1f}x; one process, the paths alternating; commit "
+                     f"{str(env.get('git_commit'))[:7]}, {str(env.get('created_at'))[:10]}).")
+    if not parts:
+        return f"**Fast over reference: {NOT_MEASURED}** (no pair of records of both paths)."
+    parts.append("")
+    parts.append("The two are different measurements and need not agree: the benchmark times single epochs of "
+                 "both paths alternating in one process, minutes apart; the 20-epoch records are whole runs, each "
+                 "path in its own session, made at the commits and dates above, under whatever else the shared "
+                 "machine was doing then (the load, where a record has it, is in the sessions table). Which of these accounts for the gap has not "
+                 "been measured; quote each with its own conditions.")
+    return "\n".join(parts)
+
+
+def expected_live_minutes(results_dir=None, path: str = "fast") -> dict | None:
+    """The mean 20-epoch training time of the recorded CPU runs of `path` (of the machine with the most of them),
+    with that machine's name: what the live run is expected to take on this kind of machine."""
+    runs = one_machine(_runs(results_dir, device="cpu", path=path))
+    if not runs:
+        return None
+    seconds = summarize([r["total_train_seconds"] for r in runs])
+    evals = summarize([r.get("total_eval_seconds") or 0.0 for r in runs])
+    return {"machine": _machine(runs[0]), "n": seconds["n"], "train_seconds": seconds["mean"],
+            "eval_seconds": evals["mean"], "min": seconds["min"], "max": seconds["max"]}
+
+
+def live_run_note(results_dir=None, epochs: int = 20) -> str:
+    """The note at the top of chapters 05-08: the live training run, how long the records say it takes, and how to
+    ask for a short one."""
+    expected = expected_live_minutes(results_dir)
+    if expected is None:
+        how_long = f"How long it takes on this machine is {NOT_MEASURED}: there is no recorded CPU run to go by."
+    else:
+        how_long = (f"On a machine like the one that made the records ({expected['machine']}), the committed "
+                    f"records of the paper's 20 epochs took {expected['train_seconds']:.0f} s of training on average "
+                    f"({expected['min']:.0f} to {expected['max']:.0f} s, n = {expected['n']}) plus "
+                    f"{expected['eval_seconds']:.0f} s of evaluation, on the fast path; a slower or busier machine "
+                    "takes longer.")
+    return (f":::{{note}}\nThe first of chapters 05 to 08 that runs in JupyterLab trains the paper's configuration "
+            f"live ({epochs} epochs here), once; the others reuse that run. {how_long} For a short run, set "
+            "`epochs = 1` in the parameters cell (or `papermill ... -p epochs 1`): every chapter then says that "
+            "its live numbers are from fewer epochs than the paper's.\n:::")
+
+
+def machines_markdown(results_dir=None, live: dict | None = None) -> str:
+    """Which processors the records and the live run come from, so that a reader sees why two CPU names appear."""
+    names: dict[str, set] = {}
+    for r in _runs(results_dir):
+        names.setdefault(_machine(r), set()).add(f"{r['config']['device']} {r['config']['path']}")
+    lines = [f"- recorded: {name} ({', '.join(sorted(kinds))} runs)" for name, kinds in sorted(names.items())]
+    if live is not None:
+        lines.append(f"- live, this build: {_machine(live)}")
+    if not lines:
+        return f"**Machines: {NOT_MEASURED}.**"
+    distinct = {n for n in names} | ({_machine(live)} if live is not None else set())
+    tail = ("The recorded runs and the live run come from different processors: the records were made on the "
+            "machine named in them, the live run on whatever machine builds this page; compare each with its own "
+            "kind." if len(distinct) > 1 else "The recorded runs and the live run come from one kind of processor.")
+    return "\n".join(lines + ["", tail])
+
+
+def result_folder_label(results_dir=None) -> str:
+    folder = _folder(results_dir)
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return f"{folder.resolve().relative_to(root)}/"
+    except ValueError:
+        return os.fspath(folder)
