@@ -5,8 +5,11 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-COLUMNS = ("Record", "Kind", "Status", "Device", "Path", "Epochs", "Seed", "CPU (threads)", "GPU",
-           "Driver / CUDA / cuDNN", "Python", "torch / torchvision", "Commit", "Created (UTC)")
+from hdr_lib.records import session_of
+
+# The commit and the date come right after the record's name, where a narrow screen still shows them.
+COLUMNS = ("Record", "Commit", "Created (UTC)", "Session", "Kind", "Status", "Device", "Path", "Epochs", "Seed",
+           "CPU (threads)", "GPU", "Driver / CUDA / cuDNN", "Python", "torch / torchvision")
 
 
 def _gpu(env: dict) -> tuple[str, str]:
@@ -29,16 +32,18 @@ def provenance_rows(records: list[dict], root: str | Path | None = None) -> list
                 pass
         gpu, stack = _gpu(env)
         commit = str(env.get("git_commit") or "?")
-        rows.append((str(name), str(r.get("kind", "train")), str(r.get("status", "?")), str(config.get("device", "?")),
+        rows.append((str(name), commit[:12] + ("+dirty" if commit.endswith("+dirty") else ""),
+                     str(env.get("created_at", "?")), session_of(r), str(r.get("kind", "train")),
+                     str(r.get("status", "?")), str(config.get("device", "?")),
                      str(config.get("path", "-")), str(config.get("epochs", "-")), str(config.get("seed", "-")),
                      f"{env.get('cpu', '?')} ({env.get('threads', '?')})", gpu, stack, str(env.get("python", "?")),
-                     f"{env.get('torch', '?')} / {env.get('torchvision', '?')}",
-                     commit[:12] + ("+dirty" if commit.endswith("+dirty") else ""), str(env.get("created_at", "?"))))
+                     f"{env.get('torch', '?')} / {env.get('torchvision', '?')}"))
     return rows
 
 
 def to_html(rows: list[tuple[str, ...]], columns=COLUMNS) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f'<td data-label="{html.escape(name)}">{html.escape(c)}</td>'
+                                    for name, c in zip(columns, row)) + "</tr>" for row in rows)
     return (f'<div class="hdr-table-wrap"><table class="table hdr-provenance"><thead><tr>{head}</tr></thead>'
             f'<tbody>{body}</tbody></table></div>')

@@ -140,10 +140,10 @@ def live_run_note(results_dir=None, epochs: int = 20) -> str:
                     f"({expected['min']:.0f} to {expected['max']:.0f} s, n = {expected['n']}) plus "
                     f"{expected['eval_seconds']:.0f} s of evaluation, on the fast path; a slower or busier machine "
                     "takes longer.")
-    return (f":::{{note}}\nThe first of chapters 05 to 08 that runs in JupyterLab trains the paper's configuration "
-            f"live ({epochs} epochs here), once; the others reuse that run. {how_long} For a short run, set "
-            "`epochs = 1` in the parameters cell (or `papermill ... -p epochs 1`): every chapter then says that "
-            "its live numbers are from fewer epochs than the paper's.\n:::")
+    return (f"> **Note: a live training run.** The first of chapters 05 to 08 that runs in JupyterLab trains the "
+            f"paper's configuration live ({epochs} epochs with these parameters), once; the others reuse that run. "
+            f"{how_long} For a short run, set `epochs = 1` in the parameters cell (or `papermill ... -p epochs 1`): "
+            "every chapter then labels its live numbers with their number of epochs.")
 
 
 def machines_markdown(results_dir=None, live: dict | None = None) -> str:
@@ -170,3 +170,36 @@ def result_folder_label(results_dir=None) -> str:
         return f"{folder.resolve().relative_to(root)}/"
     except ValueError:
         return os.fspath(folder)
+
+
+def seed_runs_markdown(seed: int = 0, results_dir=None, live: dict | None = None) -> str:
+    """The final test accuracy of every recorded run of one seed, by device, path and machine (and the live run):
+    how far runs that start from the same weights and see the same batches end apart."""
+    runs = [r for r in _runs(results_dir) if r["config"].get("seed") == seed]
+    lines = [f"- {r['config']['device'].upper()}, {r['config']['path']} path, {_machine(r)}, commit "
+             f"{str(r['environment'].get('git_commit'))[:7]}: {r['test_accuracy']:.2f} %" for r in runs]
+    if live is not None and live["config"].get("seed") == seed:
+        lines.append(f"- live run of this build, {live['config']['device'].upper()}, {live['config']['path']} path, "
+                     f"{_machine(live)}, {len(live['epochs'])} epoch(s): {live['test_accuracy']:.2f} %")
+    if not lines:
+        return f"**Seed {seed}: {NOT_MEASURED}** (no recorded run of the paper's configuration with this seed)."
+    accuracies = [r["test_accuracy"] for r in runs]
+    spread = (f"The recorded runs of seed {seed} end {max(accuracies) - min(accuracies):.2f} percentage points apart."
+              if len(accuracies) > 1 else "")
+    gpu = "" if any(r["config"]["device"] == "cuda" for r in runs) else f" A GPU run of seed {seed}: {NOT_MEASURED}."
+    return "\n".join(lines + ["", (spread + gpu).strip()])
+
+
+def path_speedups_markdown(rows=None) -> str:
+    """The CPU-over-GPU speedup on each path, from the scorecard's rows: 'not yet measured' until one host has
+    both devices' runs."""
+    from hdr_lib import scorecard
+
+    rows = scorecard.scorecard() if rows is None else rows
+    row = next(r for r in rows if r.claim.key == "speedup")
+    parts = []
+    for path in scorecard.PATHS:
+        cell = row.cells[path]
+        parts.append(f"the {path} path: " + (f"**{NOT_MEASURED}** ({cell.note})" if cell.measured is None else
+                                            f"{scorecard.format_cell(cell, 'x')}, {cell.verdict}"))
+    return "Speedup of the GPU over the CPU on one host, " + "; ".join(parts) + "."

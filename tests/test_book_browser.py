@@ -103,7 +103,7 @@ def test_markdown_tables_that_cells_display_are_rendered_as_tables():
     # display(Markdown(...)) of a table must come out as <table>, not as a paragraph of pipes.
     raw = [str(page.relative_to(HTML_DIR)) for page in _pages() if re.search(r"<p>\|[^<]*\|\s*\|", page.read_text())]
     assert not raw, f"Markdown tables shown as raw text on: {raw}"
-    for chapter, header in (("01_introduction", "training time, 20 epochs"), ("08_discussion", "ours (measured)")):
+    for chapter, header in (("01_introduction", "training time, 20 epochs"), ("08_discussion", "Ours, reference path")):
         text = (HTML_DIR / "notebooks" / f"{chapter}.html").read_text()
         assert re.search(r"<table[^>]*>(?:(?!</table>).)*" + re.escape(header), text, re.S), chapter
 
@@ -262,6 +262,41 @@ def _check_page(port: int, page: Path) -> tuple[dict, list[str]]:
     finally:
         tools.close()
         _close_target(port, target["id"])
+
+
+PHONE_WIDTH = 390  # CSS pixels: a small phone held upright
+
+NARROW_STATE = """(() => {
+  const cells = Array.from(document.querySelectorAll('table.hdr-scorecard td'));
+  const out = cells.filter(td => { const r = td.getBoundingClientRect();
+    return r.width < 1 || r.left < -1 || r.right > window.innerWidth + 1; });
+  return {cells: cells.length, outside: out.map(td => td.getAttribute('data-label')), width: window.innerWidth,
+          ready: document.readyState};
+})()"""
+
+
+def test_the_scorecard_shows_every_column_at_phone_width(browser):
+    port, _ = browser
+    for page in (HTML_DIR / "index.html", HTML_DIR / "book" / "scorecard.html"):
+        if not page.is_file():
+            page = next(p for p in _pages() if p.name == page.name)
+        target = _new_target(port)
+        tools = _DevTools(target["webSocketDebuggerUrl"])
+        try:
+            tools.call("Emulation.setDeviceMetricsOverride", width=PHONE_WIDTH, height=844, deviceScaleFactor=1,
+                       mobile=True)
+            tools.call("Page.enable")
+            tools.call("Page.navigate", url=page.as_uri())
+            deadline, state = time.monotonic() + PAGE_TIMEOUT_S, {}
+            while time.monotonic() < deadline and state.get("ready") != "complete":
+                tools.pump(0.5)
+                state = tools.evaluate(NARROW_STATE) or {}
+            assert state.get("width") == PHONE_WIDTH, state
+            assert state["cells"] > 0, f"{page.name}: no scorecard table"
+            assert state["outside"] == [], f"{page.name}: cells out of sight at {PHONE_WIDTH} px: {state['outside']}"
+        finally:
+            tools.close()
+            _close_target(port, target["id"])
 
 
 def test_every_page_offline_without_errors_and_every_figure_drawn(browser):

@@ -6,6 +6,8 @@
 - Each script goes into a page once: this Sphinx and jupyter-book add some inline scripts twice, and
   sphinx-thebe's `const THEBE_JS_URL` declared twice is a SyntaxError in the browser. Thebe itself is off
   (it would load from a CDN), so its configuration and loader are left out of the pages.
+- Every run record (results/**/*.json) is copied into the site as results/..., so the Reproduce page can link
+  each one for download, offline like the rest.
 - The kernels that execute the notebooks inherit HDR_BOOK_BUILD=1 (hdr_lib.display then emits a div and a
   Plotly.newPlot call instead of the plotly mime type the book cannot show) and HDR_PROGRESS=0 (no
   progress-bar widgets in static pages), and find hdr_lib through PYTHONPATH wherever the notebook lies.
@@ -40,6 +42,21 @@ def _vendor_plotly(app) -> None:
     app.config.html_static_path.append(str(ROOT / "book" / "_static"))  # hdr.css: the book's own styles
 
 
+def _copy_records(app) -> None:
+    """results/**/*.json into <site>/results/ (through html_extra_path): every record downloadable from the book."""
+    source = Path(os.environ.get("HDR_RESULTS_DIR") or ROOT / "results")
+    extra = Path(app.doctreedir).parent / "offline-extra"
+    target = extra / "results"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    if source.is_dir():
+        for path in sorted(source.rglob("*.json")):
+            destination = target / path.relative_to(source)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, destination)
+    app.config.html_extra_path.append(str(extra))
+
+
 def _one_copy_of_each_script(app, pagename, templatename, context, doctree) -> None:
     scripts = context.get("script_files")
     if not scripts:
@@ -57,6 +74,7 @@ def _one_copy_of_each_script(app, pagename, templatename, context, doctree) -> N
 def setup(app):
     _kernel_environment()  # before any notebook runs: execution happens while Sphinx reads the sources
     app.connect("builder-inited", _vendor_plotly)
+    app.connect("builder-inited", _copy_records)
     app.add_css_file("hdr.css")
     app.connect("html-page-context", _one_copy_of_each_script, priority=900)  # after the themes' handlers
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
