@@ -210,3 +210,14 @@ def test_accuracy_spread_measures_the_margin_in_sds():
     assert group["margin_in_sd"] == pytest.approx(6.0)
     assert "inside" in scorecard.accuracy_spread_markdown(runs)
     assert NOT_MEASURED in scorecard.accuracy_spread_markdown([make_record()])
+
+
+def test_a_seed_rerun_adds_a_time_but_not_a_second_accuracy():
+    first = [make_record(seconds=100.0 + i, accuracy=99.0 + 0.05 * i, seed=i, session="s1") for i in range(3)]
+    again = [make_record(seconds=120.0 + i, accuracy=99.0 + 0.05 * i, seed=i, session="s2") for i in range(3)]
+    for r in again:
+        r["environment"]["created_at"] = "2026-12-01T00:00:00+00:00"
+    rows = {r.claim.key: r for r in scorecard.scorecard(first + again)}
+    assert rows["cpu_time"].headline.measured["n"] == 6
+    assert rows["cpu_accuracy"].headline.measured["n"] == 3
+    assert scorecard.accuracy_spread(first + again)[0]["n"] == 3
