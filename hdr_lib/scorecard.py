@@ -160,8 +160,9 @@ def one_per_seed(runs: list[dict]) -> list[dict]:
     batches (its accuracy is the same run's again): a time per run, but an accuracy per seed."""
     latest: dict = {}
     for r in sorted(runs, key=lambda r: str(r.get("environment", {}).get("created_at", ""))):
-        latest[r.get("config", {}).get("seed")] = r
-    return list(latest.values())
+        config = r.get("config", {})
+        latest[(config.get("device"), config.get("path"), records.machine(r), config.get("seed"))] = r
+    return sorted(latest.values(), key=lambda r: r.get("_path", ""))
 
 
 def _sessions(runs) -> int:
