@@ -228,7 +228,7 @@ def _gap(cpu_acc: list[float], gpu_acc: list[float]) -> dict | None:
 def _times(cpu_or_gpu_over_paper: float) -> str:
     ratio = cpu_or_gpu_over_paper
     return (f"ours takes {1 / ratio:.1f}x less time than the paper's" if ratio < 1 else
-            f"ours takes {ratio:.1f}x the paper's time") + " (training only; other hardware and software)"
+            f"ours takes {ratio:.1f}x the paper's time") + "; training only, on other hardware and software"
 
 
 def _measure(claim: Claim, cpu_all: list[dict], gpu_all: list[dict], path: str) -> Cell:

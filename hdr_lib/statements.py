@@ -141,7 +141,7 @@ def live_run_note(results_dir=None, epochs: int = 20) -> str:
                     f"{expected['eval_seconds']:.0f} s of evaluation, on the fast path; a slower or busier machine "
                     "takes longer.")
     return (f"> **Note: a live training run.** The first of chapters 05 to 08 that runs in JupyterLab trains the "
-            f"paper's configuration live ({epochs} epochs with these parameters), once; the others reuse that run. "
+            f"paper's configuration live ({epochs} epoch{'s' if epochs != 1 else ''} with these parameters), once; the others reuse that run. "
             f"{how_long} For a short run, set `epochs = 1` in the parameters cell (or `papermill ... -p epochs 1`): "
             "every chapter then labels its live numbers with their number of epochs.")
 
