@@ -426,6 +426,14 @@ def status_line(rows: list[Row]) -> str:
     return f"{gpu}. Verdicts of the {len(rows)} claims on the reference path: {parts}."
 
 
+def describe(cell: Cell, unit: str, bold: bool = False) -> str:
+    """A cell in words: "not yet measured (why)", or the value, the verdict and the note."""
+    mark = "**" if bold else ""
+    if cell.verdict == NOT_MEASURED:
+        return f"{mark}{NOT_MEASURED}{mark} ({cell.note})"
+    return f"{format_cell(cell, unit)}, {mark}{cell.verdict}{mark} ({cell.note})"
+
+
 def verdict_paragraph(chapter: str, rows: list[Row] | None = None) -> str:
     """A chapter's closing verdict in Markdown, rendered from the records: each of its claims, the paper's
     number, ours on the reference path (the fast path's beside it) and the verdict; "not yet measured" with the
@@ -435,16 +443,8 @@ def verdict_paragraph(chapter: str, rows: list[Row] | None = None) -> str:
     lines = ["**Verdict, from the records in `results/`** (the same rules and rows as the scorecard):", ""]
     for row in (r for r in rows if r.claim.key in wanted):
         ref, fast = row.cells[HEADLINE_PATH], row.cells[SECOND_PATH]
-        text = f"- {row.claim.text} ({row.claim.section}): paper {paper_value(row.claim)}; "
-        if ref.verdict == NOT_MEASURED:
-            text += f"reference path **{NOT_MEASURED}** ({ref.note})"
-        else:
-            text += f"reference path {format_cell(ref, row.claim.unit)}, **{ref.verdict}** ({ref.note})"
-        if fast.verdict == NOT_MEASURED:
-            text += f"; fast path {NOT_MEASURED} ({fast.note})."
-        else:
-            text += f"; fast path {format_cell(fast, row.claim.unit)}, {fast.verdict} ({fast.note})."
-        lines.append(text)
+        lines.append(f"- {row.claim.text} ({row.claim.section}): paper {paper_value(row.claim)}; reference path "
+                     f"{describe(ref, row.claim.unit, bold=True)}; fast path {describe(fast, row.claim.unit)}.")
     return "\n".join(lines)
 
 
