@@ -197,6 +197,10 @@ def device_summary(records: list[dict]) -> dict | None:
             "epochs": records[0]["config"]["epochs"]}
 
 
+def _fmt(value, unit="", digits=1) -> str:
+    return NOT_MEASURED if value is None else f"{value:,.{digits}f}{unit}"
+
+
 # ---------------------------------------------------------------- chapter-specific helpers
 
 def dataset_summary(data: mnist.MNISTTensors) -> dict:
