@@ -6,8 +6,8 @@
 - Each script goes into a page once: this Sphinx and jupyter-book add some inline scripts twice, and
   sphinx-thebe's `const THEBE_JS_URL` declared twice is a SyntaxError in the browser. Thebe itself is off
   (it would load from a CDN), so its configuration and loader are left out of the pages.
-- Every run record (results/**/*.json) is copied into the site as results/..., so the Reproduce page can link
-  each one for download, offline like the rest.
+- Every run record (results/**/*.json) is copied into the site as records/... (not results/: Sphinx skips extra
+  files that match exclude_patterns, which names results), so the Reproduce page links each one for download.
 - The kernels that execute the notebooks inherit HDR_BOOK_BUILD=1 (hdr_lib.display then emits a div and a
   Plotly.newPlot call instead of the plotly mime type the book cannot show) and HDR_PROGRESS=0 (no
   progress-bar widgets in static pages), and find hdr_lib through PYTHONPATH wherever the notebook lies.
@@ -43,10 +43,10 @@ def _vendor_plotly(app) -> None:
 
 
 def _copy_records(app) -> None:
-    """results/**/*.json into <site>/results/ (through html_extra_path): every record downloadable from the book."""
+    """results/**/*.json into <site>/records/ (through html_extra_path): every record downloadable from the book."""
     source = Path(os.environ.get("HDR_RESULTS_DIR") or ROOT / "results")
     extra = Path(app.doctreedir).parent / "offline-extra"
-    target = extra / "results"
+    target = extra / "records"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     if source.is_dir():
