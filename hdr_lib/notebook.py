@@ -270,7 +270,9 @@ def memory_lines(records: list[dict]) -> list[str]:
             gpu = u.get("gpu", {})
             line += (f"; CUDA allocated {mib(m.get('cuda_peak_allocated_bytes'))}, reserved "
                      f"{mib(m.get('cuda_peak_reserved_bytes'))}; NVML used {mib(gpu.get('memory_used_max_bytes'))}, "
-                     f"utilisation mean {_fmt(gpu.get('utilisation_mean_percent'), ' %')}")
+                     f"utilisation mean {_fmt(gpu.get('utilisation_mean_percent'), ' %')}, 10th percentile "
+                     f"{_fmt(gpu.get('utilisation_p10_percent'), ' %')}, memory in use mean "
+                     f"{mib(gpu.get('memory_used_mean_bytes'))}")
         else:
             line += f"; CPU utilisation {_fmt(u.get('cpu', {}).get('utilisation_percent'), ' % of all cores')}"
         lines.append(line)

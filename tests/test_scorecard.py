@@ -191,6 +191,9 @@ def test_html_table_and_figure():
     assert fig.data[1].y[1] is None  # GPU bar absent, not zero
     labels = [a.text for a in fig.layout.annotations]
     assert len(labels) == 3 and all("measured" in t for t in labels)  # GPU x 2 paths, CPU fast: labelled
+    live = make_record("cpu", seconds=33.0, path="fast")
+    with_live = scorecard.time_figure(rows, live=live)
+    assert with_live.data[-1].y == (33.0, None) and "live run" in with_live.data[-1].name
 
 
 def test_verdict_paragraphs_say_not_yet_measured_without_records(tmp_path):
