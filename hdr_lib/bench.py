@@ -5,12 +5,12 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from hdr_lib import ceiling, data as mnist
-from hdr_lib.config import ConfigError, TrainConfig
+from hdr_lib import ceiling, data as mnist, paths
+from hdr_lib.config import ConfigError, TrainConfig, check
 from hdr_lib.hardware import environment, resolve_device
 from hdr_lib.model import training_flops
 from hdr_lib.records import SCHEMA, write_json_atomic
-from hdr_lib.train import check_writable, train
+from hdr_lib.train import train
 
 PATHS = ("reference", "fast")
 # Other ways to run the fast path, timed beside it with --fast-variant: each is "fast <name>" in the record.
@@ -33,12 +33,13 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     every round and taken as the median of the rounds, as the paths' times are.
     """
     config.validate()
+    rounds = check("rounds", rounds)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
     device = resolve_device(config.device)
     if out is not None:
-        check_writable(Path(out))
+        out = paths.output_file(out, "out")
     data = mnist.load_mnist(data_root)
     n_images = data.train_images.shape[0]  # per timed epoch
     if max_steps is not None:  # a quick check of the command, not a benchmark: its record says "incomplete"

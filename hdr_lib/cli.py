@@ -4,52 +4,48 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
-from hdr_lib.config import PAPER, ConfigError
+from hdr_lib import paths
+from hdr_lib.config import PAPER, RANGES, ConfigError, check
 from hdr_lib.data import DataError
 from hdr_lib.records import RecordError
 
 
-def _integer(minimum: int):
-    """An argparse type: an integer of at least `minimum` (1: positive, 0: non-negative)."""
-    what = "a positive integer" if minimum == 1 else "a non-negative integer"
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (`error: ...`, exit 2): `--help` shows the usage."""
 
-    def parse(text: str) -> int:
+    def error(self, message: str):
+        self.exit(2, f"error: {' '.join(message.split())}\n")
+
+
+def _number(name: str):
+    """An argparse type for the number `name`: its range is hdr_lib.config.RANGES[name], as everywhere else."""
+    rule = RANGES[name]
+
+    def parse(text: str):
         try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-        return value
+            value = rule.kind(text)
+        except (ValueError, OverflowError):
+            value = text
+        try:
+            return check(name, value)
+        except ConfigError:
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise argparse.ArgumentTypeError(f"must be {rule.describe()}, got {shown!r}") from None
 
     return parse
-
-
-_positive_int, _nonneg_int = _integer(1), _integer(0)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
-    return value
 
 
 def _add_run_options(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default=PAPER.device,
                    help="cpu, cuda, or auto (cuda when available); default %(default)s")
-    p.add_argument("--epochs", type=_positive_int, default=PAPER.epochs, help="default %(default)s (§3.4)")
-    p.add_argument("--batch-size", type=_positive_int, default=PAPER.batch_size, help="default %(default)s (§3.4)")
-    p.add_argument("--lr", type=_positive_float, default=PAPER.lr, help="default %(default)s (§3.4)")
+    p.add_argument("--epochs", type=_number("epochs"), default=PAPER.epochs, help="default %(default)s (§3.4)")
+    p.add_argument("--batch-size", type=_number("batch_size"), default=PAPER.batch_size, help="default %(default)s (§3.4)")
+    p.add_argument("--lr", type=_number("lr"), default=PAPER.lr, help="default %(default)s (§3.4)")
     if seed:
-        p.add_argument("--seed", type=_nonneg_int, default=PAPER.seed, help="default %(default)s")
+        p.add_argument("--seed", type=_number("seed"), default=PAPER.seed, help="default %(default)s")
     p.add_argument("--variant", choices=["paper", "lenet1998"], default=PAPER.variant,
                    help="paper: §3.3 on 28x28 (default); lenet1998: padded to 32x32 as in 1998")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory layout (same arithmetic)")
@@ -64,14 +60,14 @@ def _add_run_options(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
     p.add_argument("--data-dir", default=None, help="MNIST root holding MNIST/raw (default: $HDR_DATA_DIR, else ../shared/data beside the "
                         "checkout, else data/ of the repository)")
-    p.add_argument("--max-steps", type=_positive_int, default=None,
+    p.add_argument("--max-steps", type=_number("max_steps"), default=None,
                    help="stop each run after this many optimiser steps in all: a quick check of the whole command "
                         "(its records say status 'incomplete' and max_steps)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hdr_lib",
+    parser = _Parser(prog="python -m hdr_lib",
                                      description="Replicate the paper's LeNet-5 MNIST training on CPU and CUDA.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -84,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time the fast and reference paths in one process, alternating")
     _add_run_options(p)
-    p.add_argument("--rounds", type=_positive_int, default=3, help="epochs timed per path (default %(default)s)")
+    p.add_argument("--rounds", type=_number("rounds"), default=3, help="epochs timed per path (default %(default)s)")
     p.add_argument("--fast-variant", action="append", default=[], choices=["no-triton", "no-cuda-graph", "compile"],
                    help="also time the fast path run this way (repeatable), alternating with the others")
     p.add_argument("--out", default=None, help="benchmark record file (default: results/bench-<device>.json)")
@@ -92,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replicate", help="run the paper's configuration for several seeds, one record each")
     _add_run_options(p, seed=False)
     p.add_argument("--path", choices=["fast", "reference"], default=PAPER.path)
-    p.add_argument("--seeds", type=_positive_int, default=5, help="number of seeds, 0..N-1 (default %(default)s)")
-    p.add_argument("--first-seed", type=_nonneg_int, default=0)
+    p.add_argument("--seeds", type=_number("seeds"), default=5, help="number of seeds, 0..N-1 (default %(default)s)")
+    p.add_argument("--first-seed", type=_number("first_seed"), default=0)
     p.add_argument("--out-dir", default="results", help="folder for the records (default %(default)s)")
 
     sub.add_parser("info", help="print the hardware and versions a record would hold")
@@ -122,20 +118,69 @@ def _config_from(args, **overrides):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    written = _Written(getattr(args, "out", None) if args.command == "train" else None)
     try:
-        return _dispatch(args)
+        return _dispatch(args, written)
     except (ConfigError, DataError, RecordError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the record written so far says status 'incomplete'; rerun with --resume "
-              "and the same --checkpoint-dir to continue", file=sys.stderr)
+        print(_interrupted(args, written), file=sys.stderr)
         return 130
 
 
-def _dispatch(args) -> int:
+class _Written:
+    """Whether this process wrote the record at `out` (so an interrupt message can say so, and only then)."""
+
+    def __init__(self, out):
+        self.out = None
+        self.set(out)
+
+    def set(self, out):
+        self.out = Path(out) if out else None
+        self.before = self._stamp()
+
+    def _stamp(self):
+        try:
+            return self.out.stat().st_mtime_ns if self.out is not None else None
+        except OSError:
+            return None
+
+    def happened(self) -> bool:
+        return self.out is not None and self._stamp() not in (None, self.before)
+
+
+def _interrupted(args, written: _Written) -> str:
+    """What an interrupt left, as it is: a record only when one was written, --resume only with a checkpoint."""
+    parts = ["interrupted"]
+    if written.happened():
+        parts.append(f"the record {written.out} says status 'incomplete'")
+    elif args.command == "train":
+        parts.append("no record was written")
+    if getattr(args, "checkpoint_dir", None):
+        parts.append(f"rerun with --resume and --checkpoint-dir {args.checkpoint_dir} to continue from its last "
+                     f"checkpoint")
+    elif args.command == "replicate":
+        parts.append(f"the records of the seeds that finished are in {args.out_dir}")
+    return "; ".join(parts)
+
+
+def _check_paths(args) -> None:
+    """The paths of the command, before any work: outputs writable and not clashing, the data folder a path."""
+    if getattr(args, "data_dir", None) is not None:
+        paths.input_path(args.data_dir, "--data-dir")
+    if getattr(args, "out", None) is not None:
+        paths.output_file(args.out, "--out")
+    if getattr(args, "checkpoint_dir", None) is not None:
+        paths.output_folder(args.checkpoint_dir, "--checkpoint-dir")
+    if getattr(args, "out_dir", None) is not None:
+        paths.output_folder(args.out_dir, "--out-dir")
+
+
+def _dispatch(args, written: _Written) -> int:
     from hdr_lib.hardware import environment, resolve_device
 
+    _check_paths(args)
     if args.command == "info":
         import torch
 
@@ -181,12 +226,23 @@ def _dispatch(args) -> int:
 
         config = _config_from(args)
         device = resolve_device(config.device)
-        out = Path(args.out) if args.out else Path("results") / record_name(config, device.type)
+        if args.out is None:
+            out = paths.output_file(Path("results") / record_name(config, device.type), "the default record")
+            written.set(out)
+        else:
+            out = Path(args.out)
         record = train(config, data_root=args.data_dir, out=out, checkpoint_dir=args.checkpoint_dir,
                        resume=args.resume, progress=progress, max_steps=args.max_steps)
-        print(f"{record['status']}: test accuracy {record['test_accuracy']:.2f} %, "
-              f"training {record['total_train_seconds']:.1f} s on {device.type} ({config.path} path) -> {out}")
-        return 0 if record["status"] == "complete" or args.max_steps is not None else 1
+        accuracy = record["test_accuracy"]
+        print(f"{record['status']}: test accuracy {'-' if accuracy is None else f'{accuracy:.2f} %'}, "
+              f"training {record['total_train_seconds'] or 0:.1f} s on {device.type} ({config.path} path) -> {out}")
+        if record.get("diverged"):
+            print(f"the run diverged: {record['diverged']} (the record has null there, and says why)",
+                  file=sys.stderr)
+            return 1
+        if args.max_steps is not None:
+            return 0  # stopped where it was asked to
+        return 0 if record["status"] == "complete" else 1
     if args.command == "replicate":
         from hdr_lib.replicate import replicate
 
@@ -199,7 +255,7 @@ def _dispatch(args) -> int:
 
         config = _config_from(args)
         device = resolve_device(config.device)
-        out = Path(args.out) if args.out else Path("results") / f"bench-{device.type}.json"
+        out = Path(args.out) if args.out is not None else Path("results") / f"bench-{device.type}.json"
         bench(config, rounds=args.rounds, out=out, data_root=args.data_dir, progress=progress,
               variants=tuple(args.fast_variant), max_steps=args.max_steps)
         return 0

@@ -76,6 +76,8 @@ def locate(root: str | os.PathLike | None = None) -> DataLocation:
     $HDR_DATA_DIR, else ../shared/data beside the checkout when it holds MNIST/raw, else data/ of the repository
     (where torchvision downloads MNIST if a network allows). Relative paths are made absolute (`absolute`)."""
     if root is not None:
+        if not isinstance(root, (str, os.PathLike)) or not os.fspath(root) or "\0" in os.fspath(root):
+            raise DataError(f"the MNIST data folder must be a non-empty path, got {root!r}")
         return DataLocation(absolute(root), "argument")
     if os.environ.get(ENV_VAR):
         return DataLocation(absolute(os.environ[ENV_VAR]), "$" + ENV_VAR)
@@ -109,13 +111,17 @@ def verify_raw(root: Path, checksums: dict[str, str] = MNIST_SHA256, location: D
     folder = raw_folder(root)
     for name, expected in checksums.items():
         path = folder / name
-        if not path.is_file():
-            raise DataError(_missing_message(location or DataLocation(Path(root), "argument"), path))
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, expected)
-        if _verified.get(key):
-            continue
-        actual = _sha256(path)
+        try:
+            if not path.is_file():
+                raise DataError(_missing_message(location or DataLocation(Path(root), "argument"), path))
+            stat = path.stat()
+            key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, expected)
+            if _verified.get(key):
+                continue
+            actual = _sha256(path)
+        except OSError as exc:  # no permission, an I/O error: one line naming the file
+            raise DataError(f"cannot read MNIST file {path}: {exc.strerror or exc}; make it readable "
+                            f"(chmod a+r) or point to another copy") from exc
         if actual != expected:
             raise DataError(
                 f"MNIST file {path} is corrupt or truncated: its SHA-256 is {actual[:16]}..., "
@@ -171,8 +177,11 @@ def torchvision_datasets(root: str | os.PathLike | None = None, *, download: boo
 
     root = ensure_mnist(root, download=download)
     to_tensor = transforms.ToTensor()
-    return (MNIST(root=str(root), train=True, transform=to_tensor),
-            MNIST(root=str(root), train=False, transform=to_tensor))
+    try:
+        return (MNIST(root=str(root), train=True, transform=to_tensor),
+                MNIST(root=str(root), train=False, transform=to_tensor))
+    except Exception as exc:  # noqa: BLE001 (checked files that still cannot be read: one line naming the folder)
+        raise DataError(f"MNIST files under {raw_folder(root)} could not be read as IDX: {exc}") from exc
 
 
 def to_float(images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:

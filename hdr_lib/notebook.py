@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import difflib
 import hashlib
 import json
 import math
@@ -10,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from hdr_lib import data as mnist
-from hdr_lib.config import PAPER, ConfigError, TrainConfig
+from hdr_lib import checkpoint, data as mnist, paths
+from hdr_lib.config import PAPER, ConfigError, TrainConfig, check
 from hdr_lib.hardware import resolve_device
 from hdr_lib.model import LeNet5, count_parameters, layer_table
 from hdr_lib.plots import PAPER_CLAIMS
@@ -23,64 +25,91 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository: results/ and _b
 NOT_MEASURED = "not yet measured"
 
 
-def _number(name: str, value, kind: type):
-    """Reject what papermill passes through from a typo (`-p lr abc` arrives as the string 'abc')."""
+def _number(name: str, value, range_name: str | None = None):
+    """A number parameter in its range (hdr_lib.config.RANGES); a typo papermill passes through (`-p lr abc` arrives
+    as the string 'abc') is named with the way to pass it."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         example = {"epochs": 20, "batch_size": 64, "lr": 0.01, "seed": 0}.get(name, 1)
         raise ConfigError(f"parameter {name} must be a number, got {value!r} ({type(value).__name__}); "
                           f"pass it unquoted, e.g. `-p {name} {example}`")
-    if kind is int and isinstance(value, float):
-        if not value.is_integer():
-            raise ConfigError(f"parameter {name} must be a whole number, got {value!r}")
-        value = int(value)
-    if kind is float and not math.isfinite(value):
-        raise ConfigError(f"parameter {name} must be a positive finite number, got {value!r}")
-    return kind(value)
+    return check(name, value, f"parameter {name}", range_name=range_name, whole_floats=True)
 
 
-def _folder(value, default: Path) -> Path:
+def _folder(value, default: Path, name: str = "folder") -> Path:
     if value is None:
         return default
-    if not isinstance(value, (str, os.PathLike)):
-        raise ConfigError(f"a folder parameter must be a path, got {value!r}")
-    return Path(value).expanduser()
+    return paths.input_path(value, f"parameter {name}")
+
+
+PARAMETERS = ("device", "epochs", "batch_size", "lr", "seed", "data_dir", "results_dir", "cache_dir")
+INJECTED_COMMENT = "# Parameters\n"  # how papermill's Python translator opens the cell it injects
+
+
+def injected_parameters() -> list[str] | None:
+    """The names papermill injected into this kernel (its "# Parameters" cell, the last one run), or None when the
+    kernel ran none (JupyterLab, a plain import). papermill only warns about a name the notebook does not declare;
+    the check cell reads them here so that a typo stops the chapter instead of running its default."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    history = shell.user_ns.get("In", []) if shell is not None else []
+    source = next((cell for cell in reversed(history) if cell.startswith(INJECTED_COMMENT)), None)
+    if source is None:
+        return None
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    return [target.id for node in tree.body if isinstance(node, ast.Assign)
+            for target in node.targets if isinstance(target, ast.Name)]
 
 
 def check_parameters(device="auto", epochs=PAPER.epochs, batch_size=PAPER.batch_size, lr=PAPER.lr,
                      seed=PAPER.seed, data_dir=None, results_dir=None, cache_dir=None, needs_data=True,
-                     **extra) -> TrainConfig:
+                     injected: list[str] | None = None, **extra) -> TrainConfig:
     """Check a notebook's parameters before any work; return the TrainConfig they describe.
 
-    Raises ConfigError (a ValueError) naming the bad parameter and what to pass instead. Side effects: sets
-    $HDR_DATA_DIR to the absolute folder when `data_dir` is given or $HDR_DATA_DIR is relative, so every later
-    call finds the same MNIST, and checks that MNIST is there when `needs_data`.
+    Raises ConfigError (a ValueError) naming the bad parameter and what to pass instead: a name the chapter does
+    not take (from `injected`, else `injected_parameters()`), a number outside hdr_lib.config.RANGES, a folder that
+    is empty or, for `cache_dir`, cannot be written. Side effects: sets $HDR_DATA_DIR to the absolute folder when
+    `data_dir` is given or $HDR_DATA_DIR is relative, so every later call finds the same MNIST, and checks that
+    MNIST is there when `needs_data` (a given `data_dir` is read, never created).
     """
+    known = set(PARAMETERS) | set(extra)
+    unknown = [name for name in (injected if injected is not None else injected_parameters() or [])
+               if name not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        raise ConfigError(f"unknown parameter {unknown[0]!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                          f"this chapter takes {', '.join(sorted(known))}")
     if not isinstance(device, str):
         raise ConfigError(f"parameter device must be 'cpu', 'cuda' or 'auto', got {device!r}")
-    config = PAPER.replace(device=device, epochs=_number("epochs", epochs, int),
-                           batch_size=_number("batch_size", batch_size, int), lr=_number("lr", lr, float),
-                           seed=_number("seed", seed, int)).validate()
+    config = PAPER.replace(device=device, epochs=_number("epochs", epochs),
+                           batch_size=_number("batch_size", batch_size), lr=_number("lr", lr),
+                           seed=_number("seed", seed)).validate()
     resolve_device(config.device)  # 'cuda' on a machine without one fails here, not after the data loads
     for name, value in extra.items():
-        if name.endswith(("_steps", "_epochs", "_limit")) and value is not None:
-            if _number(name, value, int) <= 0:
-                raise ConfigError(f"parameter {name} must be a positive integer or None, got {value!r}")
-    _folder(results_dir, ROOT / "results")
-    _folder(cache_dir, ROOT / "_build" / "run-cache")
+        if name.endswith("_steps") and value is not None:
+            _number(name, value, "steps")
+    _folder(results_dir, ROOT / "results", "results_dir")
+    if cache_dir is not None:
+        paths.output_folder(paths.input_path(cache_dir, "parameter cache_dir"), "parameter cache_dir")
     if data_dir is not None:
-        _folder(data_dir, ROOT / "data")  # a path, not a number
+        _folder(data_dir, ROOT / "data", "data_dir")  # a path, not a number
     # One rule for where MNIST is (hdr_lib.data.locate); a folder the chapter was given, or a relative
     # $HDR_DATA_DIR, is made absolute once here, so every later call in this kernel finds the same MNIST.
     location = mnist.locate(data_dir)
     if location.source != "../shared/data" and location.source != "default":
         os.environ[mnist.ENV_VAR] = str(location.root)
     if needs_data:
-        mnist.ensure_mnist(None, download=True)
+        mnist.ensure_mnist(data_dir, download=True)  # a data_dir given is named as such in an error
     return config
 
 
 def results_folder(results_dir=None) -> Path:
-    return _folder(results_dir, ROOT / "results")
+    return _folder(results_dir, ROOT / "results", "results_dir")
 
 
 def _shown(folder: Path) -> str:
@@ -92,7 +121,7 @@ def _shown(folder: Path) -> str:
 
 
 def cache_folder(cache_dir=None) -> Path:
-    return _folder(cache_dir, ROOT / "_build" / "run-cache")
+    return _folder(cache_dir, ROOT / "_build" / "run-cache", "cache_dir")
 
 
 # ---------------------------------------------------------------- one live run, shared by chapters 05-08
@@ -123,7 +152,12 @@ def cached_run(config: TrainConfig, cache_dir=None, *, data=None, verbose: bool 
             saved = {k: v for k, v in record["config"].items() if k != "device_requested"}
             if saved == key and Path(record["_path"]) == stem.with_suffix(".json"):
                 model = LeNet5(config.variant)
-                model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+                try:  # its digest checked, read without running code (hdr_lib.checkpoint)
+                    model.load_state_dict(checkpoint.load(weights))
+                except (checkpoint.CheckpointError, RuntimeError, TypeError) as exc:
+                    print(f"the cached weights {_shown(folder)}{weights.name} cannot be used ({exc}); training "
+                          f"again")
+                    break
                 if verbose:
                     print(f"reusing the live run recorded {record['environment']['created_at']} in "
                           f"{_shown(folder)}{stem.name}.json")
@@ -137,7 +171,7 @@ def cached_run(config: TrainConfig, cache_dir=None, *, data=None, verbose: bool 
 
     record, model = train(config, data=data, out=stem.with_suffix(".json"), progress=False, on_epoch=report,
                           return_model=True)
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, weights)
+    checkpoint.save(weights, {k: v.detach().cpu() for k, v in model.state_dict().items()})
     record["_path"] = str(stem.with_suffix(".json"))
     return record, model
 

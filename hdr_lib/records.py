@@ -17,27 +17,61 @@ class RecordError(ValueError):
 
 
 def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
-    """Write JSON to a temporary file in the same folder, fsync it, then rename it over `path`."""
+    """Write strict JSON to a temporary file in the same folder, fsync it, then rename it over `path`.
+
+    A non-finite number (a diverged loss) is written as null, with `<key>_not_finite` ("nan", "inf", "-inf") beside
+    it: JSON has no NaN, and strict parsers (JavaScript's JSON.parse) refuse a file that has one. An OSError (a full
+    disk, no permission) is a RecordError naming the file; the temporary file is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    text = json.dumps(strict_json(payload), indent=1, sort_keys=False, default=_jsonable, allow_nan=False) + "\n"
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:60]}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1, sort_keys=False, default=_jsonable)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a record is an ordinary file
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    except BaseException as exc:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(exc, OSError):
+            raise RecordError(f"cannot write run record {path}: {exc.strerror or exc}; free disk space or write "
+                              f"it elsewhere") from exc
         raise
     return path
+
+
+def strict_json(value):
+    """`value` with every non-finite float as None (and, in a dict, `<key>_not_finite` saying which it was)."""
+    value = _plain(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            item = _plain(item)
+            out[key] = strict_json(item)
+            if isinstance(item, float) and not math.isfinite(item):
+                out[f"{key}_not_finite"] = str(item)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
+
+
+def _plain(value):
+    """A 0-d tensor or a numpy scalar as the Python number it holds; anything else as it is."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
 
 
 def _jsonable(value):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hdr_lib import data as mnist
-from hdr_lib.config import TrainConfig
+from hdr_lib import data as mnist, paths
+from hdr_lib.config import RANGES, ConfigError, TrainConfig, check
 from hdr_lib.hardware import resolve_device
-from hdr_lib.train import check_writable, train
+from hdr_lib.train import train
 
 
 def record_name(config: TrainConfig, device_type: str) -> str:
@@ -29,9 +29,14 @@ def replicate(config: TrainConfig, *, seeds: int = 5, out_dir: str | Path = "res
     """Train `config` for seeds config.seed .. config.seed + seeds - 1; write each record to `out_dir`
     (`max_steps`: each run stops after that many steps, a quick check of the command)."""
     config.validate()
+    seeds = check("seeds", seeds)
+    if config.seed + seeds - 1 > RANGES["seed"].high:
+        raise ConfigError(f"the last seed, {config.seed + seeds - 1}, is above the largest seed, "
+                          f"{RANGES['seed'].high}; start lower or run fewer seeds")
     device = resolve_device(config.device)
-    out_dir = Path(out_dir)
-    check_writable(out_dir)
+    out_dir = paths.output_folder(out_dir, "out_dir")
+    for seed in (config.seed, config.seed + seeds - 1):  # the longest record name is the last seed's
+        paths.output_file(out_dir / record_name(config.replace(seed=seed), device.type), "out_dir")
     data = mnist.load_mnist(data_root) if config.path == "fast" else None
     records = []
     for seed in range(config.seed, config.seed + seeds):

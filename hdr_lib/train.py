@@ -14,14 +14,15 @@ import torch
 from torch.nn import functional as F
 
 from hdr_lib import data as mnist
-from hdr_lib import cudagraphs, fastcpu, native, tritonstep
-from hdr_lib.config import ConfigError, TrainConfig
+from hdr_lib import checkpoint as checkpoints
+from hdr_lib import cudagraphs, fastcpu, native, paths, tritonstep
+from hdr_lib.config import ConfigError, TrainConfig, check
 from hdr_lib.hardware import CpuMeter, NvmlSampler, environment, peak_rss_bytes, resolve_device
 from hdr_lib.model import LeNet5
 from hdr_lib.records import SCHEMA, write_json_atomic
 from hdr_lib.timing import Stopwatch, synchronize
 
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = checkpoints.NAME
 TRAIN_STEPS_LABEL = "hdr.train_steps"  # marks an epoch's optimiser steps for hdr_lib.profiling
 
 
@@ -380,14 +381,6 @@ def _apply_backend_settings(config: TrainConfig, device: torch.device) -> dict:
     }
 
 
-def check_writable(path: Path) -> None:
-    """Fail before any training if a record or checkpoint could not be written there."""
-    folder = path if path.suffix == "" else path.parent
-    folder = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("."))
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"cannot write to {folder}: choose another --out or --checkpoint-dir")
-
-
 def train(
     config: TrainConfig,
     *,
@@ -405,19 +398,48 @@ def train(
     """Train the paper's CNN and return its record (and the model if `return_model`).
 
     Everything a user can get wrong is checked before any work: the settings, the device, the data, the
-    output folder. Per epoch the record gets train loss, training seconds (no evaluation, no data
-    loading), test accuracy and evaluation seconds; with `out`, it is rewritten after every epoch
-    ("incomplete") and once more at the end ("complete"), so an interrupted run leaves what it did.
+    output paths, the checkpoint to resume from. Per epoch the record gets train loss, training seconds (no
+    evaluation, no data loading), test accuracy and evaluation seconds; with `out`, it is rewritten after every
+    epoch ("incomplete") and once more at the end ("complete"), so an interrupted run leaves what it did. With
+    `checkpoint_dir`, the folder is locked for the run (hdr_lib.checkpoint.FolderLock): a second run on it is
+    refused.
     """
+    lock = checkpoints.FolderLock(checkpoint_dir) if checkpoint_dir is not None else None
+    try:
+        return _train(config, data=data, data_root=data_root, out=out, checkpoint_dir=checkpoint_dir, resume=resume,
+                      progress=progress, on_epoch=on_epoch, max_steps=max_steps, keep_step_losses=keep_step_losses,
+                      return_model=return_model, lock=lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(
+    config: TrainConfig,
+    *,
+    data: mnist.MNISTTensors | None = None,
+    data_root: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    on_epoch: Callable[[dict, dict], None] | None = None,
+    max_steps: int | None = None,
+    keep_step_losses: bool = False,
+    return_model: bool = False,
+    lock: checkpoints.FolderLock | None = None,
+):
+    """The body of `train`, which holds `lock` (the checkpoint folder's) and lets it go however this ends."""
     config.validate()
+    if max_steps is not None:
+        max_steps = check("max_steps", max_steps)
     device = resolve_device(config.device)
-    out = Path(out) if out is not None else None
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    for path in (out, checkpoint_dir):
-        if path is not None:
-            check_writable(path)
+    out = paths.output_file(out, "out") if out is not None else None
+    checkpoint_dir = paths.output_folder(checkpoint_dir, "checkpoint_dir") if checkpoint_dir is not None else None
     if resume and checkpoint_dir is None:
         raise ConfigError("resume needs a checkpoint directory (--checkpoint-dir)")
+    if lock is not None and checkpoint_dir.is_dir():
+        lock.acquire()  # before reading its checkpoint: no other run may be writing it
     checkpoint = None
     if resume:
         checkpoint = _load_checkpoint(checkpoint_dir, config)
@@ -442,13 +464,19 @@ def train(
     optimizer, scheduler = _make_optimizer(model, config, device, fast, lr_tensor=lr_tensor)
     start_epoch = 1
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        if lr_tensor:  # the checkpoint holds lr as a CPU value; the step needs a device tensor it can read
-            for group in optimizer.param_groups:
-                group["lr"] = torch.tensor(float(group["lr"]), device=device)
-        torch.set_rng_state(checkpoint["rng_cpu"])
+        try:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            if lr_tensor:  # the checkpoint holds lr as a CPU value; the step needs a device tensor it can read
+                for group in optimizer.param_groups:
+                    group["lr"] = torch.tensor(float(group["lr"]), device=device)
+            torch.set_rng_state(checkpoint["rng_cpu"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+            raise checkpoints.CheckpointError(
+                f"checkpoint {checkpoint_dir / CHECKPOINT_NAME} does not fit this run's model, optimiser or "
+                f"scheduler ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); delete it to start "
+                f"afresh") from None
         run.epochs = checkpoint["epochs"]
         run.setup_seconds = {**checkpoint["setup_seconds"], **run.setup_seconds}
         start_epoch = checkpoint["epoch"] + 1
@@ -469,19 +497,16 @@ def train(
 
     n_train = x_all.shape[0] if fast else len(train_ds)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
-    planned, done = [], 0  # the steps each epoch of this call will run: max_steps may cut one short
-    for _ in range(start_epoch, config.epochs + 1):
-        limit = steps_per_epoch if max_steps is None else min(steps_per_epoch, max_steps - done)
-        if limit <= 0:
-            break
-        planned.append(limit)
-        done += limit
+    # The steps this call will run, epoch after epoch: max_steps may cut one short (counted, not listed).
+    total_steps = (config.epochs - start_epoch + 1) * steps_per_epoch
+    if max_steps is not None:
+        total_steps = min(total_steps, max_steps)
     if fast:
         stepper = _FastSteps(model, optimizer, x_all, y_all, config.batch_size, lambda: autocast(config, device),
                              options_on=config.amp or config.channels_last, compiled=config.compile,
                              triton=config.triton and device.type == "cuda", tf32=config.tf32,
-                             use_graph=use_graph, full_epochs=steps_per_epoch in planned,
-                             partial_epochs=any(limit < steps_per_epoch for limit in planned))
+                             use_graph=use_graph, full_epochs=total_steps >= steps_per_epoch,
+                             partial_epochs=total_steps % steps_per_epoch != 0)
         run.setup_seconds.update(stepper.setup_seconds)
     on_cuda = device.type == "cuda"
     run.extra["execution"] = {"cuda_graph": use_graph, "fused_sgd": fast, "steps_per_epoch": steps_per_epoch,
@@ -504,6 +529,8 @@ def train(
     sampler_cm = NvmlSampler(device) if device.type == "cuda" else None
     step_losses_all: list[torch.Tensor] = []
     model.train()
+    if lock is not None:
+        lock.acquire()  # now that the run is sure to start: this makes the folder where it did not exist
     if out is not None:
         write_json_atomic(out, run.record())
     epoch_bar = _bar(show, total=config.epochs, initial=start_epoch - 1, desc=f"train {device.type}/{config.path}",
@@ -511,7 +538,10 @@ def train(
     try:
         if sampler_cm is not None:
             sampler_cm.__enter__()
-        for epoch, limit in zip(range(start_epoch, config.epochs + 1), planned):
+        for epoch in range(start_epoch, config.epochs + 1):
+            limit = min(steps_per_epoch, total_steps - (epoch - start_epoch) * steps_per_epoch)
+            if limit <= 0:
+                break
             order = batch_order(config.seed, epoch, n_train)
             _set_lr(optimizer, lr_at(config, epoch), lr_tensors)
             batch_bar = _bar(show, total=limit, leave=False, desc=f"epoch {epoch}", unit="batch")
@@ -604,8 +634,7 @@ def _checkpoint_config(config: TrainConfig) -> dict:
 
 
 def _save_checkpoint(folder: Path, config, epoch, model, optimizer, scheduler, run: Run) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    payload = {
+    checkpoints.save(folder / CHECKPOINT_NAME, {
         "config": _checkpoint_config(config),
         "epoch": epoch,
         "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
@@ -614,14 +643,7 @@ def _save_checkpoint(folder: Path, config, epoch, model, optimizer, scheduler, r
         "rng_cpu": torch.get_rng_state(),
         "epochs": copy.deepcopy(run.epochs),
         "setup_seconds": dict(run.setup_seconds),
-    }
-    target = folder / CHECKPOINT_NAME
-    tmp = folder / f".{CHECKPOINT_NAME}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    })
 
 
 def _to_cpu(value):
@@ -635,15 +657,14 @@ def _to_cpu(value):
 
 
 def _load_checkpoint(folder: Path, config: TrainConfig) -> dict | None:
+    """The checkpoint to resume from, checked (digest, structure, settings) before any work; None when the
+    folder holds none (the run starts from epoch 1)."""
     path = folder / CHECKPOINT_NAME
-    if not path.is_file():
-        return None  # nothing to resume: start from epoch 1
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ConfigError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); delete it to "
-                          f"start afresh") from exc
-    saved = checkpoint.get("config", {})
+    if not os.path.lexists(path):
+        return None
+    checkpoint = checkpoints.load(path)
+    checkpoints.check_train_state(checkpoint, path, LeNet5(config.variant))
+    saved = checkpoint["config"]
     mismatched = {k: (saved.get(k), v) for k, v in _checkpoint_config(config).items() if saved.get(k) != v}
     if mismatched:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in mismatched.items())

@@ -1,0 +1,171 @@
+"""Checkpoints: written atomically with a SHA-256 of their bytes, loaded without running code, one run per folder."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from hdr_lib.config import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no folder lock (the record says nothing of it; Linux is where runs are made)
+    fcntl = None
+
+NAME = "checkpoint.pt"
+LOCK_NAME = ".checkpoint.lock"
+FORMAT = "hdr-checkpoint/1"
+MAX_BYTES = 64 * 2**20  # a LeNet-5 checkpoint is under 1 MB; a file far larger is not one of ours
+# What a training checkpoint holds, and the type of each part (hdr_lib.train writes and reads it).
+TRAIN_KEYS = {"config": dict, "epoch": int, "model": dict, "optimizer": dict, "scheduler": dict,
+              "rng_cpu": torch.Tensor, "epochs": list, "setup_seconds": dict}
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be written, read or trusted; the message names the file and what to do."""
+
+
+def save(path: str | os.PathLike, state: dict) -> Path:
+    """Write `state` (tensors, numbers, strings, lists, dicts) to `path`, with the SHA-256 of its serialised bytes
+    beside them in the same file; through a uniquely named temporary file in the same folder, fsynced, then
+    renamed, so a reader sees the old checkpoint or the new one, never a mix. Any failure (a full disk) removes
+    the temporary file and raises CheckpointError."""
+    path = Path(path)
+    body = io.BytesIO()
+    torch.save(state, body)
+    data = body.getvalue()
+    outer = io.BytesIO()
+    torch.save({"format": FORMAT, "sha256": hashlib.sha256(data).hexdigest(),
+                "state": torch.frombuffer(bytearray(data), dtype=torch.uint8)}, outer)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:60]}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(outer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}; free disk space or choose "
+                              f"another checkpoint folder") from exc
+    except BaseException:
+        _remove(tmp)
+        raise
+    return path
+
+
+def _remove(tmp: str | None) -> None:
+    if tmp is not None:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def load(path: str | os.PathLike) -> dict:
+    """The state `save` wrote, after checking its digest. torch.load runs with weights_only=True, so a crafted
+    file cannot run code: it is refused. Anything wrong is a CheckpointError of one line."""
+    path = Path(path)
+    advice = "delete it to start afresh, or choose another checkpoint folder"
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise CheckpointError(f"checkpoint {path} is {size:,} bytes, far more than a checkpoint of this "
+                                  f"program; {advice}")
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}; {advice}") from exc
+    outer = _unpickle(raw, path, advice)
+    if not (isinstance(outer, dict) and outer.get("format") == FORMAT and isinstance(outer.get("sha256"), str)
+            and isinstance(outer.get("state"), torch.Tensor) and outer["state"].dtype == torch.uint8
+            and outer["state"].dim() == 1):
+        raise CheckpointError(f"checkpoint {path} is not a {FORMAT} checkpoint with a digest (made by an older "
+                              f"version, or not by this program); {advice}")
+    data = outer["state"].numpy().tobytes()
+    if hashlib.sha256(data).hexdigest() != outer["sha256"]:
+        raise CheckpointError(f"checkpoint {path} fails its SHA-256 check: its content changed after it was "
+                              f"written (a flipped bit, an edit); {advice}")
+    return _unpickle(data, path, advice)
+
+
+def _unpickle(data: bytes, path: Path, advice: str):
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 (a truncated zip, a pickle with code in it: all one answer)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"checkpoint {path} is corrupt, truncated or holds more than tensors and plain "
+                              f"values ({type(exc).__name__}: {first}); it was not run; {advice}") from None
+
+
+def check_train_state(state, path: Path, model: torch.nn.Module) -> None:
+    """A training checkpoint's structure: the keys and types of TRAIN_KEYS, and the model's names and shapes."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a training checkpoint; "
+                              f"delete it to start afresh")
+    for key, kind in TRAIN_KEYS.items():
+        if not isinstance(state.get(key), kind) or (kind is int and isinstance(state[key], bool)):
+            raise CheckpointError(f"checkpoint {path} lacks {key!r} or holds the wrong type there; delete it to "
+                                  f"start afresh")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state["model"].items()}
+    if found != expected:
+        wrong = sorted(set(expected) ^ set(found)) or [k for k in expected if found[k] != expected[k]]
+        raise CheckpointError(f"checkpoint {path} does not fit this model (first difference: {wrong[0]}); delete "
+                              f"it to start afresh, or resume with the settings it was made with")
+    if not 0 <= state["epoch"] == len(state["epochs"]):
+        raise CheckpointError(f"checkpoint {path} says epoch {state['epoch']} but holds {len(state['epochs'])} "
+                              f"epochs of record; delete it to start afresh")
+
+
+class FolderLock:
+    """An exclusive lock on a checkpoint folder (fcntl.flock on its lock file), held while a run uses it: a second
+    run on the same folder is refused instead of mixing its checkpoints with the first's. The lock goes with the
+    process, however it ends."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.fd = None
+
+    def acquire(self) -> "FolderLock":
+        if self.fd is not None or fcntl is None:
+            return self
+        lock = self.folder / LOCK_NAME
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CheckpointError(f"cannot use checkpoint folder {self.folder}: {exc.strerror or exc}; choose "
+                                  f"another one") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise CheckpointError(f"checkpoint folder {self.folder} is in use by another run (pid {owner}); wait "
+                                  f"for it to end, or choose another checkpoint folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the only descriptor drops the flock
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

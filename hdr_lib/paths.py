@@ -1,0 +1,117 @@
+"""Paths a user gives: output files and folders checked before any work, every OSError on them as one clear line."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from hdr_lib.config import ConfigError
+
+
+RECORD_MAX_BYTES = 64 * 2**20  # a run record is a few kB; anything larger at --out is not one
+
+
+class PathError(ConfigError):
+    """A path a user gave that cannot be used; the message names it (and the option or parameter) and what to do."""
+
+
+def _text(value, label: str) -> str:
+    if not isinstance(value, (str, os.PathLike)):
+        raise PathError(f"{label} must be a path, got {value!r}")
+    text = os.fspath(value)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if text.strip() == "":
+        raise PathError(f"{label} is empty; give a file or folder name")
+    if "\0" in text:
+        raise PathError(f"{label} {text!r} contains a NUL character; give an ordinary path")
+    return text
+
+
+def _limits(path: Path) -> tuple[int, int]:
+    """The longest file name and path this system takes where `path` would live (255 and 4096 where unknown)."""
+    existing = _nearest_existing(path)
+    try:
+        return os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return 255, 4096
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            return candidate
+    return Path(".")
+
+
+def _check_lengths(path: Path, label: str, spare: int = 0) -> None:
+    name_max, path_max = _limits(path)
+    for part in path.parts:
+        if len(os.fsencode(part)) + spare > name_max:
+            raise PathError(f"{label}: the name {part[:40]!r}... is {len(os.fsencode(part))} bytes long; this file "
+                            f"system takes at most {name_max - spare}; choose a shorter name")
+    if len(os.fsencode(str(path.absolute()))) + spare > path_max:
+        raise PathError(f"{label}: the path is longer than this system's limit of {path_max} bytes; choose a "
+                        f"shorter one")
+
+
+def _check_folder_chain(folder: Path, label: str, shown: Path | None = None) -> None:
+    """Every existing part of `folder` must be a folder we can write into (tried, not guessed: root passes
+    os.access everywhere, yet cannot write to /proc or a read-only mount)."""
+    existing, shown = _nearest_existing(folder), shown or folder
+    if not existing.is_dir():
+        raise PathError(f"{label} {shown}: {existing} is a file, not a folder; choose a path under a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".hdr-write-test.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PathError(f"{label} {shown}: cannot write in {existing} ({exc.strerror or exc}); choose a "
+                        f"folder you can write to") from exc
+
+
+def output_file(value, label: str) -> Path:
+    """A file the run will write (a record): refused now if it is empty, a folder, lies under a file, has a
+    name too long, sits where nothing can be written, or is an existing file that is not a run record."""
+    path = Path(_text(value, label))
+    _check_lengths(path, label, spare=16)  # the temporary file beside it has a longer name
+    if path.is_dir():
+        raise PathError(f"{label} {path} is a folder; give a file name, e.g. {path / 'run.json'}")
+    _check_folder_chain(path.parent, label, path)
+    if os.path.lexists(path):
+        from hdr_lib.records import RecordError, read_record
+
+        if not path.is_file():
+            raise PathError(f"{label} {path} exists and is not a regular file; choose another name")
+        try:
+            if path.stat().st_size > RECORD_MAX_BYTES:
+                raise RecordError("too large for a record")
+            read_record(path)
+        except (RecordError, OSError):
+            raise PathError(f"{label} {path} exists and is not a run record; it would be overwritten: choose a new "
+                            f"name, or delete it first") from None
+    return path
+
+
+def output_folder(value, label: str) -> Path:
+    """A folder the run will write into (checkpoints, records): refused now if it is empty, a file, lies under a
+    file, has a name too long or sits where nothing can be written. It is not created here."""
+    path = Path(_text(value, label))
+    _check_lengths(path, label, spare=40)  # the names written inside it
+    if os.path.lexists(path) and not path.is_dir():
+        raise PathError(f"{label} {path} is a file, not a folder; give a folder name")
+    _check_folder_chain(path, label)
+    return path
+
+
+def input_path(value, label: str) -> Path:
+    """A path the run only reads (the MNIST folder): refused now if it is empty or not a path; never created."""
+    path = Path(_text(value, label)).expanduser()
+    _check_lengths(path, label)
+    return path
+
+
+def os_error(exc: OSError, path, action: str, remedy: str) -> str:
+    """One line for an OSError on a user's path: what failed, where, why, and what to do."""
+    return f"cannot {action} {path}: {exc.strerror or exc}; {remedy}"
