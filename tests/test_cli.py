@@ -41,16 +41,16 @@ def test_cuda_without_a_gpu(tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--epochs", "0"], "--epochs: must be a positive integer"),
-    (["--epochs", "-3"], "--epochs: must be a positive integer"),
-    (["--epochs", "2.5"], "--epochs: must be a positive integer"),
-    (["--batch-size", "0"], "--batch-size: must be a positive integer"),
-    (["--batch-size", "sixty"], "--batch-size: must be a positive integer"),
-    (["--lr", "nan"], "--lr: must be a positive finite number"),
-    (["--lr", "inf"], "--lr: must be a positive finite number"),
-    (["--lr", "-0.01"], "--lr: must be a positive finite number"),
-    (["--lr", "0"], "--lr: must be a positive finite number"),
-    (["--batch-size", "70000"], "batch_size must be at most 60000"),
+    (["--epochs", "0"], "--epochs: must be an integer from 1 to 1,000"),
+    (["--epochs", "-3"], "--epochs: must be an integer from 1 to 1,000"),
+    (["--epochs", "2.5"], "--epochs: must be an integer from 1 to 1,000"),
+    (["--batch-size", "0"], "--batch-size: must be an integer from 1 to 60,000"),
+    (["--batch-size", "sixty"], "--batch-size: must be an integer from 1 to 60,000"),
+    (["--lr", "nan"], "--lr: must be a number greater than 0"),
+    (["--lr", "inf"], "--lr: must be a number greater than 0"),
+    (["--lr", "-0.01"], "--lr: must be a number greater than 0"),
+    (["--lr", "0"], "--lr: must be a number greater than 0"),
+    (["--batch-size", "70000"], "--batch-size: must be an integer from 1 to 60,000 (at most the training set)"),
 ])
 def test_nonsense_numbers(tmp_path, args, fragment):
     proc, out = run_cli(["train", "--device", "cpu", *args], tmp_path)

@@ -14,13 +14,13 @@ def test_check_parameters_defaults_are_the_paper():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"epochs": -1}, "epochs must be a positive integer"),
-    ({"epochs": 2.5}, "epochs must be a whole number"),
+    ({"epochs": -1}, "parameter epochs must be an integer from 1 to 1,000"),
+    ({"epochs": 2.5}, "parameter epochs must be an integer"),
     ({"batch_size": "64"}, "batch_size must be a number, got '64'"),
-    ({"lr": math.inf}, "lr must be a positive finite number"),
+    ({"lr": math.inf}, "parameter lr must be a number greater than 0"),
     ({"seed": True}, "seed must be a number"),
     ({"device": None}, "device must be 'cpu', 'cuda' or 'auto'"),
-    ({"bench_steps": 0}, "bench_steps must be a positive integer or None"),
+    ({"bench_steps": 0}, "parameter bench_steps must be an integer from 1 to 100,000"),
 ])
 def test_check_parameters_rejects_nonsense(kwargs, message):
     with pytest.raises(ConfigError, match=message):

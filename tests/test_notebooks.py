@@ -35,11 +35,11 @@ def test_every_chapter_has_a_parameters_cell_followed_by_the_check():
 
 
 BAD = [
-    ({"epochs": -1}, "epochs must be a positive integer, got -1"),
-    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ({"epochs": -1}, "parameter epochs must be an integer from 1 to 1,000"),
+    ({"batch_size": 0}, "parameter batch_size must be an integer from 1 to 60,000"),
     ({"lr": "abc"}, "parameter lr must be a number, got 'abc'"),
-    ({"lr": float("nan")}, "parameter lr must be a positive finite number"),
-    ({"lr": -0.1}, "lr must be a positive finite number, got -0.1"),
+    ({"lr": float("nan")}, "parameter lr must be a number greater than 0"),
+    ({"lr": -0.1}, "parameter lr must be a number greater than 0 and at most 1e+06, got -0.1"),
     ({"epochs": "20"}, "parameter epochs must be a number, got '20'"),
     ({"device": "gpu"}, "device must be one of cpu, cuda, auto; got 'gpu'"),
 ]
@@ -81,4 +81,4 @@ def test_runner_names_the_failing_notebook_and_exits_1(tmp_path):
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 1
     assert "FAILED 01_introduction.ipynb" in result.stderr
-    assert "batch_size must be a positive integer, got 0" in result.stderr
+    assert "batch_size must be an integer from 1 to 60,000" in result.stderr
