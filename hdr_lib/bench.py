@@ -34,6 +34,8 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     """
     config.validate()
     rounds = check("rounds", rounds)
+    if max_steps is not None:
+        max_steps = check("max_steps", max_steps)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")

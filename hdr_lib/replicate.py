@@ -30,6 +30,8 @@ def replicate(config: TrainConfig, *, seeds: int = 5, out_dir: str | Path = "res
     (`max_steps`: each run stops after that many steps, a quick check of the command)."""
     config.validate()
     seeds = check("seeds", seeds)
+    if max_steps is not None:
+        max_steps = check("max_steps", max_steps)
     if config.seed + seeds - 1 > RANGES["seed"].high:
         raise ConfigError(f"the last seed, {config.seed + seeds - 1}, is above the largest seed, "
                           f"{RANGES['seed'].high}; start lower or run fewer seeds")

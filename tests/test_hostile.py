@@ -193,9 +193,9 @@ def test_reading_never_creates_folders(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HDR_DATA_DIR", str(tmp_path / "elsewhere"))
     code, _, err = run_main(capsys, "train", "--device", "cpu", "--data-dir", tmp_path / "nope", "--out",
                             tmp_path / "r.json")
-    one_line_error(code, err, "MNIST not found", str(tmp_path / "nope"), "as given")
+    one_line_error(code, err, "MNIST not found", str(tmp_path / "nope"), "given as the data folder")
     assert "$HDR_DATA_DIR" not in err  # 8: the path came from --data-dir, and the message says so
-    with pytest.raises(DataError, match="as given"):
+    with pytest.raises(DataError, match="given as the data folder"):
         nb.check_parameters(data_dir=str(tmp_path / "nonexistent"))
     assert files_under(tmp_path) == set()
 
