@@ -143,7 +143,7 @@ class _Written:
     def _stamp(self):
         try:
             return self.out.stat().st_mtime_ns if self.out is not None else None
-        except OSError:
+        except (OSError, ValueError):  # not there; or not a path at all (a NUL byte), which is refused later
             return None
 
     def happened(self) -> bool:
