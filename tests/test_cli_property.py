@@ -9,6 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -89,6 +90,7 @@ def strict(text):
     return json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
 
 
+@pytest.mark.slow  # about 15 s on an idle machine: some generated runs train a step or two
 @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(case=train_vectors())
 def test_train_works_or_refuses_in_one_line_before_any_work(case):

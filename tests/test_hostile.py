@@ -99,6 +99,7 @@ def test_a_crafted_pickle_in_a_checkpoint_does_not_run(tmp_path, capsys, data_ro
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow
 def test_the_notebook_run_cache_does_not_run_code_either(tmp_path, mnist):
     # A tenth of MNIST, one step an epoch: the cache's reading is what is tested, not the training.
     small = MNISTTensors(mnist.train_images[:6000], mnist.train_labels[:6000], mnist.test_images[:1000],
@@ -276,6 +277,7 @@ def _file_size_limit(limit):
     return preexec
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, data_root):
     # A checkpoint (~0.4 MB) does not fit in 100 kB; a record (a few kB) does not fit in 1 kB.
     ck = tmp_path / "ck"
@@ -345,6 +347,7 @@ def test_an_unknown_notebook_parameter_stops_the_check():
     assert nb.check_parameters(needs_data=False, injected=["epochs", "bench_steps"], bench_steps=5) == PAPER
 
 
+@pytest.mark.slow
 def test_papermill_with_a_misspelt_parameter_stops_in_the_check_cell(tmp_path):
     import nbformat
     import papermill as pm
@@ -382,6 +385,7 @@ def test_an_interrupt_before_the_record_says_no_record_and_no_resume(tmp_path, c
     assert code == 130 and f"--resume and --checkpoint-dir {tmp_path / 'ck'}" in err, err
 
 
+@pytest.mark.slow
 def test_sigint_during_training_names_the_record_it_wrote(tmp_path, data_root):
     out = tmp_path / "r.json"
     proc = subprocess.Popen([sys.executable, "-m", "hdr_lib", "train", "--device", "cpu", "--epochs", "3",
