@@ -321,7 +321,7 @@ def test_chapter05_slider_step_keeps_the_figure_visible_and_training_shows_progr
       return {text: cell.node.querySelector('.jp-OutputArea').innerText,
               bars: Array.from(cell.node.querySelectorAll('.widget-hprogress, .widget-progress')).length};""")
     assert re.search(r"epoch +1/1: loss [\d.]+, test accuracy [\d.]+ %", outputs["text"]), outputs["text"]
-    assert outputs["bars"] >= 1 and re.search(r"train \w+/fast", outputs["text"]), \
+    assert outputs["bars"] >= 1 and re.search(r"train\s+\w+/fast:\s+100%", outputs["text"]), \
         f"no tqdm progress bar in the live run's output: {outputs}"
 
     before = lab.heights("epoch-curves")
