@@ -146,14 +146,13 @@ class Lab:
 
     def figure(self, kind: str):
         """The figure `kind` (see FIND_FIGURE), scrolled to the middle of the view; fails if it is not there."""
-        found = self.js(FIND_FIGURE, kind)
-        assert found, f"no {kind!r} figure in the page"
+        assert self.js(FIND_FIGURE, kind), f"not exactly one {kind!r} figure in the page"
         from selenium.webdriver.common.by import By
 
         return self.driver.find_element(By.CSS_SELECTOR, f'[data-hdr-test="{kind}"]')
 
     def heights(self, kind: str) -> dict:
-        self.js(FIND_FIGURE, kind)
+        assert self.js(FIND_FIGURE, kind), f"not exactly one {kind!r} figure in the page"
         return self.js(HEIGHTS, kind)
 
 
@@ -186,12 +185,13 @@ return {cells: cells.length, done: done, errors: errors, kernel: kernel ? kernel
 # on every look, in case the output was replaced) and scrolls it to the middle of the view.
 FIND_FIGURE = """
 const kind = arguments[0];
-const title = d => (d._fullLayout && d._fullLayout.title && d._fullLayout.title.text) || '';
-const notes = d => ((d._fullLayout && d._fullLayout.annotations) || []).map(a => a.text || '').join('|');
+// the figure's own layout (plotly's full layout gives an untitled figure a placeholder title)
+const title = d => (d.layout && d.layout.title && (d.layout.title.text || d.layout.title)) || '';
+const notes = d => ((d.layout && d.layout.annotations) || []).map(a => a.text || '').join('|');
 const tests = {
   'class-balance': d => title(d).startsWith('Class balance'),
   'epoch-curves': d => title(d).startsWith('Per-epoch curves'),
-  'misclassified': d => notes(d).includes('digit (hover') && (d._fullLayout.sliders || []).length > 0,
+  'misclassified': d => notes(d).includes('digit (hover') && (d.layout.sliders || []).length > 0,
   'live': d => notes(d).includes('training loss') && !title(d),
 };
 const figures = Array.from(document.querySelectorAll('.js-plotly-plot')).filter(tests[kind]);
