@@ -141,7 +141,10 @@ def cached_run(config: TrainConfig, cache_dir=None, *, data=None, verbose: bool 
     """(record, model) of `config`: reused from `cache_dir` when a complete record with the identical
     configuration (device resolved) and its weights are there, else trained now and written there.
 
-    This is how chapters 05-08 of a book build share one live run instead of training four times.
+    This is how chapters 05-08 of a book build share one live run instead of training four times. With
+    `verbose`, training prints one line per epoch and, in a live kernel (JupyterLab) or a terminal, shows
+    tqdm's progress bars: the run's epochs and the batches inside each epoch. Where $HDR_PROGRESS=0 (the book
+    build sets it) there are no bars, only the lines (hdr_lib.train._progress_enabled decides).
     """
     key = _run_key(config)
     folder = cache_folder(cache_dir)
@@ -169,8 +172,8 @@ def cached_run(config: TrainConfig, cache_dir=None, *, data=None, verbose: bool 
             print(f"epoch {entry['epoch']:>2}/{config.epochs}: loss {entry['train_loss']:.4f}, test accuracy "
                   f"{entry['test_accuracy']:.2f} %, {entry['train_seconds']:.1f} s training", flush=True)
 
-    record, model = train(config, data=data, out=stem.with_suffix(".json"), progress=False, on_epoch=report,
-                          return_model=True)
+    record, model = train(config, data=data, out=stem.with_suffix(".json"), progress=None if verbose else False,
+                          on_epoch=report, return_model=True)
     checkpoint.save(weights, {k: v.detach().cpu() for k, v in model.state_dict().items()})
     record["_path"] = str(stem.with_suffix(".json"))
     return record, model

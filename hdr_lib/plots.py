@@ -23,8 +23,18 @@ PAPER_CLAIMS = {
 }
 
 
+# Plotly's toolbar (the "modebar": zoom, pan, download) sits in the figure's top right corner, this high. The title
+# goes below that band, so that no toolbar covers it however narrow the output is (JupyterLab shows the toolbar
+# all the time, the book on hover).
+TOOLBAR_PX = 30
+TITLE_LINE_PX = 24  # one line of the title at the template's 17 px
+
+
 def _layout(fig: go.Figure, title: str, **kw) -> go.Figure:
-    fig.update_layout(template=TEMPLATE, title=title, margin=dict(l=60, r=30, t=70, b=50), **kw)
+    lines = title.count("<br>") + 1 if title else 0
+    margin = dict(l=60, r=30, t=TOOLBAR_PX + TITLE_LINE_PX * lines + 26, b=50) | kw.pop("margin", {})
+    fig.update_layout(template=TEMPLATE, margin=margin, **kw,
+                      title=dict(text=title, yref="container", y=1, yanchor="top", pad=dict(t=TOOLBAR_PX)))
     return fig
 
 
@@ -219,7 +229,7 @@ def digit_image(image: torch.Tensor, title: str = "") -> go.Figure:
     """One 28x28 digit as a heatmap (hover shows each grey level)."""
     fig = go.Figure(_digit_heatmap(image))
     fig.update_yaxes(showticklabels=False, scaleanchor="x").update_xaxes(showticklabels=False)
-    return _layout(fig, title, height=320, width=340)
+    return _layout(fig, title, height=350, width=340, margin=dict(l=20, r=20))  # no tick labels: room for the title
 
 
 def bench_bars(rows: list[dict], unit: str = "seconds per epoch") -> go.Figure:

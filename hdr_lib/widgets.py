@@ -12,6 +12,8 @@ from hdr_lib import plots
 from hdr_lib.config import PAPER, ConfigError
 from hdr_lib.display import in_book_build
 
+# Each control's label at its own width: the default width cut "learning rate" and "epochs done" short.
+LABEL = {"description_width": "initial"}
 LIVE_NOTE = ("<div style='border-left:4px solid #1f77b4;padding:4px 10px;color:#333'><b>Live controls.</b> "
              "{what} They need a running Python kernel, as here in JupyterLab.</div>")
 
@@ -45,13 +47,14 @@ def live_experiment(data=None, max_epochs: int = 3, max_steps: int | None = None
 
     _note("Train the paper's network for a few epochs with the settings you choose and watch the curves grow.")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    epochs = w.IntSlider(value=1, min=1, max=max_epochs, description="epochs")
-    batch = w.SelectionSlider(options=[16, 32, 64, 128, 256, 512], value=PAPER.batch_size, description="batch size")
+    epochs = w.IntSlider(value=1, min=1, max=max_epochs, description="epochs", style=LABEL)
+    batch = w.SelectionSlider(options=[16, 32, 64, 128, 256, 512], value=PAPER.batch_size, description="batch size",
+                              style=LABEL)
     lr = w.FloatLogSlider(value=PAPER.lr, base=10, min=-4, max=0, step=0.25, description="learning rate",
-                          readout_format=".4f")
-    device = w.Dropdown(options=devices, value=devices[-1], description="device")
+                          readout_format=".4f", style=LABEL)
+    device = w.Dropdown(options=devices, value=devices[-1], description="device", style=LABEL)
     button = w.Button(description="Run", button_style="primary", icon="play")
-    bar = w.IntProgress(min=0, max=1, description="epochs done")
+    bar = w.IntProgress(min=0, max=1, description="epochs done", style=LABEL)
     status, log = w.HTML(), w.Output()
     fig, fig_out = _growing_figure()
 
@@ -109,13 +112,16 @@ def digit_browser(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
     _note("Step through the test digits and see the probabilities the trained model gives each class.")
     probs = predict_proba(model, to_float(images))
     wrong = (probs.argmax(1) != labels).nonzero().flatten().tolist()
-    only_wrong = w.Checkbox(value=False, description=f"only the {len(wrong)} misclassified")
-    slider = w.IntSlider(value=0, min=0, max=len(labels) - 1, description="test image", continuous_update=False)
+    only_wrong = w.Checkbox(value=False, description=f"only the {len(wrong)} misclassified", indent=False,
+                            style=LABEL)
+    slider = w.IntSlider(value=0, min=0, max=len(labels) - 1, description="test image", continuous_update=False,
+                         style=LABEL)
     out = w.Output()
 
     def draw(index: int) -> None:
         p = probs[index]
-        title = f"test image {index}: true {int(labels[index])}, predicted {int(p.argmax())} (p = {p.max():.3f})"
+        # two lines: one would not fit the digit's narrow figure
+        title = f"test image {index}<br>true {int(labels[index])}, predicted {int(p.argmax())} (p = {p.max():.3f})"
         plots.digit_image(images[index], title).show()
         plots.probability_bars(p, int(labels[index])).show()
 
