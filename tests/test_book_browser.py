@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every built page in Chromium
+
 ROOT = Path(__file__).resolve().parent.parent
 HTML_DIR = Path(os.environ.get("HDR_BOOK_HTML", ROOT / "_build" / "html"))
 CI = bool(os.environ.get("CI"))

@@ -81,6 +81,7 @@ def test_info_prints_the_provenance_a_record_holds():
         assert key in proc.stdout
 
 
+@pytest.mark.slow  # benchmarks on the real MNIST
 def test_bench_times_a_fast_variant_from_the_command_line(tmp_path, data_root):
     # Ten big batches an epoch: the command's options, not the training, are what is tested here.
     proc, out = run_cli(["bench", "--device", "cpu", "--rounds", "1", "--batch-size", "6000", "--lr", "0.05",

@@ -16,6 +16,8 @@ from hdr_lib.train import _FastSteps, _make_optimizer, _set_lr, autocast, batch_
 
 from conftest import emulated_capture
 
+pytestmark = pytest.mark.slow  # epochs on the real MNIST with capture emulated
+
 N, BATCH = 1000, 64  # 16 batches, the last of 40 images: both batch shapes of a real epoch
 CONFIG = PAPER.replace(device="cpu", seed=2)
 

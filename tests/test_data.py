@@ -104,6 +104,7 @@ def test_one_rule_for_where_mnist_is(tmp_path, monkeypatch, data_root):
     assert data.locate() == data.DataLocation(data.DOWNLOAD_DIR, "default") and data.locate().may_download
 
 
+@pytest.mark.slow  # runs a chapter through papermill
 def test_relative_hdr_data_dir_is_taken_from_the_folder_it_was_given_in(tmp_path, data_root):
     # The CLI and a chapter run by papermill from another folder, with HDR_DATA_DIR relative to where the
     # command was typed (the kernel itself runs in notebooks/): both find the same MNIST.

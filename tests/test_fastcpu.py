@@ -133,6 +133,7 @@ def test_pooling_ties_go_where_max_pool2d_sends_them(mnist, kind):
     _assert_same_as_autograd(kind, model, x, y)
 
 
+@pytest.mark.slow  # trains or builds
 @pytest.mark.parametrize("kind", list(STEPS))
 def test_cpu_steps_train_as_autograd_steps_do(mnist, kind):
     # Ten SGD steps with momentum on real batches: the weights stay together, so the momentum buffers do too.
@@ -164,6 +165,7 @@ def test_cpu_steps_train_as_autograd_steps_do(mnist, kind):
     ({"channels_last": True}, "forward"),
     ({"variant": "lenet1998"}, "module"),
 ])
+@pytest.mark.slow  # trains or builds
 def test_the_record_names_the_cpu_step_that_ran(mnist, options, kind):
     record = train(PAPER.replace(device="cpu", **options), data=mnist, progress=False, max_steps=3)
     assert record["execution"]["cpu_step"] == CPU_STEPS[kind]
@@ -171,6 +173,7 @@ def test_the_record_names_the_cpu_step_that_ran(mnist, options, kind):
     assert all(torch.isfinite(torch.tensor(e["train_loss"])) for e in record["epochs"])
 
 
+@pytest.mark.slow  # trains or builds
 def test_the_ab_script_times_the_four_ways_to_write_a_cpu_step(data_root):
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "ab_cpu_step.py"), "--rounds", "2", "--chunk", "3"],
                          capture_output=True, text=True, timeout=900, env={**os.environ, "HDR_DATA_DIR": str(data_root)})
@@ -181,6 +184,7 @@ def test_the_ab_script_times_the_four_ways_to_write_a_cpu_step(data_root):
     assert sum("of module + autograd's time per step" in line for line in lines) == 3
 
 
+@pytest.mark.slow  # trains or builds
 def test_the_native_ab_script_checks_the_gradients_before_it_times(data_root, tmp_path):
     # A version whose loss gradient is scaled by 2 must be reported as differing in every gradient, not timed as if
     # it computed the same thing; a revision that does not exist is refused before any build.

@@ -10,9 +10,13 @@ import subprocess
 import sys
 import tarfile
 
+import pytest
+
 from hdr_lib.records import load_records, read_record
 
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # runs the GPU script's stages on the CPU
 
 
 def _tree(tmp_path):

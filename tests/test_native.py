@@ -86,6 +86,7 @@ def test_wrong_inputs_get_a_clear_error_not_a_crash(mnist):
     assert not native.applies(LeNet5("lenet1998"), x) and not native.applies(model, x.double())
 
 
+@pytest.mark.slow  # builds or trains
 def test_the_fast_path_trains_on_the_native_step_and_says_so(mnist):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. the LR scheduler's, were optimizer.step() never called
@@ -130,6 +131,7 @@ def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_one(monkeypatch, t
     assert out.stdout.startswith("False could not build lenet5_cpu.cpp")
 
 
+@pytest.mark.slow  # builds or trains
 def test_the_command_line_builds_it_and_says_where(data_root):
     out = subprocess.run([sys.executable, "-m", "hdr_lib", "native"], cwd=REPO, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=1200)

@@ -36,6 +36,7 @@ def test_no_records_reads_not_yet_measured(tmp_path):
     assert "not yet measured" in nb.cuda_statement(tmp_path)
 
 
+@pytest.mark.slow  # trains on the real MNIST
 def test_cached_run_trains_once_and_then_reuses(tmp_path, monkeypatch, data_root):
     import hdr_lib.train
 

@@ -47,6 +47,7 @@ if not torch.cuda.is_available():
     BAD.append(({"device": "cuda"}, "CUDA is not available on this machine"))
 
 
+@pytest.mark.slow  # starts a kernel
 @pytest.mark.parametrize("parameters, message", BAD, ids=[str(p) for p, _ in BAD])
 def test_bad_parameters_stop_the_notebook_at_the_check(parameters, message, tmp_path):
     with pytest.raises(pm.PapermillExecutionError) as caught:
@@ -62,6 +63,7 @@ def test_bad_parameters_stop_the_notebook_at_the_check(parameters, message, tmp_
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow  # starts a kernel
 def test_training_time_chapter_runs_end_to_end_with_one_epoch(tmp_path, data_root):
     results = tmp_path / "results"  # empty: the chapter must say the GPU is not yet measured
     nb = execute("05_training_time.ipynb", tmp_path, epochs=1, device="cpu", results_dir=str(results),
@@ -75,6 +77,7 @@ def test_training_time_chapter_runs_end_to_end_with_one_epoch(tmp_path, data_roo
     assert len(list((tmp_path / "cache").glob("cpu-fast-e1-b64-seed0-*.json"))) == 1
 
 
+@pytest.mark.slow  # starts a kernel
 def test_runner_names_the_failing_notebook_and_exits_1(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_notebooks.py"), "--only", "01",
                              "-p", "batch_size", "0", "--output-dir", str(tmp_path)],

@@ -5,6 +5,8 @@ import pytest
 from hdr_lib import PAPER
 from hdr_lib.profiling import MARKS, OUTSIDE, kind_of, step_profile
 
+pytestmark = pytest.mark.slow  # profiles training steps on the real MNIST
+
 CPU = PAPER.replace(device="cpu")
 
 

@@ -18,6 +18,7 @@ from conftest import REPO
 CPU = PAPER.replace(device="cpu")
 
 
+@pytest.mark.slow  # trains on the real MNIST
 def test_one_real_epoch_reaches_97_percent(mnist, tmp_path):
     # At the paper's lr 0.01 one epoch gives 96.2-97.3 % over seeds 0-4 on this CPU; seed 1 is pinned
     # because CPU training is deterministic, so this checks the whole pipeline rather than luck.
@@ -28,6 +29,7 @@ def test_one_real_epoch_reaches_97_percent(mnist, tmp_path):
     assert read_record(tmp_path / "r.json")["test_accuracy"] == record["test_accuracy"]
 
 
+@pytest.mark.slow  # trains on the real MNIST
 def test_same_seed_gives_identical_weights_on_the_cpu(mnist):
     runs = [train(CPU.replace(seed=seed), data=mnist, progress=False, max_steps=60, return_model=True)
             for seed in (5, 5, 6)]
@@ -37,6 +39,7 @@ def test_same_seed_gives_identical_weights_on_the_cpu(mnist):
     assert not torch.equal(a.conv1.weight, c.conv1.weight)
 
 
+@pytest.mark.slow  # trains on the real MNIST
 def test_fast_and_reference_paths_agree_step_by_step(mnist):
     config = CPU.replace(seed=3)
     fast = train(config, data=mnist, progress=False, max_steps=100, keep_step_losses=True)
@@ -55,6 +58,7 @@ def test_batch_order_and_initial_weights_depend_on_the_seed_alone():
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
 
 
+@pytest.mark.slow  # trains on the real MNIST
 def test_record_holds_provenance_and_per_epoch_measurements(mnist, tmp_path):
     out = tmp_path / "sub" / "run.json"
     train(CPU.replace(epochs=2, batch_size=256, lr=0.05), data=mnist, out=out, progress=False)
@@ -78,6 +82,7 @@ def test_record_holds_provenance_and_per_epoch_measurements(mnist, tmp_path):
     assert not list(out.parent.glob(".*.tmp")), "temporary files left behind"
 
 
+@pytest.mark.slow  # trains on the real MNIST
 def test_an_interrupted_run_leaves_an_incomplete_record(mnist, tmp_path):
     out = tmp_path / "run.json"
 
@@ -96,6 +101,7 @@ def _cli(*args, env_extra=None):
     return [sys.executable, "-m", "hdr_lib", *args], env
 
 
+@pytest.mark.slow  # trains on the real MNIST
 def test_run_killed_after_first_epoch_resumes_to_the_same_result(tmp_path):
     common = ["train", "--device", "cpu", "--epochs", "3", "--batch-size", "500", "--lr", "0.05", "--seed", "2",
               "--quiet"]
@@ -124,6 +130,7 @@ def test_run_killed_after_first_epoch_resumes_to_the_same_result(tmp_path):
     assert resumed["test_accuracy"] == straight["test_accuracy"]
 
 
+@pytest.mark.slow  # trains on the real MNIST
 def test_bench_times_both_paths_to_equal_accuracy(data_root, tmp_path, capsys):
     from hdr_lib.bench import bench
 
@@ -156,6 +163,7 @@ def test_bench_times_both_paths_to_equal_accuracy(data_root, tmp_path, capsys):
     assert ceiling["matmul"]["gflops"] == pytest.approx(sum(ceiling["matmul"]["gflops_per_round"]) / 2)
 
 
+@pytest.mark.slow  # trains on the real MNIST
 def test_bench_times_other_ways_of_running_the_fast_path_in_turn(data_root, tmp_path, capsys):
     from hdr_lib import notebook as nb, plots
     from hdr_lib.bench import bench

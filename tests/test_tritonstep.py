@@ -16,6 +16,8 @@ from hdr_lib.train import CUDA_KERNELS, _FastSteps, _set_lr, autocast, batch_ord
 
 from conftest import REPO, emulated_capture
 
+pytestmark = pytest.mark.slow  # the Triton kernels in Triton's interpreter
+
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -2,6 +2,7 @@
 
 import re
 
+import pytest
 import torch
 
 from hdr_lib import PAPER, widgets
@@ -14,6 +15,7 @@ def _controls(box):
     return epochs, batch, lr, device, button, bar, status
 
 
+@pytest.mark.slow  # trains on the real MNIST
 def test_run_button_trains_with_the_sliders_settings(mnist):
     epochs, batch, lr, device, button, bar, status = _controls(widgets.live_experiment(mnist, max_epochs=3))
     assert device.options == ("cpu",) + (("cuda",) if torch.cuda.is_available() else ())
@@ -28,6 +30,7 @@ def test_run_button_trains_with_the_sliders_settings(mnist):
     assert float(re.search(r"test accuracy ([\d.]+) %", text).group(1)) > 95.0  # 2 real epochs at batch 256
 
 
+@pytest.mark.slow  # trains on the real MNIST
 def test_a_capped_run_says_it_stopped_early(mnist):
     epochs, batch, lr, device, button, bar, status = _controls(
         widgets.live_experiment(mnist, max_epochs=3, max_steps=20))
@@ -52,6 +55,7 @@ def test_digit_browser_steps_through_all_or_only_the_misclassified(mnist):
     assert slider.max == 499
 
 
+@pytest.mark.slow  # trains on the real MNIST
 def test_a_diverging_run_says_why_it_stopped(mnist, monkeypatch):
     # The sliders stop at lr 1, which stalls rather than diverges; a real run at lr 10000 gives the record a
     # diverged run has, and the widget must report that, not a step cap it never had.
