@@ -10,6 +10,7 @@ from pathlib import Path
 from hdr_lib import paths
 from hdr_lib.config import PAPER, RANGES, ConfigError, check
 from hdr_lib.data import DataError
+from hdr_lib.keras_lenet import FRAMEWORKS, KERAS_WAYS
 from hdr_lib.records import RecordError
 
 
@@ -58,6 +59,12 @@ def _add_run_options(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
     p.add_argument("--compile", action="store_true",
                    help="fast path: torch.compile the model (Inductor); compilation is timed apart from training")
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
+    p.add_argument("--framework", choices=FRAMEWORKS, default="torch",
+                   help="torch (default), or the same network in Keras 3 on TensorFlow, JAX or PyTorch (CPU only; "
+                        "hdr_lib.keras_lenet)")
+    p.add_argument("--keras-way", choices=KERAS_WAYS, default="fit",
+                   help="Keras runs: fit (model.fit, its own shuffling; default) or loop (a compiled step over the "
+                        "PyTorch runs' batch order)")
     p.add_argument("--data-dir", default=None, help="MNIST root holding MNIST/raw (default: $HDR_DATA_DIR, else ../shared/data beside the "
                         "checkout, else data/ of the repository)")
     p.add_argument("--max-steps", type=_number("max_steps"), default=None,
@@ -113,6 +120,15 @@ def _config_from(args, **overrides):
             fields[name] = getattr(args, name)
     fields.update(overrides)
     return PAPER.replace(**fields).validate()
+
+
+def keras_check(config, args) -> None:
+    """A Keras run's settings and its framework's import, checked before any work (one line, exit 2)."""
+    from hdr_lib import keras_lenet
+
+    keras_lenet.check_config(config, args.framework, args.keras_way)
+    if args.framework != "torch":
+        keras_lenet.import_keras(args.framework)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,21 +237,25 @@ def _dispatch(args, written: _Written) -> int:
         return 0
     progress = False if args.quiet else None
     if args.command == "train":
-        from hdr_lib.replicate import record_name
-        from hdr_lib.train import train
+        from hdr_lib.replicate import record_name, train_any
 
         config = _config_from(args)
+        keras_check(config, args)
+        if args.framework != "torch" and (args.checkpoint_dir or args.resume):
+            raise ConfigError("--checkpoint-dir and --resume apply to the PyTorch runs only; drop them with "
+                              f"--framework {args.framework}")
         device = resolve_device(config.device)
         if args.out is None:
-            out = paths.output_file(Path("results") / record_name(config, device.type), "the default record")
+            out = paths.output_file(Path("results") / record_name(config, device.type, args.framework, args.keras_way), "the default record")
             written.set(out)
         else:
             out = Path(args.out)
-        record = train(config, data_root=args.data_dir, out=out, checkpoint_dir=args.checkpoint_dir,
-                       resume=args.resume, progress=progress, max_steps=args.max_steps)
+        record = train_any(config, args.framework, args.keras_way, data_root=args.data_dir, out=out,
+                           checkpoint_dir=args.checkpoint_dir, resume=args.resume, progress=progress,
+                           max_steps=args.max_steps)
         accuracy = record["test_accuracy"]
         print(f"{record['status']}: test accuracy {'-' if accuracy is None else f'{accuracy:.2f} %'}, "
-              f"training {record['total_train_seconds'] or 0:.1f} s on {device.type} ({config.path} path) -> {out}")
+              f"training {record['total_train_seconds'] or 0:.1f} s on {device.type} ({record['config']['path']} path) -> {out}")
         if record.get("diverged"):
             print(f"the run diverged: {record['diverged']} (the record has null there, and says why)",
                   file=sys.stderr)
@@ -247,13 +267,17 @@ def _dispatch(args, written: _Written) -> int:
         from hdr_lib.replicate import replicate
 
         config = _config_from(args, seed=args.first_seed)
+        keras_check(config, args)
         replicate(config, seeds=args.seeds, out_dir=args.out_dir, data_root=args.data_dir, progress=progress,
-                  max_steps=args.max_steps)
+                  max_steps=args.max_steps, framework=args.framework, keras_way=args.keras_way)
         return 0
     if args.command == "bench":
         from hdr_lib.bench import bench
 
         config = _config_from(args)
+        if args.framework != "torch":
+            raise ConfigError(f"bench times the PyTorch paths; for --framework {args.framework} use train or "
+                              "replicate, whose records time every epoch")
         device = resolve_device(config.device)
         out = Path(args.out) if args.out is not None else Path("results") / f"bench-{device.type}.json"
         bench(config, rounds=args.rounds, out=out, data_root=args.data_dir, progress=progress,
