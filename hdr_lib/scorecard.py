@@ -111,6 +111,7 @@ class Cell:
 class Row:
     claim: Claim
     cells: dict = field(default_factory=dict)  # path -> Cell
+    beside: dict | None = None  # CPU time: the paper's framework (Keras/TensorFlow) on the same CPU, not scored
 
     @property
     def headline(self) -> Cell:
@@ -302,9 +303,43 @@ def _measure(claim: Claim, cpu_all: list[dict], gpu_all: list[dict], path: str) 
     raise ValueError(f"no measurement defined for claim {claim.key}")
 
 
+def tensorflow_beside(runs: list[dict]) -> dict | None:
+    """The paper's own framework on our CPU (hdr_lib.keras_lenet: Keras/TensorFlow, `model.fit`, the paper's
+    configuration): summarize() of its 20-epoch times with its hardware and load, or None. Shown beside the
+    CPU-time row, never scored: the verdict stays PyTorch's."""
+    tf = [r for r in runs if r.get("kind", "train") == "train" and r.get("status") == "complete"
+          and records.is_paper_config(r) and r.get("config", {}).get("device") == "cpu"
+          and r["config"].get("framework") == "keras-tensorflow" and r["config"].get("keras_way") == "fit"]
+    tf = records.one_machine(tf)
+    values = _values(tf, lambda r: r["total_train_seconds"])
+    if not values:
+        return None
+    env = tf[0].get("environment", {})
+    loads = [r["environment"]["load_average"][0] for r in tf if r.get("environment", {}).get("load_average")]
+    return {**summarize(values), "hardware": f"{env.get('cpu', '?')}, {env.get('threads', '?')} threads",
+            "versions": f"keras {env.get('keras', '?')}, tensorflow {env.get('backend_version', '?')}",
+            "load_average": sum(loads) / len(loads) if loads else None}
+
+
+def beside_note(beside: dict) -> str:
+    text = f"Keras/TensorFlow (model.fit) on {beside['hardware']}: {format_value(beside['mean'], 's')}"
+    if beside.get("ci95_low") is not None:
+        text += f" ({format_value(beside['ci95_low'], 's')} to {format_value(beside['ci95_high'], 's')})"
+    text += f", n = {beside['n']}, {3600.0 / beside['mean']:.0f}x faster than the paper's"
+    if beside.get("load_average") is not None:
+        text += f" (made at a 1-minute load average of {beside['load_average']:.1f} on the shared cores)"
+    return text
+
+
 def scorecard(runs: list[dict] | None = None) -> list[Row]:
     """One row per claim, with a cell per training path (reference first: the headline), from `runs`
-    (default: `paper_runs()`)."""
+    (default: `paper_runs()`); the CPU-time row also carries the Keras/TensorFlow time in `beside`."""
+    if runs is None:
+        folder = results_dir()
+        every = records.load_records(folder, kind="train") if folder.is_dir() else []
+    else:
+        every = runs
+    beside = tensorflow_beside(every)
     runs = paper_runs() if runs is None else [r for r in runs if is_headline_run(r)]
     rows = [Row(claim) for claim in CLAIMS]
     for path in PATHS:
@@ -313,6 +348,9 @@ def scorecard(runs: list[dict] | None = None) -> list[Row]:
         gpu = [r for r in on_path if r["config"].get("device") == "cuda"]
         for row in rows:
             row.cells[path] = _measure(row.claim, cpu, gpu, path)
+    for row in rows:
+        if row.claim.key == "cpu_time":
+            row.beside = beside
     return rows
 
 
@@ -360,7 +398,8 @@ def _row_hardware(row: Row) -> str:
 
 def _row_note(row: Row) -> str:
     ref, fast = row.cells[HEADLINE_PATH], row.cells[SECOND_PATH]
-    return f"reference: {ref.note}. fast: {fast.note}."
+    text = f"reference: {ref.note}. fast: {fast.note}."
+    return text + f" {beside_note(row.beside)}." if row.beside else text
 
 
 def table_rows(rows: list[Row]) -> list[tuple[str, ...]]:

@@ -129,3 +129,56 @@ def test_framework_not_installed_is_one_line_and_exit_2(command, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs keras and tensorflow-cpu" in lines[0] and "pip install" in lines[0]
     assert not (REPO / "unused.json").exists() and not (REPO / "unused").exists()
+
+
+def _record(framework="torch", way="fast", seconds=100.0, accuracy=99.0, seed=0):
+    from hdr_lib.records import SCHEMA
+
+    config = {**PAPER.as_dict(), "device": "cpu", "seed": seed,
+              "path": way if framework == "torch" else f"{framework}-{way}"}
+    if framework != "torch":
+        config.update(framework=framework, keras_way=way)
+    return {"schema": SCHEMA, "kind": "train", "status": "complete", "config": config, "deviations_from_paper": {},
+            "environment": {"cpu": "Test CPU", "threads": 2, "torch": "2.x", "gpu": None, "keras": "3.x",
+                            "backend_version": "2.x", "keras_backend": "tensorflow", "load_average": [3.0, 2.0, 1.0],
+                            "created_at": "2026-12-01T08:00:00+00:00"},
+            "epochs": [{"epoch": e} for e in range(1, 21)], "total_train_seconds": seconds, "test_accuracy": accuracy,
+            "memory": {}, "utilisation": {"gpu": {"utilisation_mean_percent": None, "reason": "CPU run: no GPU"}}}
+
+
+def test_scorecard_shows_tensorflow_beside_the_pytorch_cpu_time_without_scoring_it():
+    from hdr_lib import scorecard
+
+    torch_runs = [_record(seconds=20.0 + i, seed=i) for i in range(3)]
+    keras_runs = [_record("keras-tensorflow", "fit", seconds=s, seed=i) for i, s in enumerate((300.0, 360.0))]
+    others = [_record("keras-jax", "fit", seconds=50.0), _record("keras-tensorflow", "loop", seconds=10.0)]
+    rows = {r.claim.key: r for r in scorecard.scorecard(torch_runs + keras_runs + others)}
+    assert rows["cpu_time"].cells["fast"].measured["n"] == 3  # the Keras runs are not pooled with PyTorch's
+    assert rows["cpu_time"].cells["fast"].measured["mean"] == pytest.approx(21.0)
+    beside = rows["cpu_time"].beside
+    assert beside["n"] == 2 and beside["mean"] == pytest.approx(330.0) and beside["load_average"] == 3.0
+    note = scorecard.table_rows([rows["cpu_time"]])[0][-1]
+    assert "Keras/TensorFlow" in note and "11x faster" in note
+    assert rows["cpu_accuracy"].beside is None
+    assert scorecard.scorecard(torch_runs)[0].beside is None
+
+
+def test_chapter_rows_group_by_framework_and_way(tmp_path):
+    import json
+
+    from hdr_lib import frameworks
+
+    runs = ([_record(seconds=20.0 + i, seed=i) for i in range(2)]
+            + [_record("keras-tensorflow", "fit", seconds=s, accuracy=98.9 + i / 10, seed=i)
+               for i, s in enumerate((300.0, 340.0))])
+    for i, record in enumerate(runs):
+        (tmp_path / f"r{i}.json").write_text(json.dumps(record))
+    table = frameworks.rows(tmp_path)
+    assert [row["key"] for row in table] == ["keras-tensorflow fit", "torch fast"]
+    tf = table[0]
+    assert tf["n"] == 2 and tf["seconds_per_epoch"]["mean"] == pytest.approx(16.0)
+    assert tf["gflops"] == pytest.approx(frameworks.training_flops()["train_flops_per_epoch"] / 16.0 / 1e9)
+    assert "11x" in frameworks.paper_time_markdown(table)
+    assert frameworks.NOT_MEASURED in frameworks.paper_time_markdown([])
+    assert frameworks.NOT_MEASURED in frameworks.equivalence_markdown(tmp_path)
+    assert len(frameworks.figure(table).data) == 2
