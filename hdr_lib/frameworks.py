@@ -149,3 +149,30 @@ def paper_time_markdown(table: list[dict]) -> str:
         text += (f" Our PyTorch fast path takes {torch_fast['seconds_per_epoch']['mean']:.2f} s per epoch on the same "
                  f"CPU, {ratio:.1f} times less than Keras/TensorFlow's `model.fit`.")
     return text
+
+
+def equivalence_markdown(folder) -> str:
+    """What the recorded step-by-step check (hdr_lib.keras_lenet.equivalence_record) measured, per backend."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    found = load_records(folder, kind="keras-equivalence") if folder.is_dir() else []
+    if not found:
+        return f"The step-by-step comparison: **{NOT_MEASURED}** (no keras-equivalence record under results/)."
+    record = max(found, key=lambda r: r["environment"]["created_at"])
+    steps = record["config"]["steps"]
+    lines = [f"Recorded {record['environment']['created_at'][:10]} on {record['environment']['cpu']} (commit "
+             f"{(record['environment'].get('git_commit') or '?')[:12]}), seed {record['config']['seed']}: the "
+             f"first forward pass on {record['config']['forward_images']} test images, and the first {steps} "
+             f"losses of each backend's own loop against our plain PyTorch loop (the reference path).", "",
+             "| Keras backend | parameters | forward pass, largest difference | loss, largest difference over "
+             f"{steps} steps | first step differing by more than 1e-6 |", "|---|---|---|---|---|"]
+    for framework, result in record["backends"].items():
+        if "error" in result:
+            lines.append(f"| {_NAMES.get(framework, framework)} | - | could not run: {result['error']} | - | - |")
+            continue
+        first = result["first_step_differing_by_more_than_1e-6"]
+        lines.append(f"| {_NAMES.get(framework, framework)} | {result['parameters']:,} | "
+                     f"{result['forward_max_abs_diff']:.1e} (logits up to {result['forward_logit_scale']:.2f}) | "
+                     f"{result['loss_max_abs_diff']:.1e} | {first if first is not None else 'none'} |")
+    return "\n".join(lines)
