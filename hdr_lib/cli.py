@@ -240,10 +240,10 @@ def _dispatch(args, written: _Written) -> int:
         from hdr_lib.replicate import record_name, train_any
 
         config = _config_from(args)
-        keras_check(config, args)
         if args.framework != "torch" and (args.checkpoint_dir or args.resume):
             raise ConfigError("--checkpoint-dir and --resume apply to the PyTorch runs only; drop them with "
                               f"--framework {args.framework}")
+        keras_check(config, args)
         device = resolve_device(config.device)
         if args.out is None:
             out = paths.output_file(Path("results") / record_name(config, device.type, args.framework, args.keras_way), "the default record")

@@ -62,11 +62,25 @@ def test_fc1_columns_follow_keras_flatten_order():
     assert np.abs(unpermuted + weights["fc1"][1] - expected).max() > 1e-2  # the permutation matters
 
 
-@pytest.mark.parametrize("framework", BACKENDS)
-def test_same_start_and_same_first_100_steps_as_the_reference_path(framework, reference_losses):
-    proc = run(["-m", "hdr_lib.keras_lenet", framework, str(STEPS)])
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend_run(request, tmp_path_factory):
+    """One process per backend (Keras takes one backend per process, and its import is most of the time): the
+    first forward pass and 100 steps of the loop way (keras_lenet.first_steps), then the command line's train with
+    model.fit for 20 steps of 256 images."""
+    framework = request.param
+    out = tmp_path_factory.mktemp(framework) / "record.json"
+    argv = ["train", "--framework", framework, "--device", "cpu", "--epochs", "1", "--max-steps", "20",
+            "--batch-size", "256", "--out", str(out), "--quiet"]
+    code = ("import json; from hdr_lib import keras_lenet; from hdr_lib.cli import main; "
+            f"result = keras_lenet.first_steps({framework!r}, steps={STEPS}); result['cli_exit'] = main({argv!r}); "
+            "print(json.dumps(result))")
+    proc = run(["-c", code])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return framework, json.loads(proc.stdout.strip().splitlines()[-1]), out
+
+
+def test_same_start_and_same_first_100_steps_as_the_reference_path(backend_run, reference_losses):
+    _, out, _ = backend_run
     assert out["parameters"] == 44_426  # §3.3
     assert out["forward_max_abs_diff"] < FORWARD_TOLERANCE, out
     assert out["forward_logit_scale"] > 100 * FORWARD_TOLERANCE  # the logits are not all zero
@@ -76,12 +90,9 @@ def test_same_start_and_same_first_100_steps_as_the_reference_path(framework, re
     assert losses[-1] < losses[0]  # it trains
 
 
-@pytest.mark.parametrize("framework", BACKENDS)
-def test_cli_one_epoch_cut_short_writes_a_record_of_the_framework(framework, tmp_path):
-    out = tmp_path / "record.json"
-    proc = run(["-m", "hdr_lib", "train", "--framework", framework, "--device", "cpu", "--epochs", "1",
-                "--max-steps", "20", "--batch-size", "256", "--out", str(out), "--quiet"])
-    assert proc.returncode == 0, proc.stderr[-3000:]  # a --max-steps check that ran: exit 0, record incomplete
+def test_cli_one_epoch_cut_short_writes_a_record_of_the_framework(backend_run):
+    framework, result, out = backend_run
+    assert result["cli_exit"] == 0  # a --max-steps check that ran: exit 0, its record says incomplete
     record = read_record(out)
     env = record["environment"]
     assert env["framework"] == framework and env["keras_backend"] == _NEEDS[framework]
@@ -111,24 +122,32 @@ def test_record_names_do_not_collide():
     (["--framework", "keras-tensorflow", "--resume", "--checkpoint-dir", "ck"], "apply to the PyTorch runs only"),
     (["--framework", "keras-tensorflow", "--max-steps", "0"], "--max-steps: must be a positive integer"),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, fragment, tmp_path):
+def test_bad_input_is_one_clear_error_and_exit_2(args, fragment, tmp_path, capsys):
+    """In this process: each of these is refused before Keras is imported or anything is read."""
+    from hdr_lib.cli import main
+
     out = tmp_path / "record.json"
-    proc = run(["-m", "hdr_lib", "train", "--device", "cpu", *args, "--out", str(out), "--quiet"])
-    assert proc.returncode == 2, proc.stderr
-    assert fragment in proc.stderr and "Traceback" not in proc.stderr
-    assert not out.exists()
+    try:
+        status = main(["train", "--device", "cpu", *args, "--out", str(out), "--quiet"])
+    except SystemExit as exc:  # argparse's own refusals
+        status = exc.code
+    err = capsys.readouterr().err
+    assert status == 2 and fragment in err and "Traceback" not in err
+    assert not out.exists() and sys.modules.get("keras") is None  # refused before Keras was imported
 
 
 @pytest.mark.parametrize("command", [["train", "--out", "unused.json"], ["replicate", "--out-dir", "unused"]])
-def test_framework_not_installed_is_one_line_and_exit_2(command, tmp_path):
+def test_framework_not_installed_is_one_line_and_exit_2(command, tmp_path, monkeypatch, capsys):
     """Keras made unimportable (as on the GPU machine, which has only torch and torchvision)."""
-    code = ("import sys; sys.modules['keras'] = None; from hdr_lib.cli import main; "
-            f"sys.exit(main({command + ['--framework', 'keras-tensorflow', '--device', 'cpu']!r}))")
-    proc = run(["-c", code], timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "needs keras and tensorflow-cpu" in lines[0] and "pip install" in lines[0]
-    assert not (REPO / "unused.json").exists() and not (REPO / "unused").exists()
+    from hdr_lib.cli import main
+
+    monkeypatch.setitem(sys.modules, "keras", None)
+    monkeypatch.chdir(tmp_path)
+    status = main(command + ["--framework", "keras-tensorflow", "--device", "cpu"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1
+    assert "needs keras and tensorflow-cpu" in lines[0] and "pip install" in lines[0]
+    assert not (tmp_path / "unused.json").exists() and not (tmp_path / "unused").exists()
 
 
 def _record(framework="torch", way="fast", seconds=100.0, accuracy=99.0, seed=0):
