@@ -197,7 +197,7 @@ def test_chapter_rows_group_by_framework_and_way(tmp_path):
     tf = table[0]
     assert tf["n"] == 2 and tf["seconds_per_epoch"]["mean"] == pytest.approx(16.0)
     assert tf["gflops"] == pytest.approx(frameworks.training_flops()["train_flops_per_epoch"] / 16.0 / 1e9)
-    assert "11x" in frameworks.paper_time_markdown(table)
+    assert "11.2 times faster" in frameworks.paper_time_markdown(table)
     assert frameworks.NOT_MEASURED in frameworks.paper_time_markdown([])
     assert frameworks.NOT_MEASURED in frameworks.equivalence_markdown(tmp_path)
     assert len(frameworks.figure(table).data) == 2
