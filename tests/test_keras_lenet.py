@@ -120,7 +120,7 @@ def test_record_names_do_not_collide():
     (["--framework", "keras-tensorflow", "--path", "reference"], "--path reference applies to the PyTorch runs"),
     (["--framework", "keras-torch", "--device", "cuda"], "runs on the CPU here"),
     (["--framework", "keras-tensorflow", "--resume", "--checkpoint-dir", "ck"], "apply to the PyTorch runs only"),
-    (["--framework", "keras-tensorflow", "--max-steps", "0"], "--max-steps: must be a positive integer"),
+    (["--framework", "keras-tensorflow", "--max-steps", "0"], "argument --max-steps: must be an integer from 1"),
 ])
 def test_bad_input_is_one_clear_error_and_exit_2(args, fragment, tmp_path, capsys):
     """In this process: each of these is refused before Keras is imported or anything is read."""
