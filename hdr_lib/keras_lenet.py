@@ -317,14 +317,13 @@ def train(config: TrainConfig, framework: str, keras_way: str = "fit", *, data: 
           keep_step_losses: bool = False, return_model: bool = False):
     """Train the paper's CNN with Keras on `framework`'s backend and return its hdr-run/1 record (and the Keras
     model if `return_model`). Same settings, record and bad-input rules as hdr_lib.train.train."""
-    from hdr_lib.train import Run, batch_order, check_writable, lr_at
+    from hdr_lib import paths
+    from hdr_lib.train import Run, batch_order, lr_at
 
     check_config(config, framework, keras_way)
     if framework == "torch":
         raise ConfigError("hdr_lib.keras_lenet.train runs the Keras frameworks; use hdr_lib.train.train for torch")
-    out = Path(out) if out is not None else None
-    if out is not None:
-        check_writable(out)
+    out = paths.output_file(out, "out") if out is not None else None
     with _Timer() as t_import:
         keras = import_keras(framework)
     with _Timer() as t_load:
