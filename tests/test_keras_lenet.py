@@ -79,6 +79,7 @@ def backend_run(request, tmp_path_factory):
     return framework, json.loads(proc.stdout.strip().splitlines()[-1]), out
 
 
+@pytest.mark.slow  # a process per Keras backend that trains 100 steps and runs the command line
 def test_same_start_and_same_first_100_steps_as_the_reference_path(backend_run, reference_losses):
     _, out, _ = backend_run
     assert out["parameters"] == 44_426  # §3.3
@@ -90,6 +91,7 @@ def test_same_start_and_same_first_100_steps_as_the_reference_path(backend_run, 
     assert losses[-1] < losses[0]  # it trains
 
 
+@pytest.mark.slow  # a process per Keras backend that trains 100 steps and runs the command line
 def test_cli_one_epoch_cut_short_writes_a_record_of_the_framework(backend_run):
     framework, result, out = backend_run
     assert result["cli_exit"] == 0  # a --max-steps check that ran: exit 0, its record says incomplete
