@@ -10,6 +10,7 @@ from pathlib import Path
 
 from hdr_lib.config import PAPER, ConfigError
 from hdr_lib.data import DataError
+from hdr_lib.keras_lenet import FRAMEWORKS, KERAS_WAYS
 from hdr_lib.records import RecordError
 
 
@@ -62,6 +63,12 @@ def _add_run_options(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
     p.add_argument("--compile", action="store_true",
                    help="fast path: torch.compile the model (Inductor); compilation is timed apart from training")
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
+    p.add_argument("--framework", choices=FRAMEWORKS, default="torch",
+                   help="torch (default), or the same network in Keras 3 on TensorFlow, JAX or PyTorch (CPU only; "
+                        "hdr_lib.keras_lenet)")
+    p.add_argument("--keras-way", choices=KERAS_WAYS, default="fit",
+                   help="Keras runs: fit (model.fit, its own shuffling; default) or loop (a compiled step over the "
+                        "PyTorch runs' batch order)")
     p.add_argument("--data-dir", default=None, help="MNIST root holding MNIST/raw (default: $HDR_DATA_DIR or ./data)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -77,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="record file (default: results/<device>-<path>-seed<seed>.json)")
     p.add_argument("--checkpoint-dir", default=None, help="save model/optimiser/scheduler/RNG after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    p.add_argument("--max-steps", type=_positive_int, default=None,
+                   help="stop after this many optimiser steps in all (a quick look or a test; the record says "
+                        "incomplete)")
 
     p = sub.add_parser("bench", help="time the fast and reference paths in one process, alternating")
     _add_run_options(p)
@@ -107,6 +117,15 @@ def _config_from(args, **overrides):
             fields[name] = getattr(args, name)
     fields.update(overrides)
     return PAPER.replace(**fields).validate()
+
+
+def keras_check(config, args) -> None:
+    """A Keras run's settings and its framework's import, checked before any work (one line, exit 2)."""
+    from hdr_lib import keras_lenet
+
+    keras_lenet.check_config(config, args.framework, args.keras_way)
+    if args.framework != "torch":
+        keras_lenet.import_keras(args.framework)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,27 +164,38 @@ def _dispatch(args) -> int:
         return 0
     progress = False if args.quiet else None
     if args.command == "train":
-        from hdr_lib.replicate import record_name
-        from hdr_lib.train import train
+        from hdr_lib.replicate import record_name, train_any
 
         config = _config_from(args)
+        keras_check(config, args)
+        if args.framework != "torch" and (args.checkpoint_dir or args.resume):
+            raise ConfigError("--checkpoint-dir and --resume apply to the PyTorch runs only; drop them with "
+                              f"--framework {args.framework}")
         device = resolve_device(config.device)
-        out = Path(args.out) if args.out else Path("results") / record_name(config, device.type)
-        record = train(config, data_root=args.data_dir, out=out, checkpoint_dir=args.checkpoint_dir,
-                       resume=args.resume, progress=progress)
+        name = record_name(config, device.type, args.framework, args.keras_way)
+        out = Path(args.out) if args.out else Path("results") / name
+        record = train_any(config, args.framework, args.keras_way, data_root=args.data_dir, out=out,
+                           checkpoint_dir=args.checkpoint_dir, resume=args.resume, progress=progress,
+                           max_steps=args.max_steps)
         print(f"{record['status']}: test accuracy {record['test_accuracy']:.2f} %, "
-              f"training {record['total_train_seconds']:.1f} s on {device.type} ({config.path} path) -> {out}")
+              f"training {record['total_train_seconds']:.1f} s on {device.type} ({record['config']['path']} path) "
+              f"-> {out}")
         return 0 if record["status"] == "complete" else 1
     if args.command == "replicate":
         from hdr_lib.replicate import replicate
 
         config = _config_from(args, seed=args.first_seed)
-        replicate(config, seeds=args.seeds, out_dir=args.out_dir, data_root=args.data_dir, progress=progress)
+        keras_check(config, args)
+        replicate(config, seeds=args.seeds, out_dir=args.out_dir, data_root=args.data_dir, progress=progress,
+                  framework=args.framework, keras_way=args.keras_way)
         return 0
     if args.command == "bench":
         from hdr_lib.bench import bench
 
         config = _config_from(args)
+        if args.framework != "torch":
+            raise ConfigError(f"bench times the PyTorch paths; for --framework {args.framework} use train or "
+                              "replicate, whose records time every epoch")
         device = resolve_device(config.device)
         out = Path(args.out) if args.out else Path("results") / f"bench-{device.type}.json"
         bench(config, rounds=args.rounds, out=out, data_root=args.data_dir, progress=progress,

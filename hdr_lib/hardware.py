@@ -107,6 +107,8 @@ def environment(device: torch.device | None = None) -> dict:
         "cuda_available": torch.cuda.is_available(),
         "git_commit": git_commit(),
         "hostname_hash": _host_hash(),
+        # 1, 5 and 15 minute load averages when the record was begun: other work sharing the cores shows here
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 

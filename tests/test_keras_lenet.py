@@ -1,0 +1,131 @@
+"""The paper's framework beside ours (hdr_lib.keras_lenet): the same network, weights and batches in Keras 3.
+
+Keras reads its backend once per process, so each backend runs in a subprocess. The tolerances are float32's, as
+measured on the 2-core CI machine (AMD EPYC, 2026-12-01): the first forward pass differs from PyTorch's by at most
+3e-8 (logits of magnitude 0.14) on every backend; after 100 steps the losses differ from the reference path's by
+at most 4.6e-5 on TensorFlow and on PyTorch under Keras and 4.8e-7 on JAX (identical to 2.4e-7 for the first 70
+steps, then rounding differences grow as they do between any two float32 implementations). The bounds below are
+about ten times those.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from hdr_lib import keras_lenet
+from hdr_lib.config import PAPER
+from hdr_lib.records import is_headline_run, read_record
+from hdr_lib.replicate import record_name
+from hdr_lib.train import init_model
+
+from conftest import REPO
+
+FORWARD_TOLERANCE = 1e-6
+LOSS_TOLERANCE = 5e-4
+STEPS = 100
+
+_NEEDS = {"keras-tensorflow": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
+BACKENDS = [pytest.param(framework, marks=pytest.mark.skipif(
+    importlib.util.find_spec("keras") is None or importlib.util.find_spec(module) is None,
+    reason=f"keras or {module} is not installed (requirements.txt pins them)")) for framework, module in _NEEDS.items()]
+
+
+def run(args, timeout=600, env=None):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def reference_losses(data_root):
+    return np.array(keras_lenet.reference_losses(steps=STEPS, data_root=data_root))
+
+
+def test_fc1_columns_follow_keras_flatten_order():
+    """Without Keras: fc1's converted kernel applied to a feature map flattened H, W, C (Keras, channels last) gives
+    what PyTorch's fc1 gives on the same map flattened C, H, W."""
+    model = init_model(PAPER, torch.device("cpu"))
+    weights = keras_lenet.torch_weights_to_keras(model)
+    assert weights["conv1"][0].shape == (5, 5, 1, 6) and weights["conv2"][0].shape == (5, 5, 6, 16)
+    assert weights["fc1"][0].shape == (256, 120) and weights["fc3"][0].shape == (84, 10)
+    feature_map = torch.randn(3, 16, 4, 4)
+    with torch.no_grad():
+        expected = model.fc1(feature_map.flatten(1)).numpy()
+    got = feature_map.permute(0, 2, 3, 1).reshape(3, -1).numpy() @ weights["fc1"][0] + weights["fc1"][1]
+    assert np.abs(got - expected).max() < FORWARD_TOLERANCE
+    unpermuted = feature_map.permute(0, 2, 3, 1).reshape(3, -1).numpy() @ model.fc1.weight.detach().T.numpy()
+    assert np.abs(unpermuted + weights["fc1"][1] - expected).max() > 1e-2  # the permutation matters
+
+
+@pytest.mark.parametrize("framework", BACKENDS)
+def test_same_start_and_same_first_100_steps_as_the_reference_path(framework, reference_losses):
+    proc = run(["-m", "hdr_lib.keras_lenet", framework, str(STEPS)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["parameters"] == 44_426  # §3.3
+    assert out["forward_max_abs_diff"] < FORWARD_TOLERANCE, out
+    assert out["forward_logit_scale"] > 100 * FORWARD_TOLERANCE  # the logits are not all zero
+    losses = np.array(out["step_losses"])
+    assert losses.shape == reference_losses.shape == (STEPS,)
+    assert np.abs(losses - reference_losses).max() < LOSS_TOLERANCE
+    assert losses[-1] < losses[0]  # it trains
+
+
+@pytest.mark.parametrize("framework", BACKENDS)
+def test_cli_one_epoch_cut_short_writes_a_record_of_the_framework(framework, tmp_path):
+    out = tmp_path / "record.json"
+    proc = run(["-m", "hdr_lib", "train", "--framework", framework, "--device", "cpu", "--epochs", "1",
+                "--max-steps", "20", "--batch-size", "256", "--out", str(out), "--quiet"])
+    assert proc.returncode == 1, proc.stderr[-3000:]  # incomplete: cut short by --max-steps
+    record = read_record(out)
+    env = record["environment"]
+    assert env["framework"] == framework and env["keras_backend"] == _NEEDS[framework]
+    assert env["keras"] and env["backend_version"] and len(env["load_average"]) == 3
+    assert record["execution"]["framework"] == framework and record["execution"]["keras_way"] == "fit"
+    assert record["config"]["path"] == f"{framework}-fit" and record["config"]["batch_size"] == 256
+    (epoch,) = record["epochs"]
+    assert epoch["steps"] == 20 and epoch["train_seconds"] > 0 and epoch["eval_seconds"] > 0
+    assert np.isfinite(epoch["train_loss"]) and 0 <= epoch["test_accuracy"] <= 100
+    assert record["status"] == "incomplete" and record["max_steps"] == 20
+    assert not is_headline_run(record)  # shown beside the PyTorch runs, never pooled with them
+
+
+def test_record_names_do_not_collide():
+    torch_name = record_name(PAPER, "cpu")
+    names = {record_name(PAPER, "cpu", f, w) for f in _NEEDS for w in keras_lenet.KERAS_WAYS}
+    assert len(names) == 6 and torch_name not in names
+    assert record_name(PAPER, "cpu", "keras-tensorflow", "fit") == "cpu-keras-tensorflow-fit-e20-b64-seed0.json"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--framework", "bogus"], "invalid choice: 'bogus'"),
+    (["--framework", "keras-tensorflow", "--keras-way", "eager"], "invalid choice: 'eager'"),
+    (["--framework", "keras-jax", "--amp"], "--amp applies to the PyTorch runs only"),
+    (["--framework", "keras-tensorflow", "--path", "reference"], "--path reference applies to the PyTorch runs"),
+    (["--framework", "keras-torch", "--device", "cuda"], "runs on the CPU here"),
+    (["--framework", "keras-tensorflow", "--resume", "--checkpoint-dir", "ck"], "apply to the PyTorch runs only"),
+    (["--framework", "keras-tensorflow", "--max-steps", "0"], "--max-steps: must be a positive integer"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, fragment, tmp_path):
+    out = tmp_path / "record.json"
+    proc = run(["-m", "hdr_lib", "train", "--device", "cpu", *args, "--out", str(out), "--quiet"])
+    assert proc.returncode == 2, proc.stderr
+    assert fragment in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["train", "--out", "unused.json"], ["replicate", "--out-dir", "unused"]])
+def test_framework_not_installed_is_one_line_and_exit_2(command, tmp_path):
+    """Keras made unimportable (as on the GPU machine, which has only torch and torchvision)."""
+    code = ("import sys; sys.modules['keras'] = None; from hdr_lib.cli import main; "
+            f"sys.exit(main({command + ['--framework', 'keras-tensorflow', '--device', 'cpu']!r}))")
+    proc = run(["-c", code], timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs keras and tensorflow-cpu" in lines[0] and "pip install" in lines[0]
+    assert not (REPO / "unused.json").exists() and not (REPO / "unused").exists()
