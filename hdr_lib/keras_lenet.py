@@ -515,7 +515,45 @@ def _check_config_for(seed: int) -> TrainConfig:
     return PAPER.replace(device="cpu", seed=seed, epochs=1)
 
 
-if __name__ == "__main__":  # python -m hdr_lib.keras_lenet <framework> [steps]: first_steps as one line of JSON
+def equivalence_record(out, *, steps: int = 100, seed: int = 0, data_root=None) -> dict:
+    """The check of `equivalence` for every Keras backend, each in its own process (Keras takes one backend per
+    process), against one run of the reference path, written as a record (kind "keras-equivalence") so that the
+    book can state the differences it measured. A backend that cannot run says why."""
+    import json
+    import subprocess
+
+    from hdr_lib.records import SCHEMA
+
+    reference = np.array(reference_losses(steps=steps, seed=seed, data_root=data_root))
+    backends = {}
+    for framework in BACKENDS:
+        proc = subprocess.run([sys.executable, "-m", "hdr_lib.keras_lenet", framework, str(steps)],
+                              capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        if proc.returncode != 0:
+            backends[framework] = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
+            continue
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        losses = np.array(result.pop("step_losses"))
+        diff = np.abs(losses - reference)
+        first_apart = np.nonzero(diff > 1e-6)[0]
+        backends[framework] = {**result, "loss_max_abs_diff": float(diff.max()),
+                               "loss_diff_at": {str(k): float(diff[k - 1]) for k in (1, 10, 50, steps)},
+                               "first_step_differing_by_more_than_1e-6": int(first_apart[0]) + 1
+                               if len(first_apart) else None}
+    env = environment(torch.device("cpu"))
+    record = {"schema": SCHEMA, "kind": "keras-equivalence", "status": "complete",
+              "config": {**_check_config_for(seed).as_dict(), "steps": steps, "forward_images": 256},
+              "environment": env, "epochs": [], "reference_path_losses": reference.tolist(), "backends": backends}
+    write_json_atomic(out, record)
+    return record
+
+
+if __name__ == "__main__":
+    # python -m hdr_lib.keras_lenet <framework> [steps]: first_steps as one line of JSON;
+    # python -m hdr_lib.keras_lenet --record <file> [steps]: equivalence_record for every backend
     import json
 
-    print(json.dumps(first_steps(sys.argv[1], steps=int(sys.argv[2]) if len(sys.argv) > 2 else 100)))
+    if sys.argv[1:2] == ["--record"]:
+        equivalence_record(sys.argv[2], steps=int(sys.argv[3]) if len(sys.argv) > 3 else 100)
+    else:
+        print(json.dumps(first_steps(sys.argv[1], steps=int(sys.argv[2]) if len(sys.argv) > 2 else 100)))

@@ -1,0 +1,151 @@
+"""Chapter 10's numbers: the recorded CPU runs of each framework and way (PyTorch's paths, Keras on TensorFlow, JAX
+and PyTorch) side by side, from results/ only; nothing is trained here."""
+
+from __future__ import annotations
+
+from hdr_lib.model import training_flops
+from hdr_lib.records import is_paper_config, load_records, machine
+from hdr_lib.stats import summarize
+
+NOT_MEASURED = "not yet measured"
+PAPER_CPU_SECONDS = 3600.0  # §4.1, 20 epochs on the paper's CPU
+PAPER_CPU = "a 4-core Intel Core i7 at 3.4 GHz with TensorFlow 2.x"  # §3.4
+
+_NAMES = {"torch": "PyTorch", "keras-tensorflow": "Keras/TensorFlow", "keras-jax": "Keras/JAX",
+          "keras-torch": "Keras/PyTorch"}
+_WAYS = {"fit": "model.fit", "loop": "own loop", "fast": "fast path", "reference": "reference path"}
+_ORDER = ["keras-tensorflow fit", "keras-tensorflow loop", "keras-jax fit", "keras-jax loop", "keras-torch fit",
+          "keras-torch loop", "torch reference", "torch fast"]
+
+
+def framework_of(record: dict) -> tuple[str, str]:
+    """(framework, way) of a training record: ("torch", "fast"|"reference") for the PyTorch runs, else the Keras
+    backend and way ("keras-tensorflow", "fit"), as hdr_lib.keras_lenet writes them."""
+    config = record.get("config", {})
+    framework = config.get("framework", "torch")
+    return framework, config.get("keras_way") if framework != "torch" else config.get("path", "?")
+
+
+def label(framework: str, way: str) -> str:
+    return f"{_NAMES.get(framework, framework)} ({_WAYS.get(way, way)})"
+
+
+def cpu_runs(folder) -> list[dict]:
+    """Complete CPU records of the paper's configuration (every framework, PyTorch runs the default way), of the
+    machine that has the most Keras runs (else the most runs): one machine, so the times compare."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    runs = [r for r in load_records(folder, kind="train", status="complete")
+            if r["config"].get("device") == "cpu" and is_paper_config(r) and not r["config"].get("compile", False)]
+    keras = [r for r in runs if framework_of(r)[0] != "torch"]
+    machines: dict[str, int] = {}
+    for r in keras or runs:
+        machines[machine(r)] = machines.get(machine(r), 0) + 1
+    if not machines:
+        return []
+    chosen = max(sorted(machines), key=machines.get)
+    return [r for r in runs if machine(r) == chosen]
+
+
+def rows(folder) -> list[dict]:
+    """One row per framework and way: seconds per epoch (each run's 20-epoch total / 20) and test accuracy, each
+    with its mean and 95 % interval over runs (seeds); the sustained GFLOP/s of the mean epoch; the mean 1-minute
+    load average when the runs began (other work on the shared cores)."""
+    groups: dict[str, list[dict]] = {}
+    for r in cpu_runs(folder):
+        framework, way = framework_of(r)
+        groups.setdefault(f"{framework} {way}", []).append(r)
+    flops = training_flops()["train_flops_per_epoch"]
+    out = []
+    for key in sorted(groups, key=lambda k: (_ORDER.index(k) if k in _ORDER else len(_ORDER), k)):
+        runs = groups[key]
+        framework, way = key.split(" ", 1)
+        per_epoch = summarize([r["total_train_seconds"] / len(r["epochs"]) for r in runs])
+        loads = [r["environment"]["load_average"][0] for r in runs if r["environment"].get("load_average")]
+        env = runs[0]["environment"]
+        version = (f"keras {env.get('keras')}, {env.get('keras_backend')} {env.get('backend_version')}"
+                   if framework != "torch" else f"torch {env.get('torch')}")
+        out.append({"key": key, "framework": framework, "way": way, "label": label(framework, way), "n": len(runs),
+                    "seconds_per_epoch": per_epoch,
+                    "total_seconds": summarize([r["total_train_seconds"] for r in runs]),
+                    "accuracy": summarize([r["test_accuracy"] for r in runs]),
+                    "gflops": flops / per_epoch["mean"] / 1e9, "versions": version,
+                    "load_average": sum(loads) / len(loads) if loads else None,
+                    "machine": machine(runs[0]), "seeds": sorted(r["config"]["seed"] for r in runs),
+                    "dates": sorted({r["environment"]["created_at"][:10] for r in runs})})
+    return out
+
+
+def _ci(s: dict, digits: int, unit: str = "") -> str:
+    if s["ci95_low"] is None:
+        return f"{s['mean']:.{digits}f}{unit} (one run)"
+    return f"{s['mean']:.{digits}f}{unit} ({s['ci95_low']:.{digits}f} to {s['ci95_high']:.{digits}f})"
+
+
+def table_markdown(table: list[dict]) -> str:
+    if not table:
+        return f"**{NOT_MEASURED}**: no CPU record of the paper's configuration under results/."
+    lines = ["| Framework (way) | runs | s per epoch, mean (95 % CI) | 20 epochs, s | test accuracy, % (95 % CI) "
+             "| GFLOP/s | load (1 min) at start | versions |", "|---|---|---|---|---|---|---|---|"]
+    for row in table:
+        load = "-" if row["load_average"] is None else f"{row['load_average']:.1f}"
+        lines.append(f"| {row['label']} | {row['n']} | {_ci(row['seconds_per_epoch'], 2)} | "
+                     f"{row['total_seconds']['mean']:.0f} | {_ci(row['accuracy'], 2)} | {row['gflops']:.1f} | {load} "
+                     f"| {row['versions']} |")
+    machines = sorted({row["machine"] for row in table})
+    dates = sorted({d for row in table for d in row["dates"]})
+    lines.append(f"\nAll on {', '.join(machines)}; recorded {dates[0]} to {dates[-1]}. GFLOP/s: one epoch's "
+                 f"{training_flops()['train_flops_per_epoch'] / 1e9:.0f} GFLOP (chapter 03) over the mean epoch.")
+    return "\n".join(lines)
+
+
+def figure(table: list[dict]):
+    """Seconds per epoch and test accuracy per framework and way, means with 95 % intervals, in one figure."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("seconds per training epoch (CPU)", "test accuracy after "
+                                                        "20 epochs (%)"), horizontal_spacing=0.28)
+    labels = [row["label"] for row in table]
+    for col, key in ((1, "seconds_per_epoch"), (2, "accuracy")):
+        stats = [row[key] for row in table]
+        hi = [(s["ci95_high"] - s["mean"]) if s["ci95_high"] is not None else 0 for s in stats]
+        lo = [(s["mean"] - s["ci95_low"]) if s["ci95_low"] is not None else 0 for s in stats]
+        fig.add_bar(x=[s["mean"] for s in stats], y=labels, orientation="h", showlegend=False,
+                    text=[f"n = {row['n']}" for row in table], textposition="inside",
+                    marker_color=["#1f77b4" if row["framework"] != "torch" else "#7f7f7f" for row in table],
+                    error_x=dict(type="data", array=hi, arrayminus=lo, visible=True), row=1, col=col)
+    if table:
+        accs = [row["accuracy"] for row in table]
+        low = min(s["ci95_low"] if s["ci95_low"] is not None else s["mean"] for s in accs)
+        fig.update_xaxes(range=[low - 0.3, 100.0], row=1, col=2)
+    fig.update_layout(height=120 + 45 * max(len(table), 1), margin=dict(l=10, r=10, t=60, b=40),
+                      title="The same experiment in each framework, on one CPU (bars: mean; lines: 95 % interval)")
+    return fig
+
+
+def paper_time_markdown(table: list[dict]) -> str:
+    """What the paper's framework on our CPU says about the paper's 3600 s."""
+    tf = next((row for row in table if row["key"] == "keras-tensorflow fit"), None)
+    if tf is None:
+        return (f"The paper's framework on our CPU: **{NOT_MEASURED}** (no complete Keras/TensorFlow `model.fit` "
+                f"record under results/).")
+    total = tf["total_seconds"]
+    factor = PAPER_CPU_SECONDS / total["mean"]
+    text = (f"Keras on TensorFlow, trained the way the paper's authors most likely trained it (`model.fit`), takes "
+            f"**{total['mean']:.0f} s** for the 20 epochs on our CPU ({tf['machine']}, mean of {tf['n']} seeds")
+    if total["ci95_low"] is not None:
+        text += f", 95 % interval {total['ci95_low']:.0f} to {total['ci95_high']:.0f} s"
+        text += (f"): **{PAPER_CPU_SECONDS / total['ci95_high']:.0f} to {PAPER_CPU_SECONDS / total['ci95_low']:.0f}"
+                 f" times faster** (mean {factor:.0f}x) than the paper's 3600 s on {PAPER_CPU}.")
+    else:
+        text += f"): **{factor:.0f} times faster** than the paper's 3600 s on {PAPER_CPU}."
+    torch_fast = next((row for row in table if row["key"] == "torch fast"), None)
+    if torch_fast is not None:
+        ratio = tf["seconds_per_epoch"]["mean"] / torch_fast["seconds_per_epoch"]["mean"]
+        text += (f" Our PyTorch fast path takes {torch_fast['seconds_per_epoch']['mean']:.2f} s per epoch on the same "
+                 f"CPU, {ratio:.1f} times less than Keras/TensorFlow's `model.fit`.")
+    return text
