@@ -39,7 +39,7 @@ BAD = [
     ({"batch_size": 0}, "parameter batch_size must be an integer from 1 to 60,000"),
     ({"lr": "abc"}, "parameter lr must be a number, got 'abc'"),
     ({"lr": float("nan")}, "parameter lr must be a number greater than 0"),
-    ({"lr": -0.1}, "parameter lr must be a number greater than 0 and at most 1e+06, got -0.1"),
+    ({"lr": -0.1}, "parameter lr must be a number greater than 0 and at most 1e+06"),
     ({"epochs": "20"}, "parameter epochs must be a number, got '20'"),
     ({"device": "gpu"}, "device must be one of cpu, cuda, auto; got 'gpu'"),
 ]
