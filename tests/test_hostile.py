@@ -390,7 +390,10 @@ def test_sigint_during_training_names_the_record_it_wrote(tmp_path, data_root):
     out = tmp_path / "r.json"
     proc = subprocess.Popen([sys.executable, "-m", "hdr_lib", "train", "--device", "cpu", "--epochs", "3",
                              "--quiet", "--out", str(out), "--data-dir", str(data_root)], cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job inherits SIGINT ignored, and then Python never turns it
+                            # into KeyboardInterrupt: give the run the default handling a terminal gives it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while not out.exists():
         assert proc.poll() is None and time.monotonic() < deadline, "no record appeared"
