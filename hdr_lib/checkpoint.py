@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from hdr_lib.config import ConfigError
+from hdr_lib.records import replace_atomically
 
 try:
     import fcntl
@@ -42,34 +42,12 @@ def save(path: str | os.PathLike, state: dict) -> Path:
     outer = io.BytesIO()
     torch.save({"format": FORMAT, "sha256": hashlib.sha256(data).hexdigest(),
                 "state": torch.frombuffer(bytearray(data), dtype=torch.uint8)}, outer)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:60]}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(outer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
+        replace_atomically(path, outer.getvalue())
     except OSError as exc:
-        _remove(tmp)
         raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}; free disk space or choose "
                               f"another checkpoint folder") from exc
-    except BaseException:
-        _remove(tmp)
-        raise
     return path
-
-
-def _remove(tmp: str | None) -> None:
-    if tmp is not None:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
 
 
 def load(path: str | os.PathLike) -> dict:

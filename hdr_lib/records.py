@@ -24,29 +24,37 @@ def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
     disk, no permission) is a RecordError naming the file; the temporary file is removed."""
     path = Path(path)
     text = json.dumps(strict_json(payload), indent=1, sort_keys=False, default=_jsonable, allow_nan=False) + "\n"
+    try:
+        replace_atomically(path, text.encode())
+    except OSError as exc:
+        raise RecordError(f"cannot write run record {path}: {exc.strerror or exc}; free disk space or write "
+                          f"it elsewhere") from exc
+    return path
+
+
+def replace_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to a uniquely named temporary file in `path`'s folder, fsync it, then rename it over `path`:
+    a reader sees the old file or the new one, never a mix. Any failure removes the temporary file and is
+    raised as it came (run records and checkpoints both write this way)."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:60]}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a record is an ordinary file
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; what we write is an ordinary file
         os.replace(tmp, path)
-    except BaseException as exc:
+    except BaseException:
         if tmp is not None:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-        if isinstance(exc, OSError):
-            raise RecordError(f"cannot write run record {path}: {exc.strerror or exc}; free disk space or write "
-                              f"it elsewhere") from exc
         raise
-    return path
 
 
 def strict_json(value):
