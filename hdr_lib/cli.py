@@ -182,7 +182,7 @@ def _dispatch(args, dist_ctx=None) -> int:
                   "hdr_lib.fastcpu.train_step instead")
         return 0
     progress = False if args.quiet or (dist_ctx is not None and not dist_ctx.is_writer) else None
-    world = dist_ctx.world_size if dist_ctx is not None else 1
+    world = dist_ctx.world_size if dist_ctx is not None else None
     if args.command == "train":
         from hdr_lib.replicate import record_name
         from hdr_lib.train import train

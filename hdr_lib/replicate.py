@@ -10,12 +10,12 @@ from hdr_lib.hardware import resolve_device
 from hdr_lib.train import check_writable, train
 
 
-def record_name(config: TrainConfig, device_type: str, world_size: int = 1) -> str:
+def record_name(config: TrainConfig, device_type: str, world_size: int | None = None) -> str:
     """`<device>-<path>-e<epochs>-b<batch>[-<option>...]-seed<seed>.json`: every setting a user can change from
     the command line that is not the paper's, or not the default way to run, is in the name (mixed precision as
-    bf16 or fp16, the residual network as resnet, N data-parallel processes as ddpN), so that a run with an option
+    bf16 or fp16, the residual network as resnet, a run under torchrun with N processes as ddpN, N = 1 too), so that a run with an option
     never overwrites the paper configuration's record of the same seed."""
-    options = ((config.model != "lenet5", config.model), (world_size > 1, f"ddp{world_size}"),
+    options = ((config.model != "lenet5", config.model), (world_size is not None, f"ddp{world_size}"),
                (config.compile, "compiled"), (device_type == "cuda" and not config.cuda_graph, "nograph"),
                (device_type == "cuda" and not config.triton, "aten"), (config.amp != "off", config.amp),
                (config.channels_last, "nhwc"), (config.tf32, "tf32"), (config.deterministic, "deterministic"))
@@ -38,7 +38,7 @@ def replicate(config: TrainConfig, *, seeds: int = 5, out_dir: str | Path = "res
     records = []
     for seed in range(config.seed, config.seed + seeds):
         run_config = config.replace(seed=seed)
-        out = out_dir / record_name(run_config, device.type, dist_ctx.world_size if dist_ctx is not None else 1)
+        out = out_dir / record_name(run_config, device.type, dist_ctx.world_size if dist_ctx is not None else None)
         record = train(run_config, data=data, data_root=data_root, out=out, progress=progress, max_steps=max_steps,
                        dist_ctx=dist_ctx)
         records.append(record)
