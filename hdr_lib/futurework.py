@@ -71,25 +71,38 @@ def _load_note(records: list[dict]) -> str:
 # --- mixed precision -----------------------------------------------------------------------------------------------
 
 def precision_groups(results_dir=None) -> dict:
-    """Complete 20-epoch runs of the paper's LeNet-5 (one process, fast path) by device and precision."""
+    """Complete runs of the paper's LeNet-5 (one process, fast path) by device and precision, of any length."""
     groups = {}
     for record in _train_records(results_dir):
         for device in ("cpu", "cuda"):
-            if _plain(record, device) and record["config"]["epochs"] == 20:
+            if _plain(record, device):
                 groups.setdefault((device, amp_mode(record)), []).append(record)
     return {key: one_machine(runs) for key, runs in groups.items()}
+
+
+def compared_epoch(groups: dict, device: str = "cpu") -> int:
+    """The epoch at which the precisions are compared: the shortest mixed-precision run's last (20 without one).
+    A run of E epochs follows the same lr schedule as the first E epochs of a 20-epoch run, so its accuracy
+    after E epochs is compared with the 20-epoch runs' accuracy after their epoch E, seed for seed."""
+    lengths = [len(r["epochs"]) for (d, mode), runs in groups.items() if d == device and mode != "off" for r in runs]
+    return min(lengths) if lengths else 20
+
+
+def _accuracy_at(record: dict, epoch: int) -> float | None:
+    return record["epochs"][epoch - 1]["test_accuracy"] if len(record["epochs"]) >= epoch else None
 
 
 def precision_rows(results_dir=None) -> list[dict]:
     groups = precision_groups(results_dir)
     rows = []
     for device in ("cpu", "cuda"):
+        epoch = compared_epoch(groups, device)
         for mode in ("off", "bf16", "fp16"):
             if device == "cpu" and mode == "fp16":
                 continue  # float16 runs on CUDA only (hdr_lib.train refuses it on the CPU)
-            runs = groups.get((device, mode), [])
-            rows.append({"device": device, "amp": mode, "runs": runs,
-                         "accuracy": stats.summarize([r["test_accuracy"] for r in runs]),
+            runs = [r for r in groups.get((device, mode), []) if len(r["epochs"]) >= epoch]
+            rows.append({"device": device, "amp": mode, "runs": runs, "epoch": epoch,
+                         "accuracy": stats.summarize([_accuracy_at(r, epoch) for r in runs]),
                          "seconds_per_epoch": stats.summarize([seconds_per_epoch(r) for r in runs]),
                          "step": (runs[0]["execution"].get("amp_step") or runs[0]["execution"].get("cpu_step")
                                   if runs else None)})
@@ -97,32 +110,46 @@ def precision_rows(results_dir=None) -> list[dict]:
 
 
 def precision_markdown(results_dir=None) -> str:
-    """The table of accuracy and seconds per epoch by precision, CPU and GPU, with the bfloat16-float32 difference."""
+    """Accuracy and seconds per epoch by precision, CPU and GPU, with the bfloat16-float32 difference seed for seed."""
     rows = precision_rows(results_dir)
     names = {"off": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast + gradient scaler"}
-    lines = ["| device | precision | seeds | test accuracy, mean [95 % CI] | seed range | s / epoch, mean [95 % CI] |",
-             "| --- | --- | ---: | --- | --- | --- |"]
+    lines = ["| device | precision | seeds | compared after epoch | test accuracy, mean [95 % CI] | seed range | "
+             "s / epoch, mean [95 % CI] |", "| --- | --- | ---: | ---: | --- | --- | --- |"]
     for row in rows:
         acc, sec = row["accuracy"], row["seconds_per_epoch"]
         spread = f"{acc['min']:.2f}-{acc['max']:.2f} %" if acc["n"] else NOT_YET
-        lines.append(f"| {row['device']} | {names[row['amp']]} | {acc['n']} | {_fmt_summary(acc, 2, ' %')} | "
-                     f"{spread} | {_fmt_summary(sec, 2, ' s')} |")
+        lines.append(f"| {row['device']} | {names[row['amp']]} | {acc['n']} | {row['epoch']} | "
+                     f"{_fmt_summary(acc, 2, ' %')} | {spread} | {_fmt_summary(sec, 2, ' s')} |")
     text = "\n".join(lines)
     by = {(r["device"], r["amp"]): r for r in rows}
     f32, b16 = by[("cpu", "off")], by[("cpu", "bf16")]
-    if f32["runs"] and b16["runs"]:
-        diff = stats.welch([r["test_accuracy"] for r in f32["runs"]], [r["test_accuracy"] for r in b16["runs"]])
-        a, b = f32["accuracy"], b16["accuracy"]
-        inside = a["min"] <= b["mean"] <= a["max"]
-        if diff["difference"] is not None and diff["ci95_low"] is not None:
-            text += (f"\n\nOn the CPU, bfloat16 minus float32: {diff['difference']:+.3f} percentage points, 95 % CI "
-                     f"[{diff['ci95_low']:+.3f}, {diff['ci95_high']:+.3f}] (Welch); the interval "
-                     f"{'includes' if not diff['significant'] else 'excludes'} zero.")
-        text += (f" The bfloat16 mean, {b['mean']:.2f} %, lies {'inside' if inside else 'outside'} the float32 "
-                 f"seeds' range ({a['min']:.2f}-{a['max']:.2f} %).")
-        ratio = b16["seconds_per_epoch"]["mean"] / f32["seconds_per_epoch"]["mean"]
-        text += (f" An epoch takes {ratio:.1f}x as long in bfloat16 as the float32 fast path's "
-                 f"({_load_note(b16['runs'])} during the bfloat16 runs).")
+    if not (f32["runs"] and b16["runs"]):
+        return text
+    epoch = b16["epoch"]
+    base = {r["config"]["seed"]: _accuracy_at(r, epoch) for r in f32["runs"]}
+    pairs = [(_accuracy_at(r, epoch), base[r["config"]["seed"]]) for r in b16["runs"] if r["config"]["seed"] in base]
+    if epoch < 20:
+        first = "the first epoch" if epoch == 1 else f"the first {epoch} epochs"
+        text += (f"\n\nThe bfloat16 runs are {epoch} epoch{'s' if epoch > 1 else ''} long; with the same lr schedule "
+                 f"as {first} of a 20-epoch run, each is compared with the float32 run of its seed after epoch "
+                 f"{epoch} (same initial weights, same batches).")
+    if pairs:
+        diff = stats.summarize([b - a for b, a in pairs])
+        if diff["n"] >= 2:
+            text += (f" bfloat16 minus float32, seed for seed: {diff['mean']:+.3f} percentage points, 95 % CI "
+                     f"[{diff['ci95_low']:+.3f}, {diff['ci95_high']:+.3f}] over {diff['n']} seeds (range "
+                     f"{diff['min']:+.2f} to {diff['max']:+.2f}).")
+        else:
+            text += f" bfloat16 minus float32 for the one seed in both: {diff['mean']:+.3f} percentage points."
+        sd = f32["accuracy"]["std"]
+        if sd is not None:
+            text += (f" The float32 seeds differ from each other by a standard deviation of {sd:.3f} points after "
+                     f"epoch {epoch}: the mean difference is {'inside' if abs(diff['mean']) <= sd else 'outside'} "
+                     "the seed-to-seed spread.")
+    ratio = b16["seconds_per_epoch"]["mean"] / f32["seconds_per_epoch"]["mean"]
+    text += (f" An epoch took {ratio:.1f}x as long in bfloat16 as the float32 fast path's (bfloat16 runs: "
+             f"{_load_note(b16['runs'])}; float32 runs: {_load_note(f32['runs'])}; timings on this shared machine "
+             "move with its load, the alternating comparison below does not).")
     return text
 
 
@@ -183,31 +210,36 @@ def gradient_bytes() -> dict:
 
 
 def ddp_rows(results_dir=None) -> list[dict]:
-    """Complete 20-epoch CPU runs of the paper's configuration under torchrun, grouped by world size, with the
-    plain one-process fast runs of the same seeds beside them."""
-    records = _train_records(results_dir)
+    """CPU runs of the paper's configuration under torchrun, grouped by world size: the time from every epoch of
+    complete runs and of runs stopped by max_steps, the accuracy from complete 20-epoch runs, beside the plain
+    one-process fast runs of the same seeds."""
+    records = [r for r in _train_records(results_dir, status=None)
+               if r["status"] == "complete" or (r.get("max_steps") is not None and r["epochs"])]
     plain = {r["config"]["seed"]: r for r in one_machine([r for r in records if _plain(r, "cpu")
                                                           and amp_mode(r) == "off" and r["config"]["epochs"] == 20])}
     groups = {}
     for r in records:
         config = r["config"]
         if (world_size(r) is not None and config["device"] == "cpu" and model_name(r) == "lenet5"
-                and amp_mode(r) == "off" and config["epochs"] == 20 and r["deviations_from_paper"] == {}):
+                and amp_mode(r) == "off" and config["epochs"] == 20 and r["deviations_from_paper"] == {}
+                and r["execution"].get("steps_per_epoch") == 938):
             groups.setdefault(world_size(r), []).append(r)
     rows = []
     for world, runs in sorted(groups.items()):
         steps = [sum(e["steps"] for e in r["epochs"]) for r in runs]
         comm = [r["distributed"]["communication_seconds"] for r in runs]
         train = [r["total_train_seconds"] for r in runs]
+        done = [r for r in runs if r["status"] == "complete"]
         rows.append({
             "world_size": world, "threads_per_rank": runs[0]["distributed"]["threads_per_rank"], "runs": runs,
             "seconds_per_epoch": stats.summarize([seconds_per_epoch(r) for r in runs]),
-            "accuracy": stats.summarize([r["test_accuracy"] for r in runs]),
+            "accuracy": stats.summarize([r["test_accuracy"] for r in done]),
+            "epochs_timed": sum(len(r["epochs"]) for r in runs),
             "comm_share": stats.summarize([c / t for c, t in zip(comm, train)]),
             "allreduce_ms": stats.summarize([1000 * c / s for c, s in zip(comm, steps)]),
             "compute_ms": stats.summarize([1000 * (t - c) / s for c, t, s in zip(comm, train, steps)]),
             "plain_accuracy": {r["config"]["seed"]: plain[r["config"]["seed"]]["test_accuracy"]
-                               for r in runs if r["config"]["seed"] in plain},
+                               for r in done if r["config"]["seed"] in plain},
         })
     return rows
 
@@ -218,13 +250,16 @@ def ddp_markdown(results_dir=None) -> str:
     head = (f"Each step all-reduces {g['elements']:,} float32 gradients ({g['kilobytes']:.1f} kB) and the loss. ")
     if not rows:
         return head + f"1 process x 2 threads against 2 processes x 1 thread on the CPU: {NOT_YET}."
-    lines = ["| processes x threads | seeds | s / epoch [95 % CI] | all-reduce, ms / step | rest of a step, ms | "
+    lines = ["| processes x threads | runs (epochs timed) | s / epoch [95 % CI] | all-reduce, ms / step | rest of a step, ms | "
              "all-reduce's share of training | accuracy | one plain process, same seeds |",
              "| --- | ---: | --- | ---: | ---: | ---: | --- | --- |"]
     for row in rows:
         plain = ", ".join(f"{v:.2f} %" for _, v in sorted(row["plain_accuracy"].items())) or NOT_YET
-        accs = ", ".join(f"{r['test_accuracy']:.2f} %" for r in sorted(row["runs"], key=lambda r: r["config"]["seed"]))
-        lines.append(f"| {row['world_size']} x {row['threads_per_rank']} | {row['accuracy']['n']} | "
+        done = sorted((r for r in row["runs"] if r["status"] == "complete"), key=lambda r: r["config"]["seed"])
+        accs = ", ".join(f"{r['test_accuracy']:.2f} % (seed {r['config']['seed']})" for r in done) or (
+            "stopped by max_steps (timing only)")
+        lines.append(f"| {row['world_size']} x {row['threads_per_rank']} | {len(row['runs'])} "
+                     f"({row['epochs_timed']}) | "
                      f"{_fmt_summary(row['seconds_per_epoch'], 2, ' s')} | {row['allreduce_ms']['mean']:.3f} | "
                      f"{row['compute_ms']['mean']:.3f} | {100 * row['comm_share']['mean']:.1f} % | {accs} | {plain} |")
     text = head + "\n\n" + "\n".join(lines)

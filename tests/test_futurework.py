@@ -39,17 +39,25 @@ def test_empty_results_say_not_yet_measured(tmp_path):
     assert "177.7 kB" in fw.ddp_markdown(tmp_path) and "44,426" in fw.ddp_markdown(tmp_path)
 
 
-def test_precision_table_compares_bfloat16_with_float32(tmp_path):
+def test_precision_table_compares_bfloat16_with_float32_seed_for_seed(tmp_path):
     f32 = [_record(s, a, 1.0, amp=False) for s, a in enumerate([99.0, 99.1, 99.2])]  # an old record's boolean
-    b16 = [_record(s, a, 4.0, amp="bf16") for s, a in enumerate([99.1, 99.2, 99.15])]
+    for r, first in zip(f32, [97.0, 97.2, 97.4]):
+        r["epochs"][0]["test_accuracy"] = first
+    b16 = []
+    for s, a in enumerate([97.1, 97.2, 97.6]):  # one-epoch runs: compared with float32 after epoch 1
+        r = _record(s, a, 4.0, amp="bf16", epochs=1)
+        r["epochs"] = r["epochs"][:1]
+        r["epochs"][0]["test_accuracy"] = a
+        b16.append(r)
     _write(tmp_path, f32 + b16)
     rows = {(r["device"], r["amp"]): r for r in fw.precision_rows(tmp_path)}
-    assert rows[("cpu", "off")]["accuracy"]["n"] == 3 and rows[("cpu", "bf16")]["accuracy"]["n"] == 3
-    assert rows[("cuda", "fp16")]["accuracy"]["n"] == 0
+    assert rows[("cpu", "off")]["epoch"] == 1 and rows[("cpu", "off")]["accuracy"]["mean"] == pytest.approx(97.2)
+    assert rows[("cpu", "bf16")]["accuracy"]["n"] == 3 and rows[("cuda", "fp16")]["accuracy"]["n"] == 0
     text = fw.precision_markdown(tmp_path)
-    assert "+0.050 percentage points" in text and "includes zero" in text and "inside" in text
+    assert "+0.100 percentage points" in text and "over 3 seeds" in text  # differences 0.1, 0.0, 0.2
+    assert "standard deviation of 0.200" in text and "inside the seed-to-seed spread" in text
     assert "4.0x as long" in text
-    assert "cuda | float16 autocast + gradient scaler | 0 | not yet measured" in text
+    assert "cuda | float16 autocast + gradient scaler | 0 | 20 | not yet measured" in text
 
 
 def test_ddp_rows_take_the_share_of_communication_from_the_records(tmp_path):
