@@ -156,7 +156,10 @@ def precision_markdown(results_dir=None) -> str:
 def cpu_flags_markdown(results_dir=None) -> str:
     """The CPU's instruction sets for reduced precision, as the bfloat16 records hold them."""
     runs = precision_groups(results_dir).get(("cpu", "bf16"), [])
-    flags = next((r["environment"].get("cpu_flags") for r in runs if r["environment"].get("cpu_flags")), None)
+    ab = amp_ab(results_dir)
+    runs = runs + ([ab] if ab is not None else [])  # the A/B record ran bfloat16 on the CPU too
+    runs = [r for r in runs if r["environment"].get("cpu_flags")]
+    flags = runs[0]["environment"]["cpu_flags"] if runs else None
     if not flags:
         return f"The CPU's instruction sets for bfloat16: {NOT_YET} (no bfloat16 record holds them)."
     env = runs[0]["environment"]
@@ -282,6 +285,9 @@ def ddp_verdict(results_dir=None) -> str:
         ratio = two["seconds_per_epoch"]["mean"] / one["seconds_per_epoch"]["mean"]
         text += (f"Measured: 2 processes x 1 thread took {ratio:.2f}x the time per epoch of 1 process x 2 threads "
                  f"({'faster' if ratio < 1 else 'slower'}). ")
+    else:
+        text += (f"1 process x 2 threads through the same code (torchrun --nproc-per-node 1): {NOT_YET}, so "
+                 "whether 2 processes beat it on this CPU is not yet measured either. ")
     text += ("A network this small pays for data parallelism only where a step's compute is large against the "
              "all-reduce's latency: larger batches per rank, or many more parameters' worth of work per gradient "
              "byte. Across GPUs the same arithmetic holds with NCCL's latency; the multi-GPU cells are "
