@@ -50,7 +50,12 @@ def _add_run_options(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
     p.add_argument("--variant", choices=["paper", "lenet1998"], default=PAPER.variant,
                    help="paper: §3.3 on 28x28 (default); lenet1998: padded to 32x32 as in 1998")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory layout (same arithmetic)")
-    p.add_argument("--amp", action="store_true", help="bfloat16 mixed precision (beyond the paper; off by default)")
+    p.add_argument("--amp", nargs="?", const="bf16", default=PAPER.amp, choices=["off", "bf16", "fp16"],
+                   help="mixed precision (the paper's future work): bf16 (bfloat16 autocast; plain --amp), fp16 "
+                        "(float16 with a gradient scaler, CUDA only), off (float32, the paper's; default)")
+    p.add_argument("--model", choices=["lenet5", "resnet"], default=PAPER.model,
+                   help="lenet5: the paper's network (default); resnet: a small residual network, the paper's "
+                        "future work (16-32-64 channels, global average pooling)")
     p.add_argument("--tf32", action="store_true", help="CUDA: allow TF32 (off: IEEE float32, as the paper)")
     p.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                    help="CUDA fast path: run the steps eagerly instead of replaying CUDA graphs")
@@ -112,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config_from(args, **overrides):
     fields = dict(device=args.device, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                  variant=args.variant, amp=args.amp, channels_last=args.channels_last, tf32=args.tf32,
+                  variant=args.variant, model=args.model, amp=args.amp, channels_last=args.channels_last, tf32=args.tf32,
                   cuda_graph=args.cuda_graph, compile=args.compile, triton=args.triton,
                   deterministic=args.deterministic)
     for name in ("seed", "path"):
@@ -134,15 +139,37 @@ def keras_check(config, args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from hdr_lib import distributed
+
     written = _Written(getattr(args, "out", None) if args.command == "train" else None)
+    dist_ctx = None
     try:
-        return _dispatch(args, written)
+        dist_ctx = distributed.from_environment()  # started by torchrun (or with its variables): data-parallel
+        if dist_ctx is not None and args.command not in ("train", "replicate"):
+            raise ConfigError(f"'{args.command}' runs in one process; under torchrun use train or replicate")
+        if dist_ctx is not None and getattr(args, "framework", "torch") != "torch":
+            raise ConfigError(f"--framework {args.framework} runs in one process; under torchrun use --framework torch")
+        return _dispatch(args, written, dist_ctx)
     except (ConfigError, DataError, RecordError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        where = f"rank {dist_ctx.rank} of {dist_ctx.world_size}: " if dist_ctx is not None else ""
+        print(f"error: {where}{' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except distributed.DistributedError as exc:
+        return distributed.fail(exc)
+    except RuntimeError as exc:
+        if dist_ctx is None:
+            raise
+        # A collective inside DistributedDataParallel's backward pass surfaces as torch's own RuntimeError.
+        lines = str(exc).strip().splitlines()
+        return distributed.fail(distributed.DistributedError(
+            f"rank {dist_ctx.rank} of {dist_ctx.world_size}: training stopped, another rank died or stopped "
+            f"answering (timeout {dist_ctx.timeout_s:g} s): {type(exc).__name__}: {lines[0][:200] if lines else ''}"))
     except KeyboardInterrupt:
         print(_interrupted(args, written), file=sys.stderr)
         return 130
+    finally:
+        if dist_ctx is not None:
+            dist_ctx.close()
 
 
 class _Written:
@@ -193,7 +220,7 @@ def _check_paths(args) -> None:
         paths.output_folder(args.out_dir, "--out-dir")
 
 
-def _dispatch(args, written: _Written) -> int:
+def _dispatch(args, written: _Written, dist_ctx=None) -> int:
     from hdr_lib.hardware import environment, resolve_device
 
     _check_paths(args)
@@ -235,7 +262,8 @@ def _dispatch(args, written: _Written) -> int:
             print(f"native CPU step not available ({native.reason()}); the CPU fast path runs "
                   "hdr_lib.fastcpu.train_step instead")
         return 0
-    progress = False if args.quiet else None
+    progress = False if args.quiet or (dist_ctx is not None and not dist_ctx.is_writer) else None
+    world = dist_ctx.world_size if dist_ctx is not None else None
     if args.command == "train":
         from hdr_lib.replicate import record_name, train_any
 
@@ -246,13 +274,16 @@ def _dispatch(args, written: _Written) -> int:
         keras_check(config, args)
         device = resolve_device(config.device)
         if args.out is None:
-            out = paths.output_file(Path("results") / record_name(config, device.type, args.framework, args.keras_way), "the default record")
+            out = paths.output_file(Path("results") / record_name(config, device.type, args.framework, args.keras_way,
+                                                                  world_size=world), "the default record")
             written.set(out)
         else:
             out = Path(args.out)
         record = train_any(config, args.framework, args.keras_way, data_root=args.data_dir, out=out,
                            checkpoint_dir=args.checkpoint_dir, resume=args.resume, progress=progress,
-                           max_steps=args.max_steps)
+                           max_steps=args.max_steps, dist_ctx=dist_ctx)
+        if dist_ctx is not None and not dist_ctx.is_writer:  # rank 0 reports (and writes)
+            return 0 if record["status"] == "complete" or args.max_steps is not None else 1
         accuracy = record["test_accuracy"]
         print(f"{record['status']}: test accuracy {'-' if accuracy is None else f'{accuracy:.2f} %'}, "
               f"training {record['total_train_seconds'] or 0:.1f} s on {device.type} ({record['config']['path']} path) -> {out}")
@@ -269,7 +300,7 @@ def _dispatch(args, written: _Written) -> int:
         config = _config_from(args, seed=args.first_seed)
         keras_check(config, args)
         replicate(config, seeds=args.seeds, out_dir=args.out_dir, data_root=args.data_dir, progress=progress,
-                  max_steps=args.max_steps, framework=args.framework, keras_way=args.keras_way)
+                  max_steps=args.max_steps, framework=args.framework, keras_way=args.keras_way, dist_ctx=dist_ctx)
         return 0
     if args.command == "bench":
         from hdr_lib.bench import bench

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 DEVICES = ("cpu", "cuda", "auto")
 PATHS = ("fast", "reference")
 VARIANTS = ("paper", "lenet1998")
+MODELS = ("lenet5", "resnet")  # lenet5: the paper's network; resnet: hdr_lib.model.ResNet, the paper's future work
+AMP_MODES = ("off", "bf16", "fp16")  # mixed precision: off (the paper's float32), bfloat16, float16 (CUDA only)
 
 
 class ConfigError(ValueError):
@@ -90,6 +92,7 @@ class TrainConfig:
     loss: str = "cross_entropy"  # §3.4 "Cross-entropy loss"
     pixel_scale: str = "[0,1]"  # §3.2 pixels scaled to [0, 1], no other normalisation
     variant: str = "paper"  # §3.3 table: 28x28 input, no padding (44,426 parameters)
+    model: str = "lenet5"  # §3.3's LeNet-5; "resnet" is the deeper network of the paper's future work (§5)
     # --- our reading: the paper names "step decay" but gives no schedule ---
     lr_step_epochs: int = 10  # our reading of §3.4: decay every 10 epochs
     lr_gamma: float = 0.1  # our reading of §3.4: multiply lr by 0.1 at each step
@@ -99,12 +102,18 @@ class TrainConfig:
     path: str = "fast"  # "fast" (data on device, no DataLoader) or "reference" (plain PyTorch loop)
     # --- options beyond the paper, all off by default and named in the record when on ---
     channels_last: bool = False  # NHWC memory layout for images and weights: same arithmetic, other kernels
-    amp: bool = False  # bfloat16 autocast for forward and loss (mixed precision, the paper's "future work")
+    amp: str = "off"  # mixed precision, the paper's future work (§5): "bf16" autocast, or "fp16" with a gradient
+    # scaler (CUDA only); "off" is the paper's float32. Records made before it was a string hold false.
     tf32: bool = False  # CUDA only: allow TF32 matmuls/convolutions (paper-faithful is IEEE float32)
     cuda_graph: bool = True  # CUDA fast path only: capture each epoch's training steps in a CUDA graph
     compile: bool = False  # fast path: torch.compile the model (Inductor), compilation timed apart
     triton: bool = True  # CUDA fast path: the step as two Triton kernels (hdr_lib.tritonstep); off: PyTorch's kernels
     deterministic: bool = False  # torch.use_deterministic_algorithms
+
+    def __post_init__(self):
+        # amp was a boolean (bfloat16 on or off) before float16 came: True and False still mean what they meant.
+        if isinstance(self.amp, bool):
+            object.__setattr__(self, "amp", "bf16" if self.amp else "off")
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError on a setting that cannot be run; return self so calls chain."""
@@ -113,6 +122,11 @@ class TrainConfig:
         _choice("device", self.device, DEVICES)
         _choice("path", self.path, PATHS)
         _choice("variant", self.variant, VARIANTS)
+        _choice("model", self.model, MODELS)
+        _choice("amp", self.amp, AMP_MODES)
+        if self.model != "lenet5" and self.variant != "paper":
+            raise ConfigError(f"variant {self.variant!r} is a LeNet-5 variant; with model {self.model!r} leave it "
+                              "at 'paper'")
         return self
 
     def replace(self, **changes) -> "TrainConfig":

@@ -44,6 +44,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The /proc/cpuinfo flags that decide how fast reduced precision can run on the CPU: the vector width (AVX2,
+# AVX-512), the instructions that compute in bfloat16 (AVX512_BF16, AMX-BF16), float16 (AVX512_FP16, AMX-FP16),
+# and int8 dot products (VNNI); F16C converts float16 only.
+PRECISION_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                   "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16", "amx_int8")
+
+
+def cpu_flags(names: tuple[str, ...] = PRECISION_FLAGS) -> dict | None:
+    """Which of `names` the CPU has, from /proc/cpuinfo's flags (None where there is no /proc/cpuinfo)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return {name: name in have for name in names}
+    except OSError:
+        pass
+    return None
+
+
 def git_commit(root: Path | None = None) -> str | None:
     """The commit of the checkout hdr_lib runs from (or of `root`), '+dirty' when it has uncommitted changes;
     None outside git.
@@ -103,6 +122,8 @@ def environment(device: torch.device | None = None) -> dict:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "cpu_flags": cpu_flags(),  # the instruction sets reduced precision depends on (PRECISION_FLAGS)
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the widest vector code ATen dispatches to
         "gpu": gpu_info(device),
         "cuda_available": torch.cuda.is_available(),
         "git_commit": git_commit(),

@@ -56,7 +56,9 @@ def check_config(config: TrainConfig, framework: str, keras_way: str = "fit") ->
     if framework == "torch":
         return
     config.validate()
-    torch_only = [name for on, name in ((config.amp, "--amp"), (config.channels_last, "--channels-last"),
+    torch_only = [name for on, name in ((config.amp != "off", f"--amp {config.amp}"),
+                                        (config.model != "lenet5", f"--model {config.model}"),
+                                        (config.channels_last, "--channels-last"),
                                         (config.tf32, "--tf32"), (config.compile, "--compile"),
                                         (config.deterministic, "--deterministic"),
                                         (config.path != "fast", f"--path {config.path}")) if on]

@@ -145,10 +145,13 @@ def is_paper_config(record: dict) -> bool:
 
 
 def is_default_run(record: dict) -> bool:
-    """Run the default way: in PyTorch, not compiled, and on CUDA with its graphs and Triton step (records made before these
-    switches existed ran the default way). Runs with another way switched on are comparisons, not the headline."""
+    """Run the default way: in PyTorch, in one process not started by torchrun, not compiled, and on CUDA with its
+    graphs and Triton step (records made before these switches existed ran the default way). Runs with another way
+    switched on are comparisons, not the headline."""
     config = record.get("config", {})
     on_cuda = config.get("device") == "cuda"
+    if record.get("distributed") is not None:  # under torchrun (hdr_lib.distributed): a comparison, not the headline
+        return False
     return (config.get("framework", "torch") == "torch"  # the Keras runs (hdr_lib.keras_lenet) are shown beside
             and not config.get("compile", False)
             and not (on_cuda and (config.get("cuda_graph", True) is False or config.get("triton", True) is False)))

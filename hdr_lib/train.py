@@ -15,10 +15,10 @@ from torch.nn import functional as F
 
 from hdr_lib import data as mnist
 from hdr_lib import checkpoint as checkpoints
-from hdr_lib import cudagraphs, fastcpu, native, paths, tritonstep
+from hdr_lib import cudagraphs, distributed, fastcpu, native, paths, tritonstep
 from hdr_lib.config import ConfigError, TrainConfig, check
 from hdr_lib.hardware import CpuMeter, NvmlSampler, environment, peak_rss_bytes, resolve_device
-from hdr_lib.model import LeNet5
+from hdr_lib.model import LeNet5, build_model
 from hdr_lib.records import SCHEMA, write_json_atomic
 from hdr_lib.timing import Stopwatch, synchronize
 
@@ -33,10 +33,10 @@ def batch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
-def init_model(config: TrainConfig, device: torch.device) -> LeNet5:
-    """Initial weights drawn on the CPU from the seed, then moved: the same on every device."""
+def init_model(config: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """Initial weights drawn on the CPU from the seed, then moved: the same on every device (and every rank)."""
     torch.manual_seed(config.seed)
-    return LeNet5(config.variant).to(device)
+    return build_model(config.model, config.variant).to(device)
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
@@ -134,10 +134,33 @@ def predict_proba(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     return torch.softmax(model(images.to(device)), dim=1).cpu()
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast(config: TrainConfig, device: torch.device):
-    """Mixed precision (bfloat16) when `config.amp`; otherwise a no-op: the paper's float32. No cast cache:
-    a CUDA graph must not capture one (PyTorch's note on graphs and autocast)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp, cache_enabled=False)
+    """Mixed precision (bfloat16 or float16) when `config.amp` says so; with "off" a no-op: the paper's float32. No
+    cast cache: a CUDA graph must not capture one (PyTorch's note on graphs and autocast)."""
+    return torch.autocast(device.type, dtype=AMP_DTYPES.get(config.amp, torch.bfloat16), enabled=config.amp != "off",
+                          cache_enabled=False)
+
+
+def grad_scaler(config: TrainConfig, device: torch.device):
+    """float16's gradient scaler (float16 gradients underflow without one); None for bfloat16 and float32."""
+    return torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
+
+
+def _amp_note(config: TrainConfig, device: torch.device, fast: bool) -> str | None:
+    """What mixed precision ran as, and why there: the record's `execution.amp_step`."""
+    if config.amp == "off":
+        return None
+    if not fast:
+        return f"the module with autograd under {config.amp} autocast (the reference path)"
+    if device.type == "cpu":
+        return (f"the module's forward pass with autograd under {config.amp} autocast: the native C++ step and the "
+                "explicit step compute in float32 only")
+    return (f"PyTorch's kernels under {config.amp} autocast: the Triton step computes in float32 only"
+            + ("; no CUDA graph, since the gradient scaler decides on the host whether to step" if config.amp == "fp16"
+               else ""))
 
 
 # What the fast path runs for a step on the CPU, by the name its records give it (`execution.cpu_step`).
@@ -182,8 +205,9 @@ class _FastSteps:
     compiling and checking the Triton kernels, compiling the model, capturing the graphs."""
 
     def __init__(self, model, optimizer, x_all, y_all, batch_size, amp_context, *, options_on, compiled,
-                 use_graph, full_epochs, partial_epochs, triton=False, tf32=False):
+                 use_graph, full_epochs, partial_epochs, triton=False, tf32=False, scaler=None, dist_ctx=None):
         self.model, self.optimizer, self.amp = model, optimizer, amp_context
+        self.scaler, self.dist, self._dist_state = scaler, dist_ctx, {}  # float16's scaler; the data-parallel run
         self.x_all, self.y_all, self.batch_size = x_all, y_all, batch_size
         self.device = x_all.device
         self.n = x_all.shape[0]
@@ -197,7 +221,10 @@ class _FastSteps:
         self.setup_seconds["native_cpu_step"] = sw_native.seconds if self.native else 0.0
         self.native_unavailable = native.reason() if without_options and not self.native else None
         self.native_step = native.TrainStep(model, optimizer) if self.native else None
-        self.explicit = without_options and not self.native
+        if self.native and dist_ctx is not None:  # the all-reduce between the operator's gradients and the update
+            self.native_step = distributed.NativeStep(self.native_step, dist_ctx)
+        # The explicit step updates the weights itself: under data parallelism the forward pass with autograd runs.
+        self.explicit = without_options and not self.native and dist_ctx is None
         if compiled:
             self.forward = torch.compile(model, dynamic=False)
         else:
@@ -262,8 +289,17 @@ class _FastSteps:
         # While capturing, the gradients are made anew by each step; after, they live in a graph's memory and
         # an eager step zeroes them in place.
         self.optimizer.zero_grad(set_to_none=not self.captured)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        if self.dist is not None:
+            loss = distributed.all_reduce_autograd(self.dist, self.model, loss, self._dist_state)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         return loss.detach()
 
     def _warm_compiled(self) -> None:
@@ -394,6 +430,7 @@ def train(
     max_steps: int | None = None,
     keep_step_losses: bool = False,
     return_model: bool = False,
+    dist_ctx: distributed.Context | None = None,
 ):
     """Train the paper's CNN and return its record (and the model if `return_model`).
 
@@ -404,11 +441,12 @@ def train(
     `checkpoint_dir`, the folder is locked for the run (hdr_lib.checkpoint.FolderLock): a second run on it is
     refused.
     """
-    lock = checkpoints.FolderLock(checkpoint_dir) if checkpoint_dir is not None else None
+    writer = dist_ctx is None or dist_ctx.is_writer  # under torchrun only rank 0 writes, and so locks
+    lock = checkpoints.FolderLock(checkpoint_dir) if checkpoint_dir is not None and writer else None
     try:
         return _train(config, data=data, data_root=data_root, out=out, checkpoint_dir=checkpoint_dir, resume=resume,
                       progress=progress, on_epoch=on_epoch, max_steps=max_steps, keep_step_losses=keep_step_losses,
-                      return_model=return_model, lock=lock)
+                      return_model=return_model, lock=lock, dist_ctx=dist_ctx)
     finally:
         if lock is not None:
             lock.release()
@@ -428,12 +466,18 @@ def _train(
     keep_step_losses: bool = False,
     return_model: bool = False,
     lock: checkpoints.FolderLock | None = None,
+    dist_ctx: distributed.Context | None = None,
 ):
     """The body of `train`, which holds `lock` (the checkpoint folder's) and lets it go however this ends."""
     config.validate()
     if max_steps is not None:
         max_steps = check("max_steps", max_steps)
     device = resolve_device(config.device)
+    if config.amp == "fp16" and device.type != "cuda":
+        raise ConfigError("amp fp16 runs on CUDA only (float16 with a gradient scaler); on the CPU use amp bf16")
+    if dist_ctx is not None:  # data parallelism: refuse a batch that does not split, before any work; rank 0 writes
+        dist_ctx.check(config.batch_size)
+        out = out if dist_ctx.is_writer else None
     out = paths.output_file(out, "out") if out is not None else None
     checkpoint_dir = paths.output_folder(checkpoint_dir, "checkpoint_dir") if checkpoint_dir is not None else None
     if resume and checkpoint_dir is None:
@@ -453,12 +497,20 @@ def _train(
         elif config.path == "reference":
             train_ds, test_ds = mnist.torchvision_datasets(data_root if data is None else data.root)
     run.setup_seconds["data_load"] = sw_load.seconds
+    if dist_ctx is not None:
+        with Stopwatch() as sw_join:
+            dist_ctx.start(device)
+        run.setup_seconds["process_group"] = sw_join.seconds
 
     model = init_model(config, device)
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     fast = config.path == "fast"
-    use_graph = fast and device.type == "cuda" and config.cuda_graph
+    # No CUDA graph under float16's gradient scaler (it decides on the host) or data parallelism (a collective a step)
+    use_graph = fast and device.type == "cuda" and config.cuda_graph and config.amp != "fp16" and dist_ctx is None
+    scaler = grad_scaler(config, device)
+    net = distributed.wrap_reference(dist_ctx, model) if dist_ctx is not None and not fast else model
+    local_batch = config.batch_size // (dist_ctx.world_size if dist_ctx is not None else 1)
     # On the CUDA fast path lr is a device tensor: a graph and the Triton step read it there at every step.
     lr_tensor = fast and device.type == "cuda"
     optimizer, scheduler = _make_optimizer(model, config, device, fast, lr_tensor=lr_tensor)
@@ -502,11 +554,11 @@ def _train(
     if max_steps is not None:
         total_steps = min(total_steps, max_steps)
     if fast:
-        stepper = _FastSteps(model, optimizer, x_all, y_all, config.batch_size, lambda: autocast(config, device),
-                             options_on=config.amp or config.channels_last, compiled=config.compile,
+        stepper = _FastSteps(model, optimizer, x_all, y_all, local_batch, lambda: autocast(config, device),
+                             options_on=config.amp != "off" or config.channels_last, compiled=config.compile,
                              triton=config.triton and device.type == "cuda", tf32=config.tf32,
                              use_graph=use_graph, full_epochs=total_steps >= steps_per_epoch,
-                             partial_epochs=total_steps % steps_per_epoch != 0)
+                             partial_epochs=total_steps % steps_per_epoch != 0, scaler=scaler, dist_ctx=dist_ctx)
         run.setup_seconds.update(stepper.setup_seconds)
     on_cuda = device.type == "cuda"
     run.extra["execution"] = {"cuda_graph": use_graph, "fused_sgd": fast, "steps_per_epoch": steps_per_epoch,
@@ -519,7 +571,12 @@ def _train(
                               "cuda_graph_error": stepper.graph_error if fast and on_cuda else None,
                               "cuda_kernels": stepper.cuda_kernels if fast and on_cuda else None,
                               "triton_unavailable": stepper.triton_unavailable if fast and on_cuda else None,
-                              "amp_bfloat16": config.amp, "channels_last": config.channels_last}
+                              "amp_bfloat16": config.amp == "bf16", "amp": config.amp,
+                              "amp_step": _amp_note(config, device, fast), "model": config.model,
+                              "channels_last": config.channels_last}
+    if dist_ctx is not None:
+        run.extra["distributed"] = dist_ctx.record(sum(p.numel() for p in model.parameters()))
+        run.extra["distributed"]["batch_per_rank"] = local_batch
 
     show = _progress_enabled(progress)
     cpu_meter = CpuMeter()
@@ -543,6 +600,8 @@ def _train(
             if limit <= 0:
                 break
             order = batch_order(config.seed, epoch, n_train)
+            if dist_ctx is not None:  # this rank's shard of each global batch
+                order = dist_ctx.shard(order, config.batch_size, limit)
             _set_lr(optimizer, lr_at(config, epoch), lr_tensors)
             batch_bar = _bar(show, total=limit, leave=False, desc=f"epoch {epoch}", unit="batch")
             with Stopwatch(device) as sw_train, torch.profiler.record_function(TRAIN_STEPS_LABEL):
@@ -552,21 +611,28 @@ def _train(
                                             for i in range(limit)], dtype=torch.float32)
                 else:
                     sampler = [int(j) for j in order]
-                    loader = torch.utils.data.DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler)
+                    loader = torch.utils.data.DataLoader(train_ds, batch_size=local_batch, sampler=sampler)
                     values, counts = [], []
                     for i, (x, y) in enumerate(loader):
                         if i >= limit:
                             break
                         x, y = x.to(device).contiguous(memory_format=layout), y.to(device)
                         with autocast(config, device):
-                            loss = F.cross_entropy(model(x), y)
+                            loss = F.cross_entropy(net(x), y)
                         optimizer.zero_grad()
-                        loss.backward()
-                        optimizer.step()
+                        if scaler is not None:
+                            scaler.scale(loss).backward()
+                            scaler.step(optimizer)
+                            scaler.update()
+                        else:
+                            loss.backward()
+                            optimizer.step()
                         values.append(loss.item())
                         counts.append(x.shape[0])
                         batch_bar.update()
                     losses, weights = torch.tensor(values), torch.tensor(counts, dtype=torch.float32)
+                    if dist_ctx is not None:  # each rank's shard losses -> the global batches' losses
+                        losses = dist_ctx.mean_losses(losses)
             batch_bar.close()
             lr_used = lr_at(config, epoch)
             scheduler.step()
@@ -584,12 +650,16 @@ def _train(
                 "lr": lr_used,
                 "steps": limit,
             }
+            if dist_ctx is not None:
+                entry.update(dist_ctx.take_epoch_stats())
+                run.extra["distributed"]["communication_seconds"] = sum(
+                    e.get("communication_seconds", 0.0) for e in run.epochs + [entry])
             run.epochs.append(entry)
             # The record first, then the checkpoint: a run killed between the two resumes from the previous
             # checkpoint and redoes this epoch, but a checkpoint never gets ahead of the record it belongs to.
             if out is not None:
                 write_json_atomic(out, run.record())
-            if checkpoint_dir is not None:
+            if checkpoint_dir is not None and (dist_ctx is None or dist_ctx.is_writer):
                 _save_checkpoint(checkpoint_dir, config, epoch, model, optimizer, scheduler, run)
             epoch_bar.update()
             epoch_bar.set_postfix(loss=f"{entry['train_loss']:.4f}", acc=f"{accuracy:.2f}%")

@@ -12,12 +12,12 @@
 #   back every stage it finished. Here: tar -xzf <files_at>/gpu-*.tar.gz -C results/, then commit.
 #   $OUT unset (by hand): the records go straight to results/gpu-<date>/.
 #
-# DEVICE, SEEDS, REF_SEEDS, COMPILE_SEEDS (also for --no-triton), ROUNDS, EPOCHS, TESTS and STAGES override the
+# DEVICE, SEEDS, REF_SEEDS, COMPILE_SEEDS (also for --no-triton, mixed precision and the residual network), ROUNDS, EPOCHS, TESTS and STAGES override the
 # defaults (cuda, 5, 2, 2, 5, 20, the three test files and every stage below), and MAX_STEPS (unset) stops every
 # run after that many steps: the test suite runs this script on the CPU with tiny values, so it is known to work
 # before a GPU is lent. All stages together may take longer than
 # the device tool's 10 minutes a command: split them over two calls, e.g.
-# STAGES="fast bench kernels tests fast-aten cpu", then STAGES="fast-compiled reference" (each call packs its own
+# STAGES="fast bench kernels tests fast-aten cpu", then STAGES="amp resnet fast-compiled reference" (each call packs its own
 # gpu-<date>.tar.gz).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -28,7 +28,7 @@ COMPILE_SEEDS="${COMPILE_SEEDS:-2}"
 ROUNDS="${ROUNDS:-5}"
 EPOCHS="${EPOCHS:-20}"
 TESTS="${TESTS:-tests/test_cuda.py tests/test_tritonstep.py tests/test_cudagraphs.py}"
-STAGES="${STAGES:-fast bench kernels tests fast-aten cpu fast-compiled reference}"
+STAGES="${STAGES:-fast bench kernels tests fast-aten cpu amp resnet fast-compiled reference}"
 # One timing session for every record this script makes (records.session_of; the book shows sessions apart).
 export HDR_SESSION="${HDR_SESSION:-gpu-replication $(date -u +%Y-%m-%dT%H:%M:%SZ)}"
 [ -d .gpu/MNIST/raw ] || { echo "no .gpu/MNIST/raw: run scripts/pack_mnist_for_gpu.sh first, and carry .gpu" >&2; exit 2; }
@@ -98,6 +98,15 @@ if [ "$DEVICE" != cpu ]; then
   wanted cpu && stage cpu bash -c "python3 -m hdr_lib replicate ${host_cpu[*]} --seeds 2 --out-dir '$out/host-cpu' \
     && python3 -m hdr_lib replicate ${host_cpu[*]} --path reference --seeds 2 --out-dir '$out/host-cpu'"
 fi
+# The paper's future work (§5) on this device: mixed precision (bfloat16 autocast; on CUDA also float16 with a
+# gradient scaler) and the small residual network (hdr_lib.model.ResNet). One GPU: no data-parallel stage.
+if wanted amp; then
+  stage amp-bf16 python3 -m hdr_lib replicate "${common[@]}" --amp bf16 --seeds "$COMPILE_SEEDS" --out-dir "$out"
+  [ "$DEVICE" != cpu ] && stage amp-fp16 python3 -m hdr_lib replicate "${common[@]}" --amp fp16 \
+    --seeds "$COMPILE_SEEDS" --out-dir "$out"
+fi
+wanted resnet && stage resnet python3 -m hdr_lib replicate "${common[@]}" --model resnet --seeds "$COMPILE_SEEDS" \
+  --out-dir "$out"
 # PyTorch's kernels compiled by torch.compile (a minute or so of compilation per process).
 wanted fast-compiled && stage fast-compiled python3 -m hdr_lib replicate "${common[@]}" --compile --seeds "$COMPILE_SEEDS" \
   --out-dir "$out"

@@ -50,24 +50,29 @@ def test_gpu_replication_script_packs_every_stage_into_one_file_in_out(tmp_path,
         tar.extractall(tmp_path / "unpacked", filter="data")
     (folder,) = (tmp_path / "unpacked").iterdir()
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["bench-cpu.json", "cpu-fast-e1-b64-compiled-seed0.json", "cpu-fast-e1-b64-seed0.json",
+    assert names == ["bench-cpu.json", "cpu-fast-e1-b64-bf16-seed0.json", "cpu-fast-e1-b64-compiled-seed0.json",
+                     "cpu-fast-e1-b64-resnet-seed0.json", "cpu-fast-e1-b64-seed0.json",
                      "cpu-reference-e1-b64-seed0.json", "info.txt", "log.txt", "nvidia-smi.txt", "stages.txt"]
     stages = (folder / "stages.txt").read_text().splitlines()
-    assert [line.split(":")[0] for line in stages] == ["nvidia-smi", "info", "fast", "bench", "tests",
-                                                      "fast-compiled", "reference"]
+    assert [line.split(":")[0] for line in stages] == ["nvidia-smi", "info", "fast", "bench", "tests", "amp-bf16",
+                                                      "resnet", "fast-compiled", "reference"]
     assert all(": exit 0 after " in line for line in stages), stages
     log = (folder / "log.txt").read_text()
     assert "passed" in log and "skipped" in log  # the CUDA tests skip on the CPU, the emulated graph tests pass
     for name in ("cpu-fast-e1-b64-seed0.json", "cpu-reference-e1-b64-seed0.json",
-                 "cpu-fast-e1-b64-compiled-seed0.json"):
+                 "cpu-fast-e1-b64-compiled-seed0.json", "cpu-fast-e1-b64-bf16-seed0.json",
+                 "cpu-fast-e1-b64-resnet-seed0.json"):
         record = read_record(folder / name)
         assert record["status"] == "incomplete" and record["max_steps"] == 20  # a check, never a headline record
         assert record["epochs"][0]["steps"] == 20 and 0 <= record["test_accuracy"] <= 100
     assert read_record(folder / "cpu-fast-e1-b64-compiled-seed0.json")["execution"]["compiled"]
+    # The future-work stages: mixed precision and the residual network.
+    assert read_record(folder / "cpu-fast-e1-b64-bf16-seed0.json")["config"]["amp"] == "bf16"
+    assert read_record(folder / "cpu-fast-e1-b64-resnet-seed0.json")["config"]["model"] == "resnet"
     bench = read_record(folder / "bench-cpu.json")
     assert bench["kind"] == "bench" and bench["max_steps"] == 20 and bench["status"] == "incomplete"
     # Unpacked into results/, the folder holds nothing the book's record loader cannot read.
-    assert len(load_records(folder, kind=None, status=None)) == 4
+    assert len(load_records(folder, kind=None, status=None)) == 6
 
 
 def test_a_failing_stage_is_noted_and_the_later_stages_still_run(tmp_path, data_root):
@@ -85,8 +90,9 @@ def test_a_failing_stage_is_noted_and_the_later_stages_still_run(tmp_path, data_
     with tarfile.open(archive) as tar:
         stages = tar.extractfile(f"{archive.name[:-7]}/stages.txt").read().decode().splitlines()
     assert [line.split(":")[0] for line in stages] == ["nvidia-smi", "info", "fast", "fast-nograph", "bench",
-                                                      "tests", "fast-compiled", "reference"]
-    assert [": exit 0 " in line for line in stages] == [True, True, False, False, False, True, False, False]
+                                                      "tests", "amp-bf16", "resnet", "fast-compiled", "reference"]
+    assert [": exit 0 " in line for line in stages] == [True, True, False, False, False, True, False, False, False,
+                                                        False]
 
 
 def test_stages_chosen_by_name_run_alone(tmp_path, data_root):

@@ -118,7 +118,7 @@ def test_record_names_do_not_collide():
 @pytest.mark.parametrize("args, fragment", [
     (["--framework", "bogus"], "invalid choice: 'bogus'"),
     (["--framework", "keras-tensorflow", "--keras-way", "eager"], "invalid choice: 'eager'"),
-    (["--framework", "keras-jax", "--amp"], "--amp applies to the PyTorch runs only"),
+    (["--framework", "keras-jax", "--amp"], "--amp bf16 applies to the PyTorch runs only"),
     (["--framework", "keras-tensorflow", "--path", "reference"], "--path reference applies to the PyTorch runs"),
     (["--framework", "keras-torch", "--device", "cuda"], "runs on the CPU here"),
     (["--framework", "keras-tensorflow", "--resume", "--checkpoint-dir", "ck"], "apply to the PyTorch runs only"),

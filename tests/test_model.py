@@ -46,3 +46,26 @@ def test_training_flops_count_the_paper_layers_multiply_adds():
     assert training_flops() == {"forward_macs_per_image": conv1 + rest, "train_macs_per_image": train,
                                 "train_flops_per_epoch": 2 * train * 60_000}
     assert training_flops(images=10)["train_flops_per_epoch"] == 20 * train
+
+
+def test_the_residual_network_counts_its_flops_with_the_same_function():
+    from hdr_lib.model import ResNet, build_model, training_flops
+
+    net = ResNet()
+    assert isinstance(build_model("resnet"), ResNet) and isinstance(build_model("lenet5", "lenet1998"), LeNet5)
+    assert net(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    # stem 1->16; stage 1: two 16->16; stage 2: 16->32 (stride 2), 32->32, 1x1 shortcut; stage 3 likewise to 64;
+    # batch-norm scale and shift per channel; a 64->10 linear layer.
+    convs = 9 * 16 + 2 * 9 * 16 * 16 + 9 * 16 * 32 + 9 * 32 * 32 + 16 * 32 + 9 * 32 * 64 + 9 * 64 * 64 + 32 * 64
+    norms = 2 * (16 + 2 * 16 + 3 * 32 + 3 * 64)
+    assert count_parameters(net) == convs + norms + 64 * 10 + 10 == 77_754
+    # Multiply-adds on 28x28, 14x14 and 7x7 maps: every 3x3 tap of every output, the 1x1 shortcuts, the linear layer.
+    stem = 28 * 28 * 16 * 9
+    forward = (stem + 2 * 28 * 28 * 16 * 144 + 14 * 14 * 32 * (144 + 288 + 16) + 7 * 7 * 64 * (288 + 576 + 32)
+               + 64 * 10)
+    flops = training_flops(model="resnet")
+    assert flops["forward_macs_per_image"] == forward
+    assert flops["train_macs_per_image"] == 3 * forward - stem
+    assert flops["train_flops_per_epoch"] > 30 * training_flops()["train_flops_per_epoch"]
+    with pytest.raises(ValueError, match="model"):
+        build_model("transformer")

@@ -23,7 +23,7 @@ def execute(name, tmp_path, **parameters):
 
 def test_every_chapter_has_a_parameters_cell_followed_by_the_check():
     names = sorted(p.name for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-    assert len(names) == 10
+    assert len(names) == 11
     for name in names:
         cells = nbformat.read(NOTEBOOKS / name, as_version=4).cells
         index = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))

@@ -1,0 +1,381 @@
+"""What chapter 11 ("The paper's future work") shows: mixed precision, data-parallel training and a deeper network,
+each from the records in results/ (nothing typed in by hand), with "not yet measured" where no record exists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hdr_lib import stats
+from hdr_lib.model import ResNet, LeNet5, count_parameters, training_flops
+from hdr_lib.records import is_default_run, load_records, one_machine
+
+NOT_YET = "not yet measured"
+
+
+def _folder(results_dir) -> Path:
+    from hdr_lib.notebook import results_folder
+
+    return results_folder(results_dir)
+
+
+def _train_records(results_dir, status="complete") -> list[dict]:
+    folder = _folder(results_dir)
+    return load_records(folder, kind="train", status=status) if folder.is_dir() else []
+
+
+def amp_mode(record: dict) -> str:
+    """A record's mixed precision: "off", "bf16" or "fp16" (records made when amp was a boolean hold false/true)."""
+    amp = record.get("config", {}).get("amp", False)
+    return {False: "off", True: "bf16", None: "off"}.get(amp, amp) if not isinstance(amp, str) else amp
+
+
+def model_name(record: dict) -> str:
+    return record.get("config", {}).get("model", "lenet5")
+
+
+def world_size(record: dict) -> int | None:
+    """The number of processes of a run under torchrun; None for a plain one-process run."""
+    return (record.get("distributed") or {}).get("world_size")
+
+
+def _plain(record: dict, device: str, path: str = "fast") -> bool:
+    """One process, the paper's LeNet-5 and settings apart from mixed precision, run the default way."""
+    config = record.get("config", {})
+    deviations = {k: v for k, v in record.get("deviations_from_paper", {}).items() if k != "amp"}
+    return (config.get("device") == device and config.get("path") == path and world_size(record) is None
+            and model_name(record) == "lenet5" and not deviations and is_default_run(record))
+
+
+def seconds_per_epoch(record: dict) -> float:
+    """Mean training seconds of the record's epochs (each of them full)."""
+    epochs = record["epochs"]
+    return sum(e["train_seconds"] for e in epochs) / len(epochs)
+
+
+def _fmt_summary(s: dict, digits: int = 2, unit: str = "") -> str:
+    if s["n"] == 0:
+        return NOT_YET
+    if s["n"] == 1:
+        return f"{s['mean']:.{digits}f}{unit} (1 run)"
+    return f"{s['mean']:.{digits}f}{unit} [{s['ci95_low']:.{digits}f}, {s['ci95_high']:.{digits}f}]"
+
+
+def _load_note(records: list[dict]) -> str:
+    loads = [r["environment"]["load_average"][0] for r in records if r["environment"].get("load_average")]
+    if not loads:
+        return "load not recorded"
+    return f"1-minute load {min(loads):.1f}-{max(loads):.1f} on {records[0]['environment'].get('cpu_count')} cores"
+
+
+# --- mixed precision -----------------------------------------------------------------------------------------------
+
+def precision_groups(results_dir=None) -> dict:
+    """Complete runs of the paper's LeNet-5 (one process, fast path) by device and precision, of any length."""
+    groups = {}
+    for record in _train_records(results_dir):
+        for device in ("cpu", "cuda"):
+            if _plain(record, device):
+                groups.setdefault((device, amp_mode(record)), []).append(record)
+    return {key: one_machine(runs) for key, runs in groups.items()}
+
+
+def compared_epoch(groups: dict, device: str = "cpu") -> int:
+    """The epoch at which the precisions are compared: the shortest mixed-precision run's last (20 without one).
+    A run of E epochs follows the same lr schedule as the first E epochs of a 20-epoch run, so its accuracy
+    after E epochs is compared with the 20-epoch runs' accuracy after their epoch E, seed for seed."""
+    lengths = [len(r["epochs"]) for (d, mode), runs in groups.items() if d == device and mode != "off" for r in runs]
+    return min(lengths) if lengths else 20
+
+
+def _accuracy_at(record: dict, epoch: int) -> float | None:
+    return record["epochs"][epoch - 1]["test_accuracy"] if len(record["epochs"]) >= epoch else None
+
+
+def precision_rows(results_dir=None) -> list[dict]:
+    groups = precision_groups(results_dir)
+    rows = []
+    for device in ("cpu", "cuda"):
+        epoch = compared_epoch(groups, device)
+        for mode in ("off", "bf16", "fp16"):
+            if device == "cpu" and mode == "fp16":
+                continue  # float16 runs on CUDA only (hdr_lib.train refuses it on the CPU)
+            runs = [r for r in groups.get((device, mode), []) if len(r["epochs"]) >= epoch]
+            rows.append({"device": device, "amp": mode, "runs": runs, "epoch": epoch,
+                         "accuracy": stats.summarize([_accuracy_at(r, epoch) for r in runs]),
+                         "seconds_per_epoch": stats.summarize([seconds_per_epoch(r) for r in runs]),
+                         "step": (runs[0]["execution"].get("amp_step") or runs[0]["execution"].get("cpu_step")
+                                  if runs else None)})
+    return rows
+
+
+def precision_markdown(results_dir=None) -> str:
+    """Accuracy and seconds per epoch by precision, CPU and GPU, with the bfloat16-float32 difference seed for seed."""
+    rows = precision_rows(results_dir)
+    names = {"off": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast + gradient scaler"}
+    lines = ["| device | precision | seeds | compared after epoch | test accuracy, mean [95 % CI] | seed range | "
+             "s / epoch, mean [95 % CI] |", "| --- | --- | ---: | ---: | --- | --- | --- |"]
+    for row in rows:
+        acc, sec = row["accuracy"], row["seconds_per_epoch"]
+        spread = f"{acc['min']:.2f}-{acc['max']:.2f} %" if acc["n"] else NOT_YET
+        lines.append(f"| {row['device']} | {names[row['amp']]} | {acc['n']} | {row['epoch']} | "
+                     f"{_fmt_summary(acc, 2, ' %')} | {spread} | {_fmt_summary(sec, 2, ' s')} |")
+    text = "\n".join(lines)
+    by = {(r["device"], r["amp"]): r for r in rows}
+    f32, b16 = by[("cpu", "off")], by[("cpu", "bf16")]
+    if not (f32["runs"] and b16["runs"]):
+        return text
+    epoch = b16["epoch"]
+    base = {r["config"]["seed"]: _accuracy_at(r, epoch) for r in f32["runs"]}
+    pairs = [(_accuracy_at(r, epoch), base[r["config"]["seed"]]) for r in b16["runs"] if r["config"]["seed"] in base]
+    if epoch < 20:
+        first = "the first epoch" if epoch == 1 else f"the first {epoch} epochs"
+        text += (f"\n\nThe bfloat16 runs are {epoch} epoch{'s' if epoch > 1 else ''} long; with the same lr schedule "
+                 f"as {first} of a 20-epoch run, each is compared with the float32 run of its seed after epoch "
+                 f"{epoch} (same initial weights, same batches).")
+    if pairs:
+        diff = stats.summarize([b - a for b, a in pairs])
+        if diff["n"] >= 2:
+            text += (f" bfloat16 minus float32, seed for seed: {diff['mean']:+.3f} percentage points, 95 % CI "
+                     f"[{diff['ci95_low']:+.3f}, {diff['ci95_high']:+.3f}] over {diff['n']} seeds (range "
+                     f"{diff['min']:+.2f} to {diff['max']:+.2f}).")
+        else:
+            text += f" bfloat16 minus float32 for the one seed in both: {diff['mean']:+.3f} percentage points."
+        sd = f32["accuracy"]["std"]
+        if sd is not None:
+            text += (f" The float32 seeds differ from each other by a standard deviation of {sd:.3f} points after "
+                     f"epoch {epoch}: the mean difference is {'inside' if abs(diff['mean']) <= sd else 'outside'} "
+                     "the seed-to-seed spread.")
+    ratio = b16["seconds_per_epoch"]["mean"] / f32["seconds_per_epoch"]["mean"]
+    text += (f" An epoch took {ratio:.1f}x as long in bfloat16 as the float32 fast path's (bfloat16 runs: "
+             f"{_load_note(b16['runs'])}; float32 runs: {_load_note(f32['runs'])}; timings on this shared machine "
+             "move with its load, the alternating comparison below does not).")
+    return text
+
+
+def cpu_flags_markdown(results_dir=None) -> str:
+    """The CPU's instruction sets for reduced precision, as the bfloat16 records hold them."""
+    runs = precision_groups(results_dir).get(("cpu", "bf16"), [])
+    ab = amp_ab(results_dir)
+    runs = runs + ([ab] if ab is not None else [])  # the A/B record ran bfloat16 on the CPU too
+    runs = [r for r in runs if r["environment"].get("cpu_flags")]
+    flags = runs[0]["environment"]["cpu_flags"] if runs else None
+    if not flags:
+        return f"The CPU's instruction sets for bfloat16: {NOT_YET} (no bfloat16 record holds them)."
+    env = runs[0]["environment"]
+    have = ", ".join(k for k, v in flags.items() if v) or "none of them"
+    lack = ", ".join(k for k, v in flags.items() if not v) or "none"
+    bf16_native = flags.get("avx512_bf16") or flags.get("amx_bf16")
+    return (f"The bfloat16 records' CPU, {env['cpu']}, has {have}; it lacks {lack}. ATen dispatches its widest "
+            f"vector code as {env.get('cpu_capability', 'unknown')}. "
+            + ("It computes in bfloat16 natively." if bf16_native else
+               "Without AVX512_BF16 or AMX-BF16 no instruction computes in bfloat16: every bfloat16 operand is "
+               "widened to float32 for the arithmetic and rounded back after it, so bfloat16 adds conversions "
+               "and saves no arithmetic."))
+
+
+def amp_ab(results_dir=None) -> dict | None:
+    """The A/B record of scripts/ab_amp_cpu.py (float32 against bfloat16, one step at a time), if there is one."""
+    path = _folder(results_dir) / "ab-amp-cpu.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def amp_ab_markdown(results_dir=None) -> str:
+    record = amp_ab(results_dir)
+    if record is None:
+        return f"Step times of float32 against bfloat16 on the same code: {NOT_YET} (scripts/ab_amp_cpu.py)."
+    lines = ["| step | float32, ms / step | bfloat16, ms / step | bfloat16 / float32 |", "| --- | ---: | ---: | ---: |"]
+    for name, way in record["ways"].items():
+        f32, b16 = way["float32"]["median_ms"], way["bfloat16"]["median_ms"]
+        lines.append(f"| {name} | {f32:.2f} | {b16:.2f} | {b16 / f32:.2f}x |")
+    text = "\n".join(lines)
+    ops = record.get("top_ops")
+    if ops:
+        text += ("\n\nWhere one step's time goes (module with autograd, torch.profiler, self CPU time per step):\n\n"
+                 "| operator | float32, ms | bfloat16, ms |\n| --- | ---: | ---: |\n")
+        text += "\n".join(f"| `{name}` | {v.get('float32', 0):.2f} | {v.get('bfloat16', 0):.2f} |"
+                          for name, v in ops.items())
+    slow = [name for name, v in (ops or {}).items() if "slow_conv2d" in name and v.get("bfloat16", 0) > 0
+            and not v.get("float32")]
+    if slow:
+        text += (f"\n\nIn bfloat16 the convolutions ran as {', '.join(f'`{n}`' for n in slow)}, PyTorch's generic "
+                 "implementation, which float32 never used here: the oneDNN convolutions that float32 ran were not used for "
+                 "bfloat16 on this CPU.")
+    return text
+
+
+# --- data parallelism ----------------------------------------------------------------------------------------------
+
+def gradient_bytes() -> dict:
+    """What one all-reduce carries a step: LeNet-5's float32 gradients."""
+    n = count_parameters(LeNet5())
+    return {"elements": n, "bytes": 4 * n, "kilobytes": 4 * n / 1000}
+
+
+def ddp_rows(results_dir=None) -> list[dict]:
+    """CPU runs of the paper's configuration under torchrun, grouped by world size: the time from every epoch of
+    complete runs and of runs stopped by max_steps, the accuracy from complete 20-epoch runs, beside the plain
+    one-process fast runs of the same seeds."""
+    records = [r for r in _train_records(results_dir, status=None)
+               if r["status"] == "complete" or (r.get("max_steps") is not None and r["epochs"])]
+    plain = {r["config"]["seed"]: r for r in one_machine([r for r in records if _plain(r, "cpu")
+                                                          and amp_mode(r) == "off" and r["config"]["epochs"] == 20])}
+    groups = {}
+    for r in records:
+        config = r["config"]
+        if (world_size(r) is not None and config["device"] == "cpu" and model_name(r) == "lenet5"
+                and amp_mode(r) == "off" and config["epochs"] == 20 and r["deviations_from_paper"] == {}
+                and r["execution"].get("steps_per_epoch") == 938):
+            groups.setdefault(world_size(r), []).append(r)
+    rows = []
+    for world, runs in sorted(groups.items()):
+        steps = [sum(e["steps"] for e in r["epochs"]) for r in runs]
+        comm = [r["distributed"]["communication_seconds"] for r in runs]
+        train = [r["total_train_seconds"] for r in runs]
+        done = [r for r in runs if r["status"] == "complete"]
+        rows.append({
+            "world_size": world, "threads_per_rank": runs[0]["distributed"]["threads_per_rank"], "runs": runs,
+            "seconds_per_epoch": stats.summarize([seconds_per_epoch(r) for r in runs]),
+            "accuracy": stats.summarize([r["test_accuracy"] for r in done]),
+            "epochs_timed": sum(len(r["epochs"]) for r in runs),
+            "comm_share": stats.summarize([c / t for c, t in zip(comm, train)]),
+            "allreduce_ms": stats.summarize([1000 * c / s for c, s in zip(comm, steps)]),
+            "compute_ms": stats.summarize([1000 * (t - c) / s for c, t, s in zip(comm, train, steps)]),
+            "plain_accuracy": {r["config"]["seed"]: plain[r["config"]["seed"]]["test_accuracy"]
+                               for r in done if r["config"]["seed"] in plain},
+        })
+    return rows
+
+
+def ddp_markdown(results_dir=None) -> str:
+    rows = ddp_rows(results_dir)
+    g = gradient_bytes()
+    head = (f"Each step all-reduces {g['elements']:,} float32 gradients ({g['kilobytes']:.1f} kB) and the loss. ")
+    if not rows:
+        return head + f"1 process x 2 threads against 2 processes x 1 thread on the CPU: {NOT_YET}."
+    lines = ["| processes x threads | runs (epochs timed) | s / epoch [95 % CI] | all-reduce, ms / step | rest of a step, ms | "
+             "all-reduce's share of training | accuracy | one plain process, same seeds |",
+             "| --- | ---: | --- | ---: | ---: | ---: | --- | --- |"]
+    for row in rows:
+        plain = ", ".join(f"{v:.2f} %" for _, v in sorted(row["plain_accuracy"].items())) or NOT_YET
+        done = sorted((r for r in row["runs"] if r["status"] == "complete"), key=lambda r: r["config"]["seed"])
+        accs = ", ".join(f"{r['test_accuracy']:.2f} % (seed {r['config']['seed']})" for r in done) or (
+            "stopped by max_steps (timing only)")
+        lines.append(f"| {row['world_size']} x {row['threads_per_rank']} | {len(row['runs'])} "
+                     f"({row['epochs_timed']}) | "
+                     f"{_fmt_summary(row['seconds_per_epoch'], 2, ' s')} | {row['allreduce_ms']['mean']:.3f} | "
+                     f"{row['compute_ms']['mean']:.3f} | {100 * row['comm_share']['mean']:.1f} % | {accs} | {plain} |")
+    text = head + "\n\n" + "\n".join(lines)
+    text += f"\n\nLoad while these ran: {_load_note([r for row in rows for r in row['runs']])}."
+    return text
+
+
+def ddp_verdict(results_dir=None) -> str:
+    """When data parallelism pays for a network this small: a step's compute against one all-reduce's latency."""
+    rows = {row["world_size"]: row for row in ddp_rows(results_dir)}
+    if 2 not in rows:
+        return f"Whether two processes beat one on this CPU: {NOT_YET}."
+    two = rows[2]
+    compute, comm = two["compute_ms"]["mean"], two["allreduce_ms"]["mean"]
+    text = (f"With 2 processes each rank computes half a batch in {compute:.3f} ms and then waits {comm:.3f} ms for "
+            f"the all-reduce. Splitting a batch over N ranks divides the first and adds the second, so N ranks "
+            f"gain only while the compute saved, (1 - 1/N) x the whole batch's compute, exceeds one all-reduce. ")
+    if 1 in rows:
+        one = rows[1]
+        ratio = two["seconds_per_epoch"]["mean"] / one["seconds_per_epoch"]["mean"]
+        text += (f"Measured: 2 processes x 1 thread took {ratio:.2f}x the time per epoch of 1 process x 2 threads "
+                 f"({'faster' if ratio < 1 else 'slower'}). ")
+    else:
+        text += (f"1 process x 2 threads through the same code (torchrun --nproc-per-node 1): {NOT_YET}, so "
+                 "whether 2 processes beat it on this CPU is not yet measured either. ")
+    text += ("A network this small pays for data parallelism only where a step's compute is large against the "
+             "all-reduce's latency: larger batches per rank, or many more parameters' worth of work per gradient "
+             "byte. Across GPUs the same arithmetic holds with NCCL's latency; the multi-GPU cells are "
+             f"{NOT_YET}.")
+    return text
+
+
+# --- a deeper network ----------------------------------------------------------------------------------------------
+
+def network_rows(results_dir=None, matmul_gflops: float | None = None) -> list[dict]:
+    """Seconds per epoch against FLOPs per epoch for LeNet-5 (fast and reference paths) and the residual network on
+    the CPU (and CUDA where recorded), with the sustained rate and its share of the matrix product's."""
+    records = _train_records(results_dir, status=None)
+    if matmul_gflops is None:
+        matmul_gflops = cpu_matmul_gflops(results_dir)
+    flops = {"lenet5": training_flops(model="lenet5")["train_flops_per_epoch"],
+             "resnet": training_flops(model="resnet")["train_flops_per_epoch"]}
+    params = {"lenet5": count_parameters(LeNet5()), "resnet": count_parameters(ResNet())}
+    rows = []
+    for device in ("cpu", "cuda"):
+        for model, path in (("lenet5", "fast"), ("lenet5", "reference"), ("resnet", "fast"), ("resnet", "reference")):
+            runs = [r for r in records if r["config"]["device"] == device and r["config"]["path"] == path
+                    and model_name(r) == model and amp_mode(r) == "off" and world_size(r) is None
+                    and is_default_run(r) and r["epochs"]
+                    and (r["status"] == "complete" or r.get("max_steps") is not None)
+                    and set(r["deviations_from_paper"]) <= {"model", "epochs"}]
+            runs = one_machine(runs)
+            if not runs and (model, path) in (("lenet5", "reference"), ("resnet", "reference")):
+                continue  # shown where measured only
+            per_epoch = [sum(e["train_seconds"] for e in r["epochs"]) / sum(e["steps"] for e in r["epochs"])
+                         * r["execution"]["steps_per_epoch"] for r in runs]
+            s = stats.summarize(per_epoch)
+            gflops = flops[model] / s["mean"] / 1e9 if s["n"] else None
+            rows.append({"device": device, "model": model, "path": path, "runs": runs, "seconds_per_epoch": s,
+                         "parameters": params[model], "train_flops_per_epoch": flops[model], "gflops": gflops,
+                         "share_of_matmul": gflops / matmul_gflops if gflops and matmul_gflops and device == "cpu"
+                         else None,
+                         "steps_timed": sum(sum(e["steps"] for e in r["epochs"]) for r in runs),
+                         "epochs": sorted({r["config"]["epochs"] for r in runs})})
+    return rows
+
+
+def cpu_matmul_gflops(results_dir=None) -> float | None:
+    """The CPU's float32 matrix-product rate from the benchmark record (hdr_lib.ceiling), if there is one."""
+    path = _folder(results_dir) / "bench-cpu.json"
+    if not path.is_file():
+        return None
+    return ((json.loads(path.read_text()).get("ceiling") or {}).get("matmul") or {}).get("gflops")
+
+
+def network_markdown(results_dir=None) -> str:
+    rows = network_rows(results_dir)
+    matmul = cpu_matmul_gflops(results_dir)
+    lines = ["| device | network | path | parameters | training GFLOP / epoch | seeds | s / epoch | sustained GFLOP/s "
+             "| share of the matrix product |", "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+    for row in rows:
+        s = row["seconds_per_epoch"]
+        share = f"{100 * row['share_of_matmul']:.1f} %" if row["share_of_matmul"] else (
+            NOT_YET if row["device"] == "cuda" else "-")
+        lines.append(f"| {row['device']} | {row['model']} | {row['path']} | {row['parameters']:,} | "
+                     f"{row['train_flops_per_epoch'] / 1e9:,.0f} | {s['n']} | {_fmt_summary(s, 1, ' s')} | "
+                     f"{row['gflops']:.1f} |" if s["n"] else
+                     f"| {row['device']} | {row['model']} | {row['path']} | {row['parameters']:,} | "
+                     f"{row['train_flops_per_epoch'] / 1e9:,.0f} | 0 | {NOT_YET} | {NOT_YET} |")
+        if s["n"]:
+            lines[-1] += f" {share} |"
+        else:
+            lines[-1] += f" {NOT_YET} |"
+    text = "\n".join(lines)
+    text += (f"\n\nThe CPU's float32 matrix product (`torch.mm`, 1024 x 1024, from the benchmark record): "
+             f"{matmul:.0f} GFLOP/s." if matmul else f"\n\nThe CPU's matrix-product rate: {NOT_YET}.")
+    partial = [row for row in rows if any(r["status"] != "complete" for r in row["runs"])]
+    for row in partial:
+        text += (f" The {row['model']} {row['path']} row is timed from {row['steps_timed']} steps (runs stopped by "
+                 f"max_steps), scaled to {row['runs'][0]['execution']['steps_per_epoch']} steps an epoch.")
+    return text
+
+
+def network_prediction(results_dir=None) -> str:
+    rows = {(r["device"], r["model"], r["path"]): r for r in network_rows(results_dir)}
+    lenet, resnet = rows.get(("cpu", "lenet5", "fast")), rows.get(("cpu", "resnet", "fast"))
+    ratio = resnet["train_flops_per_epoch"] / lenet["train_flops_per_epoch"] if resnet and lenet else None
+    if not (lenet and resnet and lenet["gflops"] and resnet["gflops"]):
+        return f"The residual network against LeNet-5 on this CPU: {NOT_YET}."
+    time_ratio = resnet["seconds_per_epoch"]["mean"] / lenet["seconds_per_epoch"]["mean"]
+    return (f"The residual network does {ratio:.0f}x LeNet-5's arithmetic per epoch and takes {time_ratio:.0f}x its "
+            f"time on this CPU, at {resnet['gflops']:.1f} against {lenet['gflops']:.1f} GFLOP/s. On a GPU a "
+            "LeNet-5 step at batch 64 is too small to fill the device (chapter 07), so the time per step there is "
+            "set by launches and synchronisation more than by arithmetic; a network with far more work per step "
+            "should fill more of it, and the GPU's advantage over the CPU is expected to grow with the work per "
+            f"step. The GPU cells are {NOT_YET}: scripts/gpu_replication.sh has the stage that measures them.")
