@@ -256,8 +256,11 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
 
         with Stopwatch() as sw:  # building it, the first time on this machine; else loading it
             ready = native.load()
-        if ready:
+        if ready and native.use():
             print(f"native CPU step ready ({sw.seconds:.1f} s): {native.build_directory()}")
+        elif ready:
+            print(f"native CPU step built ({sw.seconds:.1f} s) in {native.build_directory()} but not used: "
+                  f"{native.reason()}; the CPU fast path runs hdr_lib.fastcpu.train_step instead")
         else:
             print(f"native CPU step not available ({native.reason()}); the CPU fast path runs "
                   "hdr_lib.fastcpu.train_step instead")

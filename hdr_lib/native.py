@@ -60,6 +60,29 @@ def _disabled() -> bool:
     return os.environ.get("HDR_NATIVE", "").strip().lower() in ("0", "false", "no", "off")
 
 
+def _forced() -> bool:
+    return os.environ.get("HDR_NATIVE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# The operator keeps up to 24 sums of 16 floats in vector registers: AVX-512's 32 registers hold them, AVX2's 16
+# (of 8 floats) do not, and the sums spill to memory. Measured on a 2-core AMD EPYC with AVX2 and no AVX-512
+# (scripts/ab_cpu_step.py, results/ab-cpu-step.json), the native step took longer than fastcpu.train_step.
+NEEDS = "avx512f"
+
+
+def use() -> bool:
+    """Whether the CPU fast path should run the native step here: it loads (`load()`) and this CPU has AVX-512
+    (`NEEDS`), where it is the fastest step; else `reason()` says why not. HDR_NATIVE=1 uses it on any CPU that
+    builds it, HDR_NATIVE=0 on none."""
+    if not load():
+        return False
+    if _forced() or NEEDS in _cpu_flags().split():
+        return True
+    _state["reason"] = (f"this CPU has no AVX-512 ({NEEDS}), where the native step is slower than the PyTorch "
+                        "fallback (scripts/ab_cpu_step.py); HDR_NATIVE=1 uses it anyway")
+    return False
+
+
 def _build(folder: Path) -> None:
     # torch.utils.cpp_extension logs, on import, that it found no CUDA; this build needs none.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)

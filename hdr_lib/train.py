@@ -217,7 +217,7 @@ class _FastSteps:
         rearranged = fastcpu.applies(model, x_all[:1])  # on the CPU only
         without_options = rearranged and not options_on and not compiled and not triton
         with Stopwatch() as sw_native:  # the first call in a process loads the library, or builds it once
-            self.native = without_options and native.applies(model, x_all[:1]) and native.load()
+            self.native = without_options and native.applies(model, x_all[:1]) and native.use()
         self.setup_seconds["native_cpu_step"] = sw_native.seconds if self.native else 0.0
         self.native_unavailable = native.reason() if without_options and not self.native else None
         self.native_step = native.TrainStep(model, optimizer) if self.native else None

@@ -11,7 +11,10 @@ path equal (data held as one tensor, batches by index, fused SGD). They alternat
 order flipping every round, so that all see the same machine state: on a shared 2-core VM the same code varies
 by tens of percent from minute to minute, and only an alternating comparison is worth quoting.
 
-    python scripts/ab_cpu_step.py --rounds 40
+    python scripts/ab_cpu_step.py --rounds 40 --out results/ab-cpu-step.json
+
+Which of the last two is faster depends on the CPU's vector registers: the record names them
+(`environment.cpu_flags`), and hdr_lib.native.use() chooses by them.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hdr_lib import PAPER, fastcpu, native  # noqa: E402
 from hdr_lib.data import load_mnist, to_float  # noqa: E402
+from hdr_lib.hardware import environment  # noqa: E402
 from hdr_lib.model import LeNet5  # noqa: E402
+from hdr_lib.records import SCHEMA, write_json_atomic  # noqa: E402
 from hdr_lib.train import batch_order  # noqa: E402
 
 
@@ -60,7 +65,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--chunk", type=int, default=50, help="steps per variant per round")
+    parser.add_argument("--out", default=None, help="also write the times as a JSON record here")
     args = parser.parse_args()
+    if not (1 <= args.rounds <= 1000 and 1 <= args.chunk <= 10000):
+        parser.exit(2, "error: --rounds must be 1..1000 and --chunk 1..10000\n")
     if not native.load():
         parser.exit(2, f"error: the native step is not available here: {native.reason()}\n")
     data = load_mnist()
@@ -95,10 +103,19 @@ def main() -> None:
         print(f"{name:>26}: median {statistics.median(values):.3f} ms/step (min {min(values):.3f}, "
               f"max {max(values):.3f})")
     base = times[names[0]]
+    ratios = {}
     for name in names[1:]:
-        ratio = statistics.median([t / b for t, b in zip(times[name], base)])
-        print(f"{name} takes {ratio:.2f} of {names[0]}'s time per step, median of the rounds' ratios "
-              f"({(1 - ratio) * 100:.0f} % less)")
+        ratios[name] = statistics.median([t / b for t, b in zip(times[name], base)])
+        print(f"{name} takes {ratios[name]:.2f} of {names[0]}'s time per step, median of the rounds' ratios "
+              f"({abs(1 - ratios[name]) * 100:.0f} % {'less' if ratios[name] <= 1 else 'more'})")
+    if args.out:
+        write_json_atomic(args.out, {
+            "schema": SCHEMA, "kind": "ab-cpu-step", "environment": environment(None),
+            "config": {"rounds": args.rounds, "chunk_steps": args.chunk, "batch_size": batch,
+                       "threads": torch.get_num_threads()},
+            "ms_per_step": times, "median_ms_per_step": {n: statistics.median(v) for n, v in times.items()},
+            "median_ratio_to_first": ratios, "status": "complete"})
+        print(f"-> {args.out}")
 
 
 if __name__ == "__main__":
