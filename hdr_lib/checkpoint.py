@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from hdr_lib.config import ConfigError
-from hdr_lib.records import replace_atomically
+from hdr_lib.measure.records import replace_atomically
 
 try:
     import fcntl

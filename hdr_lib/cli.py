@@ -11,7 +11,7 @@ from hdr_lib import paths
 from hdr_lib.config import PAPER, RANGES, ConfigError, check
 from hdr_lib.data import DataError
 from hdr_lib.keras_lenet import FRAMEWORKS, KERAS_WAYS
-from hdr_lib.records import RecordError
+from hdr_lib.measure.records import RecordError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -221,7 +221,7 @@ def _check_paths(args) -> None:
 
 
 def _dispatch(args, written: _Written, dist_ctx=None) -> int:
-    from hdr_lib.hardware import environment, resolve_device
+    from hdr_lib.measure.machine import environment, resolve_device
 
     _check_paths(args)
     if args.command == "info":
@@ -237,7 +237,7 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
         print(f"MNIST: {location.root} ({location.why}), four files checked against SHA-256")
         return 0
     if args.command == "scorecard":
-        from hdr_lib import scorecard
+        from hdr_lib.book import scorecard
 
         folder = Path(args.results) if args.results else scorecard.results_dir()
         if not folder.is_dir():
@@ -251,8 +251,8 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
             print(scorecard.to_text(rows), end="")
         return 0
     if args.command == "native":
-        from hdr_lib import native
-        from hdr_lib.timing import Stopwatch
+        from hdr_lib.fast import native
+        from hdr_lib.measure.timing import Stopwatch
 
         with Stopwatch() as sw:  # building it, the first time on this machine; else loading it
             ready = native.load()
@@ -260,15 +260,15 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
             print(f"native CPU step ready ({sw.seconds:.1f} s): {native.build_directory()}")
         elif ready:
             print(f"native CPU step built ({sw.seconds:.1f} s) in {native.build_directory()} but not used: "
-                  f"{native.reason()}; the CPU fast path runs hdr_lib.fastcpu.train_step instead")
+                  f"{native.reason()}; the CPU fast path runs hdr_lib.fast.torch_cpu.train_step instead")
         else:
             print(f"native CPU step not available ({native.reason()}); the CPU fast path runs "
-                  "hdr_lib.fastcpu.train_step instead")
+                  "hdr_lib.fast.torch_cpu.train_step instead")
         return 0
     progress = False if args.quiet or (dist_ctx is not None and not dist_ctx.is_writer) else None
     world = dist_ctx.world_size if dist_ctx is not None else None
     if args.command == "train":
-        from hdr_lib.replicate import record_name, train_any
+        from hdr_lib.measure.replicate import record_name, train_any
 
         config = _config_from(args)
         if args.framework != "torch" and (args.checkpoint_dir or args.resume):
@@ -298,7 +298,7 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
             return 0  # stopped where it was asked to
         return 0 if record["status"] == "complete" else 1
     if args.command == "replicate":
-        from hdr_lib.replicate import replicate
+        from hdr_lib.measure.replicate import replicate
 
         config = _config_from(args, seed=args.first_seed)
         keras_check(config, args)
@@ -306,7 +306,7 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
                   max_steps=args.max_steps, framework=args.framework, keras_way=args.keras_way, dist_ctx=dist_ctx)
         return 0
     if args.command == "bench":
-        from hdr_lib.bench import bench
+        from hdr_lib.measure.bench import bench
 
         config = _config_from(args)
         if args.framework != "torch":

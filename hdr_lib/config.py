@@ -107,7 +107,7 @@ class TrainConfig:
     tf32: bool = False  # CUDA only: allow TF32 matmuls/convolutions (paper-faithful is IEEE float32)
     cuda_graph: bool = True  # CUDA fast path only: capture each epoch's training steps in a CUDA graph
     compile: bool = False  # fast path: torch.compile the model (Inductor), compilation timed apart
-    triton: bool = True  # CUDA fast path: the step as two Triton kernels (hdr_lib.tritonstep); off: PyTorch's kernels
+    triton: bool = True  # CUDA fast path: the step as two Triton kernels (hdr_lib.fast.triton_step); off: PyTorch's kernels
     deterministic: bool = False  # torch.use_deterministic_algorithms
 
     def __post_init__(self):

@@ -204,7 +204,7 @@ def flat_gradients(params: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch
 
 
 class NativeStep:
-    """hdr_lib.native's TrainStep with the all-reduce between the gradients and the update: the operator writes
+    """hdr_lib.fast.native's TrainStep with the all-reduce between the gradients and the update: the operator writes
     its gradients into views of one flat buffer, the buffer (with the loss) is averaged over the ranks, and the
     same fused SGD update follows on every rank."""
 

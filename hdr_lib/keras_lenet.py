@@ -30,8 +30,8 @@ import torch
 
 from hdr_lib import data as mnist
 from hdr_lib.config import ConfigError, TrainConfig
-from hdr_lib.hardware import CpuMeter, environment, peak_rss_bytes
-from hdr_lib.records import write_json_atomic
+from hdr_lib.measure.machine import CpuMeter, environment, peak_rss_bytes
+from hdr_lib.measure.records import write_json_atomic
 
 FRAMEWORKS = ("torch", "keras-tensorflow", "keras-jax", "keras-torch")
 KERAS_WAYS = ("fit", "loop")
@@ -523,7 +523,7 @@ def equivalence_record(out, *, steps: int = 100, seed: int = 0, data_root=None) 
     import json
     import subprocess
 
-    from hdr_lib.records import SCHEMA
+    from hdr_lib.measure.records import SCHEMA
 
     reference = np.array(reference_losses(steps=steps, seed=seed, data_root=data_root))
     backends = {}

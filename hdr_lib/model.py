@@ -51,7 +51,7 @@ class LeNet5(nn.Module):
         return self.after_pool1(F.max_pool2d(F.relu(self.conv1(x)), 2, 2))
 
     def after_pool1(self, x: torch.Tensor) -> torch.Tensor:
-        """Everything after the first pooling layer (hdr_lib.fastcpu computes the layers before it its own way)."""
+        """Everything after the first pooling layer (hdr_lib.fast.torch_cpu computes the layers before it its own way)."""
         x = F.max_pool2d(F.relu(self.conv2(x)), 2, 2)
         x = torch.flatten(x, 1)
         x = F.relu(self.fc1(x))
@@ -90,7 +90,7 @@ class ResNet(nn.Module):
         super().__init__()
         if not isinstance(blocks, int) or blocks < 1:
             raise ValueError(f"blocks must be a positive integer, got {blocks!r}")
-        self.variant = "resnet"  # what hdr_lib.fastcpu, hdr_lib.native and hdr_lib.tritonstep check: not LeNet-5
+        self.variant = "resnet"  # what hdr_lib.fast.torch_cpu, hdr_lib.fast.native and hdr_lib.fast.triton_step check: not LeNet-5
         self.stem = nn.Conv2d(1, 16, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(16)
         layers, cin = [], 16

@@ -80,7 +80,7 @@ def output_file(value, label: str) -> Path:
         raise PathError(f"{label} {path} is a folder; give a file name, e.g. {path / 'run.json'}")
     _check_folder_chain(path.parent, label, path)
     if os.path.lexists(path):
-        from hdr_lib.records import RecordError, read_record
+        from hdr_lib.measure.records import RecordError, read_record
 
         if not path.is_file():
             raise PathError(f"{label} {path} exists and is not a regular file; choose another name")

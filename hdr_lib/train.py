@@ -15,15 +15,16 @@ from torch.nn import functional as F
 
 from hdr_lib import data as mnist
 from hdr_lib import checkpoint as checkpoints
-from hdr_lib import cudagraphs, distributed, fastcpu, native, paths, tritonstep
+from hdr_lib import distributed, paths
+from hdr_lib.fast import cuda_graphs, torch_cpu, native, triton_step
 from hdr_lib.config import ConfigError, TrainConfig, check
-from hdr_lib.hardware import CpuMeter, NvmlSampler, environment, peak_rss_bytes, resolve_device
+from hdr_lib.measure.machine import CpuMeter, NvmlSampler, environment, peak_rss_bytes, resolve_device
 from hdr_lib.model import LeNet5, build_model
-from hdr_lib.records import SCHEMA, write_json_atomic
-from hdr_lib.timing import Stopwatch, synchronize
+from hdr_lib.measure.records import SCHEMA, write_json_atomic
+from hdr_lib.measure.timing import Stopwatch, synchronize
 
 CHECKPOINT_NAME = checkpoints.NAME
-TRAIN_STEPS_LABEL = "hdr.train_steps"  # marks an epoch's optimiser steps for hdr_lib.profiling
+TRAIN_STEPS_LABEL = "hdr.train_steps"  # marks an epoch's optimiser steps for hdr_lib.measure.profiling
 
 
 def batch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -165,13 +166,13 @@ def _amp_note(config: TrainConfig, device: torch.device, fast: bool) -> str | No
 
 # What the fast path runs for a step on the CPU, by the name its records give it (`execution.cpu_step`).
 CPU_STEPS = {
-    "native": "hdr_lib.native: the loss and gradients in one C++ operator compiled for this CPU (each convolution "
+    "native": "hdr_lib.fast.native: the loss and gradients in one C++ operator compiled for this CPU (each convolution "
               "with its ReLU and pooling as one hand-vectorised loop; the fully connected layers through ATen), "
               "no autograd graph",
-    "explicit": "hdr_lib.fastcpu.train_step: conv1 computed per pooling corner, pooling as elementwise maxima, "
+    "explicit": "hdr_lib.fast.torch_cpu.train_step: conv1 computed per pooling corner, pooling as elementwise maxima, "
                 "gradients written out layer by layer (no autograd graph)",
     "compiled": "the module compiled by torch.compile (Inductor) with autograd",
-    "forward": "hdr_lib.fastcpu.forward with autograd: conv1 computed per pooling corner, pooling as elementwise "
+    "forward": "hdr_lib.fast.torch_cpu.forward with autograd: conv1 computed per pooling corner, pooling as elementwise "
                "maxima",
     "module": "the module's forward with autograd",
 }
@@ -179,7 +180,7 @@ CPU_STEPS = {
 
 # Which kernels the CUDA fast path's step runs (`execution.cuda_kernels`).
 CUDA_KERNELS = {
-    "triton": "hdr_lib.tritonstep: two Triton kernels per step (one program per image for the forward and backward "
+    "triton": "hdr_lib.fast.triton_step: two Triton kernels per step (one program per image for the forward and backward "
               "pass, then the batch's gradient sums with SGD and momentum), gradients checked against autograd's "
               "before the run",
     "aten": "PyTorch's own CUDA kernels (cuDNN convolutions, cuBLAS matrix products, elementwise kernels, fused "
@@ -195,10 +196,10 @@ def _brief(exc: Exception) -> str:
 
 class _FastSteps:
     """The fast path's training step: data already on the device, batches cut by index, no host sync,
-    fused SGD; on the CPU `hdr_lib.native`'s operator where it builds, else `hdr_lib.fastcpu`'s explicit step (and
+    fused SGD; on the CPU `hdr_lib.fast.native`'s operator where it builds, else `hdr_lib.fast.torch_cpu`'s explicit step (and
     its forward pass with autograd under the bfloat16, channels-last and compile options); on CUDA
-    `hdr_lib.tritonstep`'s two kernels where they apply and pass their check (else PyTorch's kernels), each full
-    epoch replayed as one CUDA graph (`hdr_lib.cudagraphs`), and an epoch cut short by `max_steps` replaying a
+    `hdr_lib.fast.triton_step`'s two kernels where they apply and pass their check (else PyTorch's kernels), each full
+    epoch replayed as one CUDA graph (`hdr_lib.fast.cuda_graphs`), and an epoch cut short by `max_steps` replaying a
     one-step graph per batch.
 
     One-time costs are timed here, apart from training, in `setup_seconds`: building or loading the native step,
@@ -214,7 +215,7 @@ class _FastSteps:
         self.steps_per_epoch = math.ceil(self.n / batch_size)
         self.setup_seconds = {}
         on_cpu = self.device.type == "cpu"
-        rearranged = fastcpu.applies(model, x_all[:1])  # on the CPU only
+        rearranged = torch_cpu.applies(model, x_all[:1])  # on the CPU only
         without_options = rearranged and not options_on and not compiled and not triton
         with Stopwatch() as sw_native:  # the first call in a process loads the library, or builds it once
             self.native = without_options and native.applies(model, x_all[:1]) and native.use()
@@ -228,7 +229,7 @@ class _FastSteps:
         if compiled:
             self.forward = torch.compile(model, dynamic=False)
         else:
-            self.forward = (lambda x: fastcpu.forward(model, x)) if rearranged else model
+            self.forward = (lambda x: torch_cpu.forward(model, x)) if rearranged else model
         kind = ("native" if self.native else "explicit" if self.explicit else "compiled" if compiled
                 else "forward" if rearranged else "module")
         self.cpu_step = CPU_STEPS[kind] if on_cpu else None  # what the record names
@@ -241,7 +242,7 @@ class _FastSteps:
         self.captured = False
         self.epoch_graph = self.step_graph = None
         self.graph_error = None
-        self.steps_run = {name: 0 for name in cudagraphs.CUDA_STEPS}  # CUDA only: which way each step ran
+        self.steps_run = {name: 0 for name in cuda_graphs.CUDA_STEPS}  # CUDA only: which way each step ran
         with Stopwatch(self.device) as sw_compile:
             if compiled:
                 self._warm_compiled()
@@ -257,16 +258,16 @@ class _FastSteps:
                       reverse=True)
 
     def _try_triton(self, options_on: bool) -> None:
-        """Use hdr_lib.tritonstep where it applies and its first gradient matches autograd's; else say why."""
+        """Use hdr_lib.fast.triton_step where it applies and its first gradient matches autograd's; else say why."""
         if options_on:
             self.triton_unavailable = ("the Triton step computes in IEEE float32, without the amp, channels-last, "
                                        "tf32 and compile options")
             return
-        self.triton_unavailable = tritonstep.reason_not_applicable(self.model, self.optimizer, self.x_all)
+        self.triton_unavailable = triton_step.reason_not_applicable(self.model, self.optimizer, self.x_all)
         if self.triton_unavailable is not None:
             return
         try:
-            step = tritonstep.TrainStep(self.model, self.optimizer, self.batch_size)
+            step = triton_step.TrainStep(self.model, self.optimizer, self.batch_size)
             first = torch.arange(self.batch_size, device=self.device)
             self.triton_unavailable = step.check(self.x_all, self.y_all, first)
         except Exception as exc:  # noqa: BLE001 (a kernel Triton cannot compile here: say why, use ATen's)
@@ -283,7 +284,7 @@ class _FastSteps:
         if self.native:
             return self.native_step(x, y)
         if self.explicit:
-            return fastcpu.train_step(self.model, self.optimizer, x, y)
+            return torch_cpu.train_step(self.model, self.optimizer, x, y)
         with self.amp():
             loss = F.cross_entropy(self.forward(x), y)
         # While capturing, the gradients are made anew by each step; after, they live in a graph's memory and
@@ -318,7 +319,7 @@ class _FastSteps:
         this torch cannot capture, say), the record says why and those steps run eagerly. The weights and
         momentum buffers are put back either way."""
         b = self.batch_size
-        snapshot = cudagraphs.Snapshot(self.model, self.optimizer)
+        snapshot = cuda_graphs.Snapshot(self.model, self.optimizer)
         self.order_static = torch.arange(self.n, device=self.device)  # what the graphs read their batches from
         errors = []
 
@@ -330,16 +331,16 @@ class _FastSteps:
 
         try:
             if full_epochs:
-                steps = cudagraphs.batches(self.order_static, b, self.steps_per_epoch)
+                steps = cuda_graphs.batches(self.order_static, b, self.steps_per_epoch)
                 try:
-                    self.epoch_graph, self.epoch_losses = cudagraphs.capture(
+                    self.epoch_graph, self.epoch_losses = cuda_graphs.capture(
                         lambda: torch.stack([self._train_on(idx) for idx in steps]), warmup)
                 except Exception as exc:  # noqa: BLE001 (any failure to capture: say why, go on without)
                     errors.append(f"epoch graph: {self._after_failed_capture(exc)}")
                 warmup = lambda: None  # noqa: E731  (warm already)
             if (partial_epochs or self.epoch_graph is None) and self.n >= b:
                 try:
-                    self.step_graph, self.step_loss = cudagraphs.capture(
+                    self.step_graph, self.step_loss = cuda_graphs.capture(
                         lambda: self._train_on(self.order_static[:b]), warmup)
                 except Exception as exc:  # noqa: BLE001
                     errors.append(f"step graph: {self._after_failed_capture(exc)}")
@@ -364,7 +365,7 @@ class _FastSteps:
             on_step(limit)
             return self.epoch_losses
         losses = torch.empty(limit, device=self.device)
-        for i, idx in enumerate(cudagraphs.batches(order, self.batch_size, limit)):
+        for i, idx in enumerate(cuda_graphs.batches(order, self.batch_size, limit)):
             losses[i] = self.step(idx)
             on_step(1)
         return losses
@@ -565,7 +566,7 @@ def _train(
                               "compiled": config.compile and fast,
                               "cpu_step": stepper.cpu_step if fast else None,
                               "native_unavailable": stepper.native_unavailable if fast else None,
-                              # CUDA fast path: how many steps ran each way (cudagraphs.CUDA_STEPS), and why
+                              # CUDA fast path: how many steps ran each way (cuda_graphs.CUDA_STEPS), and why
                               # no graph was captured where capture failed
                               "cuda_steps": stepper.steps_run if fast and on_cuda else None,
                               "cuda_graph_error": stepper.graph_error if fast and on_cuda else None,

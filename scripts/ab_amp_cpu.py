@@ -1,7 +1,7 @@
 """float32 against bfloat16 autocast on the CPU, the same step code both ways, in one process; writes one record.
 
 Two ways to write the step, each in float32 and under bfloat16 autocast: "module + autograd" (the reference
-path's step) and "fastcpu.forward + autograd" (the fast path's step under --amp bf16, since the native C++ step is
+path's step) and "torch_cpu.forward + autograd" (the fast path's step under --amp bf16, since the native C++ step is
 float32 only). The four alternate in chunks of steps on the same real batches, the order flipping every round, so
 that all see the same machine state (other processes share these cores). Then torch.profiler gives where one step
 of the module's time goes in each precision, operator by operator: the "why" of the difference.
@@ -22,16 +22,16 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hdr_lib import fastcpu  # noqa: E402
+from hdr_lib.fast import torch_cpu  # noqa: E402
 from hdr_lib.config import PAPER  # noqa: E402
 from hdr_lib.data import load_mnist, to_float  # noqa: E402
-from hdr_lib.hardware import environment  # noqa: E402
+from hdr_lib.measure.machine import environment  # noqa: E402
 from hdr_lib.model import LeNet5  # noqa: E402
-from hdr_lib.records import SCHEMA, write_json_atomic  # noqa: E402
+from hdr_lib.measure.records import SCHEMA, write_json_atomic  # noqa: E402
 from hdr_lib.train import batch_order  # noqa: E402
 
 FORWARDS = {"module + autograd": lambda model, x: model(x),
-            "fastcpu.forward + autograd": fastcpu.forward}
+            "torch_cpu.forward + autograd": torch_cpu.forward}
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
 
 

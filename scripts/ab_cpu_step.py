@@ -1,8 +1,8 @@
-"""The fast path's CPU training step (hdr_lib.native) against the plainer ways to write it, in one process.
+"""The fast path's CPU training step (hdr_lib.fast.native) against the plainer ways to write it, in one process.
 
 - "module + autograd": the module's forward, loss.backward(), optimizer.step();
-- "fastcpu.forward + autograd": conv1 per pooling corner and pooling as elementwise maxima, then autograd;
-- "fastcpu.train_step": the same forward with the gradients written out, no autograd graph (the fast path's step
+- "torch_cpu.forward + autograd": conv1 per pooling corner and pooling as elementwise maxima, then autograd;
+- "torch_cpu.train_step": the same forward with the gradients written out, no autograd graph (the fast path's step
   where the native one cannot be built);
 - "native.TrainStep": the loss and gradients in one C++ operator (the fast path's step where it builds).
 
@@ -14,7 +14,7 @@ by tens of percent from minute to minute, and only an alternating comparison is 
     python scripts/ab_cpu_step.py --rounds 40 --out results/ab-cpu-step.json
 
 Which of the last two is faster depends on the CPU's vector registers: the record names them
-(`environment.cpu_flags`), and hdr_lib.native.use() chooses by them.
+(`environment.cpu_flags`), and hdr_lib.fast.native.use() chooses by them.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hdr_lib import PAPER, fastcpu, native  # noqa: E402
+from hdr_lib import PAPER
+from hdr_lib.fast import torch_cpu, native  # noqa: E402
 from hdr_lib.data import load_mnist, to_float  # noqa: E402
-from hdr_lib.hardware import environment  # noqa: E402
+from hdr_lib.measure.machine import environment  # noqa: E402
 from hdr_lib.model import LeNet5  # noqa: E402
-from hdr_lib.records import SCHEMA, write_json_atomic  # noqa: E402
+from hdr_lib.measure.records import SCHEMA, write_json_atomic  # noqa: E402
 from hdr_lib.train import batch_order  # noqa: E402
 
 
@@ -49,8 +50,8 @@ def _autograd_step(forward):
 
 VARIANTS = {
     "module + autograd": _autograd_step(lambda model, x: model(x)),
-    "fastcpu.forward + autograd": _autograd_step(fastcpu.forward),
-    "fastcpu.train_step": fastcpu.train_step,
+    "torch_cpu.forward + autograd": _autograd_step(torch_cpu.forward),
+    "torch_cpu.train_step": torch_cpu.train_step,
     "native.TrainStep": lambda model, optimizer, x, y: _native_step(model, optimizer)(x, y),
 }
 _NATIVE_STEPS: dict = {}

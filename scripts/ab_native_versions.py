@@ -1,6 +1,6 @@
-"""The native CPU step's source (hdr_lib/csrc/lenet5_cpu.cpp) against an earlier version of it, part by part.
+"""The native CPU step's source (hdr_lib/fast/csrc/lenet5_cpu.cpp) against an earlier version of it, part by part.
 
-Builds both versions (the earlier one read with `git show REV:hdr_lib/csrc/lenet5_cpu.cpp`) under their own
+Builds both versions (the earlier one read with `git show REV:hdr_lib/fast/csrc/lenet5_cpu.cpp`) under their own
 operator namespaces, checks that they give the same loss and gradients on a real MNIST batch (bit for bit, or
 says by how much they differ), then times, alternating between the two in every round: conv1 forward, conv1
 backward, conv2 forward, conv2 backward, and the whole loss_and_gradients call. On a shared 2-core VM single timings
@@ -25,11 +25,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hdr_lib import native  # noqa: E402
+from hdr_lib.fast import native  # noqa: E402
 from hdr_lib.data import load_mnist, to_float  # noqa: E402
 from hdr_lib.model import LeNet5  # noqa: E402
 
-SOURCE = "hdr_lib/csrc/lenet5_cpu.cpp"
+SOURCE = "hdr_lib/fast/csrc/lenet5_cpu.cpp"
 # Each part as an operator of its own, appended to the source (the functions are in its anonymous namespace).
 PARTS = r"""
 namespace {

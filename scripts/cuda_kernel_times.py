@@ -1,7 +1,7 @@
 """Where the CUDA step's time goes: the Triton step's two kernels timed alone, on the GPU, at the paper's batch.
 
 Each is launched many times inside one CUDA graph (no Python or launch overhead between launches, as in training)
-and timed with CUDA events; sample_kernel runs at 4, 8 and 16 warps per image by default (hdr_lib.tritonstep uses
+and timed with CUDA events; sample_kernel runs at 4, 8 and 16 warps per image by default (hdr_lib.fast.triton_step uses
 8). The projection multiplies a step's time by the paper's 20 epochs of 938 steps. It writes an hdr-run/1 record of kind
 "kernel-times" (with the GPU, the versions and the commit, as every record has). The kernels update the weights as
 they run (on one batch, over and over): a timing, not training.
@@ -15,9 +15,11 @@ import sys
 
 import torch
 
-from hdr_lib import PAPER, hardware, tritonstep
+from hdr_lib import PAPER
+from hdr_lib.measure import machine
+from hdr_lib.fast import triton_step
 from hdr_lib.data import DataError, load_mnist, to_float
-from hdr_lib.records import SCHEMA, write_json_atomic
+from hdr_lib.measure.records import SCHEMA, write_json_atomic
 from hdr_lib.train import _make_optimizer, batch_order, init_model
 
 STEPS_20_EPOCHS = 20 * 938
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
     idx = batch_order(config.seed, 1, x_all.shape[0])[:config.batch_size].to(device)
     model = init_model(config, device)
     optimizer, _ = _make_optimizer(model, config, device, fast=True, lr_tensor=True)  # as the fast path makes it
-    step = tritonstep.TrainStep(model, optimizer, config.batch_size)
+    step = triton_step.TrainStep(model, optimizer, config.batch_size)
     loss = torch.empty((), device=device)
 
     def sample(warps):
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
     result = {"schema": SCHEMA, "kind": "kernel-times",
               "config": {**config.as_dict(), "path": "fast", "epochs": 0, "launches_per_graph": args.launches,
                          "repeats": args.repeats},
-              "environment": hardware.environment(device), "epochs": [], "microseconds_per_launch": {}}
+              "environment": machine.environment(device), "epochs": [], "microseconds_per_launch": {}}
     for name, launch in timings.items():
         times = graph_microseconds(launch, args.launches, args.repeats)
         result["microseconds_per_launch"][name] = {"median": statistics.median(times), "min": min(times),

@@ -9,6 +9,6 @@ for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte 
 done
 # The commit the GPU records will name (the GPU machine's copy of the tree has no .git), with "+dirty" where the
 # code has uncommitted changes: hdr_lib's own answer, so a record never names a commit that lacks the code it ran.
-commit="$(python3 -c 'from hdr_lib.hardware import git_commit; print(git_commit() or "")')"
+commit="$(python3 -c 'from hdr_lib.measure.machine import git_commit; print(git_commit() or "")')"
 if [ -n "$commit" ]; then echo "$commit" > .gpu/COMMIT; else rm -f .gpu/COMMIT; fi
 du -sh .gpu

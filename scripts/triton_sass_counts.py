@@ -1,6 +1,6 @@
 """What the CUDA step's Triton kernels cost, read off their machine code, on a machine without a GPU.
 
-Compiles hdr_lib/tritonkernels.py for an NVIDIA architecture (default sm_90, the H100) with the ptxas and cuobjdump
+Compiles hdr_lib/fast/triton_kernels.py for an NVIDIA architecture (default sm_90, the H100) with the ptxas and cuobjdump
 that ship with Triton, and prints per kernel: registers, spill stack, and the machine instructions by kind. Every
 loop of sample_kernel is unrolled (tl.static_range), so its instruction count is what each of its threads executes
 per image: a count, not a timing (scripts/cuda_kernel_times.py times the kernels on a GPU).
@@ -32,7 +32,7 @@ SHOWN = ("FFMA", "FADD", "FMUL", "LDG", "STG", "LDS", "STS", "LDL", "STL", "SHFL
 
 def compile_kernels(arch: int, sample_warps: int) -> dict[str, bytes]:
     """Each kernel's cubin, as Triton builds it for the GPU (TRITON_INTERPRET must be unset)."""
-    from hdr_lib import tritonkernels as k
+    from hdr_lib.fast import triton_kernels as k
 
     target = GPUTarget("cuda", arch, 32)
     out = {}
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90, the H100)")
     parser.add_argument("--warps", type=int, default=8, choices=(1, 2, 4, 8, 16, 32),
-                        help="sample_kernel's warps per image (default 8, as hdr_lib.tritonstep launches it)")
+                        help="sample_kernel's warps per image (default 8, as hdr_lib.fast.triton_step launches it)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("triton_sass_counts: unset TRITON_INTERPRET (the interpreter compiles nothing)", file=sys.stderr)

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def emulated_capture(work, warmup):
-    """hdr_lib.cudagraphs.capture on the CPU: warm up, run the work once, and return a "graph" whose replay runs the
+    """hdr_lib.fast.cuda_graphs.capture on the CPU: warm up, run the work once, and return a "graph" whose replay runs the
     work again into the tensor the first run returned, as a real replay writes its static outputs in place (and
     reads its inputs, the batch order and the lr, from the same tensors each time)."""
     warmup()
@@ -42,7 +42,7 @@ def mnist(data_root):
 
 
 # Without a GPU, Triton kernels run in Triton's interpreter (tests/test_tritonstep.py): it must be chosen before
-# hdr_lib.tritonkernels is first imported, which nothing does before the tests run.
+# hdr_lib.fast.triton_kernels is first imported, which nothing does before the tests run.
 if "TRITON_INTERPRET" not in os.environ:
     import torch
 

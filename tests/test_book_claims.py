@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hdr_lib import notebook as nb, scorecard, statements
-from hdr_lib.scorecard import NOT_MEASURED
+from hdr_lib.book import chapter as nb, scorecard, statements
+from hdr_lib.book.scorecard import NOT_MEASURED
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_CHAPTERS = {"05": "05_training_time", "06": "06_accuracy", "07": "07_gpu_utilisation_memory",

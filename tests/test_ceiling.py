@@ -1,9 +1,9 @@
-"""hdr_lib.ceiling: a large matrix product's rate, the ceiling the benchmark compares each path with."""
+"""hdr_lib.measure.ceiling: a large matrix product's rate, the ceiling the benchmark compares each path with."""
 
 import pytest
 import torch
 
-from hdr_lib.ceiling import matmul_rate
+from hdr_lib.measure.ceiling import matmul_rate
 
 
 def test_matmul_rate_times_repeated_products_and_keeps_tf32_as_it_was():
@@ -21,7 +21,7 @@ def test_matmul_rate_times_repeated_products_and_keeps_tf32_as_it_was():
 
 def test_matmul_rate_counts_the_work_it_times(monkeypatch):
     # With a clock that advances exactly 1 ms per product, the rate is 2 n^3 FLOP per ms, whatever the machine.
-    import hdr_lib.ceiling as ceiling
+    import hdr_lib.measure.ceiling as ceiling
 
     clock = {"t": 0.0}
     real_mm = torch.mm
@@ -31,7 +31,7 @@ def test_matmul_rate_counts_the_work_it_times(monkeypatch):
         return real_mm(a, b, out=out)
 
     monkeypatch.setattr(ceiling.torch, "mm", mm)
-    monkeypatch.setattr("hdr_lib.timing.time.perf_counter", lambda: clock["t"])
+    monkeypatch.setattr("hdr_lib.measure.timing.time.perf_counter", lambda: clock["t"])
     rate = matmul_rate("cpu", n=32, seconds=0.05, trials=2)
     assert rate["repeats"] == 50
     assert rate["gflops_per_trial"] == pytest.approx([2 * 32 ** 3 / 1e-3 / 1e9] * 2)

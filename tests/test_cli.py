@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hdr_lib.data import raw_folder
-from hdr_lib.records import read_record
+from hdr_lib.measure.records import read_record
 
 from conftest import REPO
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from hdr_lib import PAPER
-from hdr_lib import notebook as nb
-from hdr_lib.records import read_record
+from hdr_lib.book import chapter as nb
+from hdr_lib.measure.records import read_record
 from hdr_lib.train import CUDA_KERNELS, init_model, train
 
 from conftest import REPO

@@ -11,7 +11,8 @@ capture falling back to eager steps with the reason recorded.
 import pytest
 import torch
 
-from hdr_lib import PAPER, cudagraphs
+from hdr_lib import PAPER
+from hdr_lib.fast import cuda_graphs
 from hdr_lib.train import _FastSteps, _make_optimizer, _set_lr, autocast, batch_order, init_model
 
 from conftest import emulated_capture
@@ -49,7 +50,7 @@ def _train(stepper, optimizer, limits):
 def test_an_epoch_graph_replays_exactly_the_eager_steps(mnist, monkeypatch):
     eager, eager_model, eager_opt = _stepper(mnist, use_graph=False)
     expected = _train(eager, eager_opt, [16, 16, 16])
-    monkeypatch.setattr(cudagraphs, "capture", emulated_capture)
+    monkeypatch.setattr(cuda_graphs, "capture", emulated_capture)
     graphed, model, optimizer = _stepper(mnist, use_graph=True)
     assert graphed.epoch_graph is not None and graphed.step_graph is None and graphed.graph_error is None
     got = _train(graphed, optimizer, [16, 16, 16])
@@ -64,7 +65,7 @@ def test_an_epoch_graph_replays_exactly_the_eager_steps(mnist, monkeypatch):
 def test_an_epoch_cut_short_replays_the_step_graph_for_full_batches(mnist, monkeypatch):
     eager, _, eager_opt = _stepper(mnist, use_graph=False)
     expected = _train(eager, eager_opt, [16, 7])
-    monkeypatch.setattr(cudagraphs, "capture", emulated_capture)
+    monkeypatch.setattr(cuda_graphs, "capture", emulated_capture)
     graphed, _, optimizer = _stepper(mnist, use_graph=True, full=True, partial=True)
     assert graphed.epoch_graph is not None and graphed.step_graph is not None
     assert torch.equal(_train(graphed, optimizer, [16, 7]), expected)
@@ -80,7 +81,7 @@ def test_an_epoch_cut_short_replays_the_step_graph_for_full_batches(mnist, monke
 def test_a_failed_capture_runs_eagerly_and_says_why(mnist, monkeypatch):
     eager, _, eager_opt = _stepper(mnist, use_graph=False)
     expected = _train(eager, eager_opt, [16])
-    monkeypatch.setattr(cudagraphs, "capture", _fails_to_capture)
+    monkeypatch.setattr(cuda_graphs, "capture", _fails_to_capture)
     fallback, _, optimizer = _stepper(mnist, use_graph=True)
     assert fallback.epoch_graph is None and fallback.step_graph is None and not fallback.captured
     reason = "RuntimeError: operation not permitted when stream is capturing"
@@ -98,7 +99,7 @@ def test_where_the_epoch_graph_fails_the_step_graph_runs_the_full_batches(mnist,
         calls.append(work)
         return _fails_to_capture(work, warmup) if len(calls) == 1 else emulated_capture(work, warmup)
 
-    monkeypatch.setattr(cudagraphs, "capture", epoch_fails)
+    monkeypatch.setattr(cuda_graphs, "capture", epoch_fails)
     graphed, _, optimizer = _stepper(mnist, use_graph=True)
     assert graphed.epoch_graph is None and graphed.step_graph is not None
     assert graphed.graph_error.startswith("epoch graph: RuntimeError") and "step graph" not in graphed.graph_error
@@ -123,7 +124,7 @@ def test_the_lr_tensor_the_graphs_read_stays_in_the_optimiser():
 def test_batches_cover_the_order_once(n, batch, sizes):
     order = torch.randperm(n)
     steps = -(-n // batch)
-    parts = cudagraphs.batches(order, batch, steps)
+    parts = cuda_graphs.batches(order, batch, steps)
     assert sorted({p.shape[0] for p in parts}, reverse=True) == sizes
     assert torch.equal(torch.cat(parts), order)
     order[0] = -1  # views: a graph captured over them reads what the order holds at replay

@@ -1,11 +1,11 @@
-"""hdr_lib.display: the plotly mime type for JupyterLab, a div + Plotly.newPlot on the book's plotly.js."""
+"""hdr_lib.book.render: the plotly mime type for JupyterLab, a div + Plotly.newPlot on the book's plotly.js."""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from hdr_lib import display
+from hdr_lib.book import render
 
 
 def figure():
@@ -13,9 +13,9 @@ def figure():
 
 
 def test_lab_bundle_is_the_plotly_mime_type(monkeypatch):
-    monkeypatch.delenv(display.BOOK_BUILD_ENV, raising=False)
-    display.setup()
-    bundle = pio.renderers[display.RENDERER].to_mimebundle(figure().to_dict())
+    monkeypatch.delenv(render.BOOK_BUILD_ENV, raising=False)
+    render.setup()
+    bundle = pio.renderers[render.RENDERER].to_mimebundle(figure().to_dict())
     assert set(bundle) == {"application/vnd.plotly.v1+json", "text/plain"}
     config = bundle["application/vnd.plotly.v1+json"]["config"]
     assert config["displaylogo"] is False
@@ -25,9 +25,9 @@ def test_lab_bundle_is_the_plotly_mime_type(monkeypatch):
 
 
 def test_book_bundle_is_html_on_the_global_plotly_js(monkeypatch):
-    monkeypatch.setenv(display.BOOK_BUILD_ENV, "1")
-    display.setup()
-    renderer = pio.renderers[display.RENDERER]
+    monkeypatch.setenv(render.BOOK_BUILD_ENV, "1")
+    render.setup()
+    renderer = pio.renderers[render.RENDERER]
     bundle = renderer.to_mimebundle(figure().to_dict())
     assert set(bundle) == {"text/html", "text/plain"}  # nothing myst-nb cannot render
     html = bundle["text/html"]
@@ -36,9 +36,9 @@ def test_book_bundle_is_html_on_the_global_plotly_js(monkeypatch):
     assert "plotly.js v" not in html and "cdn" not in html.lower()  # plotly.js is loaded once by the page
     # The id is the figure's place on the page (a count) and its content (a hash): the same figure shown twice
     # gets two ids (else the second div would never be drawn), and each build numbers the figures alike.
-    first, again = html.split('"')[1], display.BookRenderer().to_html(figure().to_dict()).split('"')[1]
+    first, again = html.split('"')[1], render.BookRenderer().to_html(figure().to_dict()).split('"')[1]
     assert first != again
     assert first.rsplit("-", 1)[1] == again.rsplit("-", 1)[1]
     assert int(again.split("-")[2]) == int(first.split("-")[2]) + 1
-    monkeypatch.delenv(display.BOOK_BUILD_ENV)
-    display.setup()
+    monkeypatch.delenv(render.BOOK_BUILD_ENV)
+    render.setup()

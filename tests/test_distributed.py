@@ -15,7 +15,7 @@ import torch
 
 from hdr_lib import distributed
 from hdr_lib.config import ConfigError
-from hdr_lib.records import read_record
+from hdr_lib.measure.records import read_record
 
 from conftest import REPO
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from hdr_lib import PAPER, fastcpu, native
+from hdr_lib import PAPER
+from hdr_lib.fast import torch_cpu, native
 from hdr_lib.data import to_float
 from hdr_lib.model import LeNet5
 from hdr_lib.train import CPU_STEPS, train
@@ -25,7 +26,7 @@ def test_a_phase_kernel_at_stride_2_gives_that_corner_of_every_pooling_window(mn
     conv1 = LeNet5().conv1
     with torch.no_grad():
         full = conv1(x)  # [16, 6, 24, 24]
-        _, corners = fastcpu.conv1_corners(conv1, x)  # [16, 4, 6, 12, 12]
+        _, corners = torch_cpu.conv1_corners(conv1, x)  # [16, 4, 6, 12, 12]
     for k, (pi, pj) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
         torch.testing.assert_close(corners[:, k], full[:, :, pi::2, pj::2], rtol=1e-5, atol=1e-6)
 
@@ -34,8 +35,8 @@ def test_phase_weight_backward_gives_what_autograd_gives_through_the_padding():
     torch.manual_seed(3)
     weight = torch.randn(6, 1, 5, 5, requires_grad=True)
     grad = torch.randn(24, 1, 6, 6)
-    fastcpu.phase_weight(weight).backward(grad)
-    torch.testing.assert_close(fastcpu.phase_weight_backward(grad), weight.grad)
+    torch_cpu.phase_weight(weight).backward(grad)
+    torch.testing.assert_close(torch_cpu.phase_weight_backward(grad), weight.grad)
 
 
 def test_corner_max_relu_is_max_pool_then_relu_with_its_gradient_rule_on_ties(mnist):
@@ -54,7 +55,7 @@ def test_corner_max_relu_is_max_pool_then_relu_with_its_gradient_rule_on_ties(mn
     expected = F.relu(F.max_pool2d(a, 2, 2))
     expected.backward(grad)
     b = corners.clone().requires_grad_()
-    got = fastcpu.CornerMaxReLU.apply(b)
+    got = torch_cpu.CornerMaxReLU.apply(b)
     got.backward(grad)
 
     assert torch.equal(got, expected)
@@ -70,7 +71,7 @@ def test_fast_forward_matches_the_module_in_loss_and_every_gradient(mnist):
     expected = {name: p.grad.clone() for name, p in model.named_parameters()}
     loss_module = F.cross_entropy(model(x), y)
     model.zero_grad()
-    loss_fast = F.cross_entropy(fastcpu.forward(model, x), y)
+    loss_fast = F.cross_entropy(torch_cpu.forward(model, x), y)
     loss_fast.backward()
     torch.testing.assert_close(loss_fast, loss_module, rtol=1e-6, atol=1e-6)
     for name, p in model.named_parameters():
@@ -82,12 +83,12 @@ def test_the_1998_variant_runs_as_the_module_does(mnist):
     torch.manual_seed(2)
     model = LeNet5("lenet1998")
     with torch.no_grad():
-        assert torch.equal(fastcpu.forward(model, x), model(x))
+        assert torch.equal(torch_cpu.forward(model, x), model(x))
 
 
-# The fast path's two CPU steps: the Python one here, and the native one (hdr_lib.native, which must build here).
-GRADIENTS = {"explicit": fastcpu.loss_and_gradients, "native": native.loss_and_gradients}
-STEPS = {"explicit": fastcpu.train_step, "native": native.train_step}
+# The fast path's two CPU steps: the Python one here, and the native one (hdr_lib.fast.native, which must build here).
+GRADIENTS = {"explicit": torch_cpu.loss_and_gradients, "native": native.loss_and_gradients}
+STEPS = {"explicit": torch_cpu.train_step, "native": native.train_step}
 
 
 def _ready(kind):
@@ -180,7 +181,7 @@ def test_the_ab_script_times_the_four_ways_to_write_a_cpu_step(data_root):
                          capture_output=True, text=True, timeout=900, env={**os.environ, "HDR_DATA_DIR": str(data_root)})
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    for name in ("module + autograd", "fastcpu.forward + autograd", "fastcpu.train_step", "native.TrainStep"):
+    for name in ("module + autograd", "torch_cpu.forward + autograd", "torch_cpu.train_step", "native.TrainStep"):
         assert any(line.strip().startswith(f"{name}: median") for line in lines), name
     assert sum("of module + autograd's time per step" in line for line in lines) == 3
 
@@ -193,7 +194,7 @@ def test_the_native_ab_script_checks_the_gradients_before_it_times(data_root, tm
     script = str(REPO / "scripts" / "ab_native_versions.py")
     bad = subprocess.run([sys.executable, script, "--base", "no-such-revision"], capture_output=True, text=True,
                          timeout=300, env=env, cwd=REPO)
-    assert bad.returncode == 2 and "cannot read hdr_lib/csrc/lenet5_cpu.cpp at 'no-such-revision'" in bad.stderr
+    assert bad.returncode == 2 and "cannot read hdr_lib/fast/csrc/lenet5_cpu.cpp at 'no-such-revision'" in bad.stderr
     source = (REPO / "hdr_lib" / "csrc" / "lenet5_cpu.cpp").read_text()
     scale = "const float scale = 1.f / static_cast<float>(batch);"
     assert scale in source

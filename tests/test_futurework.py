@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from hdr_lib import futurework as fw
+from hdr_lib.book import futurework as fw
 from hdr_lib.config import PAPER, ConfigError, TrainConfig
-from hdr_lib.replicate import record_name
+from hdr_lib.measure.replicate import record_name
 
 from conftest import REPO
 

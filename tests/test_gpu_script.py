@@ -12,7 +12,7 @@ import tarfile
 
 import pytest
 
-from hdr_lib.records import load_records, read_record
+from hdr_lib.measure.records import load_records, read_record
 
 from conftest import REPO
 

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from hdr_lib import checkpoint, cli, notebook as nb
+from hdr_lib import checkpoint, cli
+from hdr_lib.book import chapter as nb
 from hdr_lib.config import PAPER, RANGES, ConfigError, check
 from hdr_lib.data import DataError, MNISTTensors, raw_folder
 from hdr_lib.model import LeNet5
-from hdr_lib.records import RecordError, write_json_atomic
+from hdr_lib.measure.records import RecordError, write_json_atomic
 from hdr_lib.train import _make_optimizer, train
 
 from conftest import REPO

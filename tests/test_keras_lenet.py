@@ -20,8 +20,8 @@ import torch
 
 from hdr_lib import keras_lenet
 from hdr_lib.config import PAPER
-from hdr_lib.records import is_headline_run, read_record
-from hdr_lib.replicate import record_name
+from hdr_lib.measure.records import is_headline_run, read_record
+from hdr_lib.measure.replicate import record_name
 from hdr_lib.train import init_model
 
 from conftest import REPO
@@ -153,7 +153,7 @@ def test_framework_not_installed_is_one_line_and_exit_2(command, tmp_path, monke
 
 
 def _record(framework="torch", way="fast", seconds=100.0, accuracy=99.0, seed=0):
-    from hdr_lib.records import SCHEMA
+    from hdr_lib.measure.records import SCHEMA
 
     config = {**PAPER.as_dict(), "device": "cpu", "seed": seed,
               "path": way if framework == "torch" else f"{framework}-{way}"}
@@ -168,7 +168,7 @@ def _record(framework="torch", way="fast", seconds=100.0, accuracy=99.0, seed=0)
 
 
 def test_scorecard_shows_tensorflow_beside_the_pytorch_cpu_time_without_scoring_it():
-    from hdr_lib import scorecard
+    from hdr_lib.book import scorecard
 
     torch_runs = [_record(seconds=20.0 + i, seed=i) for i in range(3)]
     keras_runs = [_record("keras-tensorflow", "fit", seconds=s, seed=i) for i, s in enumerate((300.0, 360.0))]
@@ -187,7 +187,7 @@ def test_scorecard_shows_tensorflow_beside_the_pytorch_cpu_time_without_scoring_
 def test_chapter_rows_group_by_framework_and_way(tmp_path):
     import json
 
-    from hdr_lib import frameworks
+    from hdr_lib.book import frameworks
 
     runs = ([_record(seconds=20.0 + i, seed=i) for i in range(2)]
             + [_record("keras-tensorflow", "fit", seconds=s, accuracy=98.9 + i / 10, seed=i)

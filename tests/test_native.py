@@ -1,4 +1,4 @@
-"""hdr_lib.native, the fast path's C++ step on the CPU: it builds here, its TrainStep updates as optimizer.step() does,
+"""hdr_lib.fast.native, the fast path's C++ step on the CPU: it builds here, its TrainStep updates as optimizer.step() does,
 and where it cannot be built the fast path still trains. (Its loss and gradients against autograd's, ties included,
 and ten training steps: tests/test_fastcpu.py, beside the Python step's.)"""
 
@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from hdr_lib import PAPER, native
+from hdr_lib import PAPER
+from hdr_lib.fast import native
 from hdr_lib.data import to_float
 from hdr_lib.model import LeNet5
 from hdr_lib.train import CPU_STEPS, train

@@ -1,11 +1,11 @@
-"""hdr_lib.notebook without a kernel: parameter checks, the shared cached run, and 'not yet measured'."""
+"""hdr_lib.book.chapter without a kernel: parameter checks, the shared cached run, and 'not yet measured'."""
 
 import math
 from pathlib import Path
 
 import pytest
 
-from hdr_lib import notebook as nb
+from hdr_lib.book import chapter as nb
 from hdr_lib.config import ConfigError, PAPER
 
 
@@ -53,7 +53,7 @@ def test_cached_run_trains_once_and_then_reuses(tmp_path, monkeypatch, data_root
 
 
 def _cuda_record(kernels, steps, compiled=False, seconds=1.0, seed=0):
-    from hdr_lib.records import SCHEMA
+    from hdr_lib.measure.records import SCHEMA
     from hdr_lib.train import CUDA_KERNELS
 
     return {"schema": SCHEMA, "kind": "train", "status": "complete",
@@ -85,7 +85,7 @@ def test_cuda_ways_group_runs_by_how_the_step_ran(tmp_path):
 def test_kernel_times_are_tabled_per_record_or_said_to_be_missing(tmp_path):
     import json
 
-    from hdr_lib.records import SCHEMA
+    from hdr_lib.measure.records import SCHEMA
 
     assert nb.kernel_times_markdown(tmp_path).startswith("**not yet measured:** no timing of the Triton step's")
     times = {"sample_kernel, 8 warps": {"median": 30.04, "min": 29.5, "max": 31.0},
@@ -108,7 +108,7 @@ def test_kernel_times_are_tabled_per_record_or_said_to_be_missing(tmp_path):
 def test_ceiling_table_gives_each_way_its_share_of_the_matrix_product(tmp_path):
     import json
 
-    from hdr_lib.records import SCHEMA
+    from hdr_lib.measure.records import SCHEMA
 
     assert nb.ceiling_markdown(tmp_path).startswith("**not yet measured:** no benchmark record under")
     record = {"schema": SCHEMA, "kind": "bench", "status": "complete",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hdr_lib.hardware import NvmlSampler, _percentile
+from hdr_lib.measure.machine import NvmlSampler, _percentile
 
 
 def test_percentile_matches_linear_interpolation():

@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from hdr_lib import notebook as nb, plots
+from hdr_lib.book import chapter as nb, figures
 from hdr_lib.config import PAPER
 from hdr_lib.data import load_mnist, to_float
 
@@ -24,25 +24,25 @@ def run(data):
 
 
 def test_digit_grid_titles_each_digit_with_its_label(data):
-    fig = plots.digit_grid(data.train_images, data.train_labels, n=20)
+    fig = figures.digit_grid(data.train_images, data.train_labels, n=20)
     assert len(fig.data) == 20
     titles = sorted(a.text for a in fig.layout.annotations)
     assert titles == sorted(f"label {int(y)}" for y in data.train_labels[:20])
 
 
 def test_class_balance_counts_every_image(data):
-    fig = plots.class_balance(data.train_labels, data.test_labels)
+    fig = figures.class_balance(data.train_labels, data.test_labels)
     assert [sum(t.y) for t in fig.data] == [60000, 10000]
 
 
 def test_pixel_histogram_has_256_levels(data):
-    fig = plots.pixel_histogram(data.test_images)
+    fig = figures.pixel_histogram(data.test_images)
     assert len(fig.data[0].x) == 256 and sum(fig.data[0].y) == 10000 * 28 * 28
 
 
 def test_epoch_curves_slider_replays_every_epoch(run):
     record, _ = run
-    fig = plots.epoch_curves({"a": record, "b": record})
+    fig = figures.epoch_curves({"a": record, "b": record})
     assert len(fig.data) == 4  # two metrics x two runs
     steps = fig.layout.sliders[0].steps
     assert [s.label for s in steps] == ["1", "2"]
@@ -53,7 +53,7 @@ def test_epoch_curves_slider_replays_every_epoch(run):
 
 def test_training_time_bars_label_claims_and_missing_gpu(run):
     record, _ = run
-    fig = plots.training_time_bars({"cpu": nb.device_summary([record]), "cuda": None})
+    fig = figures.training_time_bars({"cpu": nb.device_summary([record]), "cuda": None})
     names = {t.name for t in fig.data if t.name}
     assert "paper (claimed)" in names and "ours (measured), CPU" in names
     assert [t.y[0] for t in fig.data if t.name == "paper (claimed)"] == [3600.0, 300.0]
@@ -62,7 +62,7 @@ def test_training_time_bars_label_claims_and_missing_gpu(run):
 
 
 def test_accuracy_ci_error_bars_from_several_runs():
-    fig = plots.accuracy_ci({"ours CPU": [98.9, 99.0, 98.95]}, {"paper (claimed) CPU": 98.2})
+    fig = figures.accuracy_ci({"ours CPU": [98.9, 99.0, 98.95]}, {"paper (claimed) CPU": 98.2})
     mean = next(t for t in fig.data if "mean" in t.name)
     assert mean.error_y.visible and mean.error_y.array[0] > 0
     assert any(t.name == "paper (claimed) CPU" for t in fig.data)
@@ -73,7 +73,7 @@ def test_misclassified_slider_steps_through_wrong_digits(run, data):
     from hdr_lib.train import predict_proba
 
     probs = predict_proba(model, to_float(data.test_images))
-    fig = plots.misclassified(data.test_images, data.test_labels, probs, limit=25)
+    fig = figures.misclassified(data.test_images, data.test_labels, probs, limit=25)
     wrong = int((probs.argmax(1) != data.test_labels).sum())
     assert wrong > 0 and len(fig.layout.sliders[0].steps) == min(25, wrong)
     assert [t.type for t in fig.data] == ["heatmap", "bar"]
@@ -81,13 +81,13 @@ def test_misclassified_slider_steps_through_wrong_digits(run, data):
 
 
 def test_probability_bars_marks_the_true_digit():
-    fig = plots.probability_bars(torch.full((10,), 0.1), true_label=3)
+    fig = figures.probability_bars(torch.full((10,), 0.1), true_label=3)
     colours = list(fig.data[0].marker.color)
     assert colours[3] != colours[0] and len(set(colours)) == 2
 
 
 def test_memory_bars_say_not_yet_measured():
-    fig = plots.memory_bars({**nb.memory_estimate(), "ours: CUDA reserved": None})
+    fig = figures.memory_bars({**nb.memory_estimate(), "ours: CUDA reserved": None})
     assert any(a.text == "not yet measured" for a in fig.layout.annotations)
 
 
@@ -96,7 +96,7 @@ def test_step_time_split_puts_the_largest_kind_on_top_and_names_its_operators():
                "kinds": {"convolutions": 2.0, "between operators": 0.6, "pooling": 0.4},
                "ops": {"convolutions": {"aten::mkldnn_convolution": 1.2, "aten::convolution_backward": 0.8},
                        "pooling": {"aten::max_pool2d_with_indices": 0.4}}}
-    bar = plots.step_time_split(profile).data[0]
+    bar = figures.step_time_split(profile).data[0]
     assert list(bar.y) == ["pooling", "between operators", "convolutions"]  # plotly draws the first at the bottom
     assert list(bar.x) == [0.4, 0.6, 2.0]
     assert bar.text[-1] == "2.00 ms (67 %)"

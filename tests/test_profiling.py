@@ -1,9 +1,9 @@
-"""hdr_lib.profiling on the real MNIST: a step's time split by kind of operator, evaluation left out."""
+"""hdr_lib.measure.profiling on the real MNIST: a step's time split by kind of operator, evaluation left out."""
 
 import pytest
 
 from hdr_lib import PAPER
-from hdr_lib.profiling import MARKS, OUTSIDE, kind_of, step_profile
+from hdr_lib.measure.profiling import MARKS, OUTSIDE, kind_of, step_profile
 
 pytestmark = pytest.mark.slow  # profiles training steps on the real MNIST
 
@@ -40,7 +40,7 @@ def _check_split(profile):
 
 
 def test_fast_path_profile_splits_a_step_and_leaves_evaluation_out(mnist):
-    # The native step (hdr_lib.native): its own loops by what they compute, the ATen operators it calls by name.
+    # The native step (hdr_lib.fast.native): its own loops by what they compute, the ATen operators it calls by name.
     ops = _check_split(step_profile(CPU, mnist, steps=20))
     conv = ops["convolutions (forward and backward)"]  # each with its ReLU and pooling, in one loop
     for layer in ("conv1", "conv2"):

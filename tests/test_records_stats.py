@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from hdr_lib.records import RecordError, SCHEMA, load_records, read_record, write_json_atomic
-from hdr_lib.stats import summarize, welch
+from hdr_lib.measure.records import RecordError, SCHEMA, load_records, read_record, write_json_atomic
+from hdr_lib.measure.stats import summarize, welch
 
 from conftest import REPO
 
@@ -59,7 +59,7 @@ def test_welch_finds_a_clear_difference_and_not_a_noisy_one():
 
 
 def test_records_under_results_do_not_mark_the_commit_dirty_but_code_changes_do(tmp_path):
-    from hdr_lib.hardware import git_commit
+    from hdr_lib.measure.machine import git_commit
 
     clone = tmp_path / "repo"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)

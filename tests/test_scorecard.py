@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from hdr_lib import scorecard
+from hdr_lib.book import scorecard
 from hdr_lib.config import PAPER
-from hdr_lib.records import RecordError, SCHEMA
-from hdr_lib.scorecard import HIGHER, LOWER, NOT_COMPARABLE, NOT_MEASURED, REPRODUCED
+from hdr_lib.measure.records import RecordError, SCHEMA
+from hdr_lib.book.scorecard import HIGHER, LOWER, NOT_COMPARABLE, NOT_MEASURED, REPRODUCED
 
 
 def make_record(device="cpu", seconds=100.0, accuracy=99.0, util=None, mem_bytes=None, path="reference",

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from hdr_lib import scorecard
+from hdr_lib.book import scorecard
 from tests.test_scorecard import make_record
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hdr_lib import PAPER
-from hdr_lib.records import SCHEMA, read_record
+from hdr_lib.measure.records import SCHEMA, read_record
 from hdr_lib.train import batch_order, init_model, train
 
 from conftest import REPO
@@ -132,7 +132,7 @@ def test_run_killed_after_first_epoch_resumes_to_the_same_result(tmp_path):
 
 @pytest.mark.slow  # trains on the real MNIST
 def test_bench_times_both_paths_to_equal_accuracy(data_root, tmp_path, capsys):
-    from hdr_lib.bench import bench
+    from hdr_lib.measure.bench import bench
 
     record = bench(CPU.replace(batch_size=256, lr=0.05), rounds=2, out=tmp_path / "bench.json", data_root=data_root,
                    progress=False)
@@ -165,8 +165,8 @@ def test_bench_times_both_paths_to_equal_accuracy(data_root, tmp_path, capsys):
 
 @pytest.mark.slow  # trains on the real MNIST
 def test_bench_times_other_ways_of_running_the_fast_path_in_turn(data_root, tmp_path, capsys):
-    from hdr_lib import notebook as nb, plots
-    from hdr_lib.bench import bench
+    from hdr_lib.book import chapter as nb, figures
+    from hdr_lib.measure.bench import bench
     from hdr_lib.config import ConfigError
 
     with pytest.raises(ConfigError, match="unknown bench variant 'bogus'"):
@@ -183,5 +183,5 @@ def test_bench_times_other_ways_of_running_the_fast_path_in_turn(data_root, tmp_
     assert record["summary"]["fast no-cuda-graph"]["test_accuracy"] == record["summary"]["fast"]["test_accuracy"]
     rows = nb.bench_rows(tmp_path)
     assert {row["path"] for row in rows} == {"reference", "fast", "fast no-cuda-graph"}
-    assert sorted(bar.name for bar in plots.bench_bars(rows).data) == ["fast no-cuda-graph", "fast path",
+    assert sorted(bar.name for bar in figures.bench_bars(rows).data) == ["fast no-cuda-graph", "fast path",
                                                                         "reference path"]

@@ -1,4 +1,4 @@
-"""The CUDA fast path's Triton step (hdr_lib.tritonstep). Without a GPU its two kernels run in Triton's interpreter
+"""The CUDA fast path's Triton step (hdr_lib.fast.triton_step). Without a GPU its two kernels run in Triton's interpreter
 (conftest sets TRITON_INTERPRET=1 there), which executes the same kernel code on the CPU: slowly, so batches here
 are small. On the GPU machine this file runs the compiled kernels on CUDA."""
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from hdr_lib import PAPER, cudagraphs, tritonstep
+from hdr_lib import PAPER
+from hdr_lib.fast import cuda_graphs, triton_step
 from hdr_lib.model import LeNet5
 from hdr_lib.train import CUDA_KERNELS, _FastSteps, _set_lr, autocast, batch_order
 
@@ -55,7 +56,7 @@ def _gradients(step, x, y, idx):
 def _assert_same_as_autograd(model, x, y, idx):
     reference = LeNet5().to(DEVICE)
     reference.load_state_dict(model.state_dict())
-    step = tritonstep.TrainStep(model, _sgd(model), batch_size=idx.shape[0])
+    step = triton_step.TrainStep(model, _sgd(model), batch_size=idx.shape[0])
     loss, grad = _gradients(step, x, y, idx)
     expected = F.cross_entropy(reference(x[idx]), y[idx])
     expected.backward()
@@ -82,15 +83,15 @@ def test_loss_and_every_gradient_equal_autograd_on_the_module(mnist, n):
 
 def test_the_update_sums_every_row_of_batches_beyond_64_images_then_steps_with_momentum():
     # The update kernel alone, on made-up scratch rows: 130 of them take its loop over 64-row blocks three times.
-    k = tritonstep.kernels()
+    k = triton_step.kernels()
     generator = torch.Generator().manual_seed(3)
     scratch = torch.randn(130, int(k.ROW), generator=generator).to(DEVICE)
     scratch[:, int(k.ONE)] = 1.0
-    u, v = tritonstep._flat_indices(DEVICE)
+    u, v = triton_step._flat_indices(DEVICE)
     flat, buf = torch.randn(2, u.numel(), generator=generator).to(DEVICE)
     lr, loss, grad = torch.tensor(0.05, device=DEVICE), torch.empty((), device=DEVICE), torch.empty_like(flat)
     new_flat, new_buf = flat.clone(), buf.clone()
-    k.update_kernel[(tritonstep._cdiv(u.numel(), 128),)](scratch, u, v, new_flat, new_buf, lr, loss, grad, 130,
+    k.update_kernel[(triton_step._cdiv(u.numel(), 128),)](scratch, u, v, new_flat, new_buf, lr, loss, grad, 130,
                                                                u.numel(), 0.9, STORE_GRAD=True)
     expected = (scratch[:, u.long()] * scratch[:, v.long()]).sum(0)
     torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-5)
@@ -115,7 +116,7 @@ def test_steps_update_as_pytorch_sgd_does_across_an_lr_change_and_a_reload(mnist
     x, y = _data(mnist)
     auto, stepped = _model(), _model()
     opt_auto, opt_stepped = _sgd(auto, fused=True), _sgd(stepped)
-    step = tritonstep.TrainStep(stepped, opt_stepped, batch_size=6)
+    step = triton_step.TrainStep(stepped, opt_stepped, batch_size=6)
     names = [name for name, _ in stepped.named_parameters()]
     for i in range(4):
         if i == 2:
@@ -141,7 +142,7 @@ def test_steps_update_as_pytorch_sgd_does_across_an_lr_change_and_a_reload(mnist
     reloaded.load_state_dict(stepped.state_dict())
     opt_reloaded = _sgd(reloaded)
     opt_reloaded.load_state_dict(saved)
-    again = tritonstep.TrainStep(reloaded, opt_reloaded, batch_size=6)
+    again = triton_step.TrainStep(reloaded, opt_reloaded, batch_size=6)
     assert torch.equal(again.buf, step.buf) and torch.equal(again.flat, step.flat)
 
 
@@ -156,9 +157,9 @@ def test_what_the_triton_step_does_not_compute_is_refused_with_the_reason(mnist,
     x, _ = _data(mnist, 8)
     model = _model()
     model, optimizer = change(model, _sgd(model))
-    assert reason in tritonstep.reason_not_applicable(model, optimizer, x)
+    assert reason in triton_step.reason_not_applicable(model, optimizer, x)
     plain = _model()
-    assert tritonstep.reason_not_applicable(plain, _sgd(plain), x) is None
+    assert triton_step.reason_not_applicable(plain, _sgd(plain), x) is None
 
 
 N, BATCH = 20, 8  # batches of 8, 8 and 4: both batch shapes of a real epoch, in few interpreted steps
@@ -186,7 +187,7 @@ def test_the_fast_path_replays_the_triton_step_as_an_epoch_graph(mnist, monkeypa
     plain, plain_model, plain_opt = _stepper(mnist, triton=False)
     expected = _train(plain, plain_opt)
     if DEVICE.type != "cuda":
-        monkeypatch.setattr(cudagraphs, "capture", emulated_capture)
+        monkeypatch.setattr(cuda_graphs, "capture", emulated_capture)
     stepper, model, optimizer = _stepper(mnist, triton=True, use_graph=True)
     assert stepper.triton_unavailable is None and stepper.cuda_kernels == CUDA_KERNELS["triton"]
     assert stepper.epoch_graph is not None and stepper.graph_error is None
@@ -215,7 +216,7 @@ def test_a_triton_step_whose_gradient_is_wrong_is_not_used(mnist, monkeypatch):
         x = F.relu(F.linear(torch.flatten(x, 1), f1w, f1b))
         return F.linear(F.linear(x, f2w, f2b), f3w, f3b)
 
-    monkeypatch.setattr(tritonstep, "_functional_forward", other_forward)
+    monkeypatch.setattr(triton_step, "_functional_forward", other_forward)
     stepper, _, _ = _stepper(mnist, triton=True)
     assert stepper.triton_step is None and stepper.cuda_kernels == CUDA_KERNELS["aten"]
     assert stepper.triton_unavailable.startswith("the Triton step's first gradient differs from autograd's by")

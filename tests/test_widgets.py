@@ -5,7 +5,8 @@ import re
 import pytest
 import torch
 
-from hdr_lib import PAPER, widgets
+from hdr_lib import PAPER
+from hdr_lib.book import widgets
 from hdr_lib.train import train
 
 

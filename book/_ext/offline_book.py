@@ -8,7 +8,7 @@
   (it would load from a CDN), so its configuration and loader are left out of the pages.
 - Every run record (results/**/*.json) is copied into the site as records/... (not results/: Sphinx skips extra
   files that match exclude_patterns, which names results), so the Reproduce page links each one for download.
-- The kernels that execute the notebooks inherit HDR_BOOK_BUILD=1 (hdr_lib.display then emits a div and a
+- The kernels that execute the notebooks inherit HDR_BOOK_BUILD=1 (hdr_lib.book.render then emits a div and a
   Plotly.newPlot call instead of the plotly mime type the book cannot show) and HDR_PROGRESS=0 (no
   progress-bar widgets in static pages), and find hdr_lib through PYTHONPATH wherever the notebook lies.
 """

@@ -48,9 +48,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hdr_lib import records
-from hdr_lib.records import is_finite, is_headline_run, one_machine, same_host_pair, session_of
-from hdr_lib.stats import summarize, welch
+from hdr_lib.measure import records
+from hdr_lib.measure.records import is_finite, is_headline_run, one_machine, same_host_pair, session_of
+from hdr_lib.measure.stats import summarize, welch
 
 REPRODUCED = "reproduced"
 HIGHER, LOWER = "differs: ours higher", "differs: ours lower"

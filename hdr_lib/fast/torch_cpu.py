@@ -1,5 +1,5 @@
 """The fast path's CPU training step in PyTorch operators: LeNet-5 with the same weights and the same mathematics,
-arranged so that the CPU does less work per step. The fast path runs it where `hdr_lib.native` (the same
+arranged so that the CPU does less work per step. The fast path runs it where `hdr_lib.fast.native` (the same
 mathematics as one C++ operator, faster) cannot be built, and its forward pass under the bfloat16 and
 channels-last options.
 
@@ -131,7 +131,7 @@ def forward(model: LeNet5, x: torch.Tensor) -> torch.Tensor:
     return model.after_pool1(CornerMaxReLU.apply(corners))
 
 
-# The profiler spans of the explicit step, by part (hdr_lib.profiling counts what runs inside them as that part).
+# The profiler spans of the explicit step, by part (hdr_lib.measure.profiling counts what runs inside them as that part).
 SPANS = {
     "conv1": "fastcpu.conv1",  # conv1 per pooling corner, forward and backward
     "pool1": "fastcpu.CornerMaxReLU",  # pooling of conv1 with its ReLU, forward and backward
@@ -142,7 +142,7 @@ SPANS = {
 
 
 def _span(name: str):
-    """A named span for the profiler (hdr_lib.profiling sorts operators by the span they run in); nothing, at no
+    """A named span for the profiler (hdr_lib.measure.profiling sorts operators by the span they run in); nothing, at no
     cost, when no profiler runs."""
     return torch.profiler.record_function(name) if torch.autograd._profiler_enabled() else nullcontext()
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hdr_lib import records
-from hdr_lib.records import load_records, one_machine, session_of
-from hdr_lib.stats import summarize
+from hdr_lib.measure import records
+from hdr_lib.measure.records import load_records, one_machine, session_of
+from hdr_lib.measure.stats import summarize
 
 NOT_MEASURED = "not yet measured"
 
@@ -19,7 +19,7 @@ NOT_MEASURED = "not yet measured"
 def _folder(results_dir) -> Path:
     if results_dir is not None:
         return Path(results_dir).expanduser()
-    from hdr_lib.scorecard import results_dir as default
+    from hdr_lib.book.scorecard import results_dir as default
 
     return default()
 
@@ -193,7 +193,7 @@ def seed_runs_markdown(seed: int = 0, results_dir=None, live: dict | None = None
 def path_speedups_markdown(rows=None) -> str:
     """The CPU-over-GPU speedup on each path, from the scorecard's rows: 'not yet measured' until one host has
     both devices' runs."""
-    from hdr_lib import scorecard
+    from hdr_lib.book import scorecard
 
     rows = scorecard.scorecard() if rows is None else rows
     row = next(r for r in rows if r.claim.key == "speedup")

@@ -14,12 +14,12 @@ import torch
 
 from hdr_lib import checkpoint, data as mnist, paths
 from hdr_lib.config import PAPER, ConfigError, TrainConfig, check
-from hdr_lib.hardware import resolve_device
+from hdr_lib.measure.machine import resolve_device
 from hdr_lib.model import LeNet5, count_parameters, layer_table
-from hdr_lib.plots import PAPER_CLAIMS
-from hdr_lib import records
-from hdr_lib.records import RecordError, load_records
-from hdr_lib.stats import summarize
+from hdr_lib.book.figures import PAPER_CLAIMS
+from hdr_lib.measure import records
+from hdr_lib.measure.records import RecordError, load_records
+from hdr_lib.measure.stats import summarize
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: results/ and _build/ live here
 NOT_MEASURED = "not yet measured"
@@ -317,14 +317,14 @@ def memory_lines(records: list[dict]) -> list[str]:
 
 
 def bench_rows(results_dir=None) -> list[dict]:
-    """Per-epoch seconds of each path from bench records (`hdr_lib.bench`): rows of device, path, seconds,
+    """Per-epoch seconds of each path from bench records (`hdr_lib.measure.bench`): rows of device, path, seconds,
     images per second and hardware. A bench record without `runs` is reported as damaged, never skipped."""
     folder = results_folder(results_dir)
     records = load_records(folder, kind="bench") if folder.is_dir() else []
     rows = []
     for r in records:
         if not isinstance(r.get("runs"), dict):
-            raise RecordError(f"bench record {r['_path']} has no 'runs'; it was not written by hdr_lib.bench")
+            raise RecordError(f"bench record {r['_path']} has no 'runs'; it was not written by hdr_lib.measure.bench")
         for name, items in r["runs"].items():
             seconds = [item["train_seconds"] for item in items]
             summary = r["summary"][name]
@@ -345,7 +345,7 @@ def ceiling_markdown(results_dir=None) -> str:
     for r in records:
         c = r.get("ceiling")
         if not c:
-            parts.append(f"{provenance(r)}: this record has no matrix-product ceiling (made before `hdr_lib.bench` "
+            parts.append(f"{provenance(r)}: this record has no matrix-product ceiling (made before `hdr_lib.measure.bench` "
                          "measured one).")
             continue
         n, per_round = c["matmul"]["n"], c["matmul"]["gflops_per_round"]
@@ -435,7 +435,7 @@ def paper_claims_markdown() -> str:
 
 def quick_path_comparison(config: TrainConfig, data, steps: int = 100, rounds: int = 2) -> list[dict]:
     """A short live timing of the fast and the reference path: `steps` optimiser steps each, alternated
-    `rounds` times. Rows for plots.bench_bars (seconds are per `steps` steps here, not per epoch)."""
+    `rounds` times. Rows for figures.bench_bars (seconds are per `steps` steps here, not per epoch)."""
     from hdr_lib.train import train
 
     device = resolve_device(config.device).type

@@ -4,8 +4,8 @@ and PyTorch) side by side, from results/ only; nothing is trained here."""
 from __future__ import annotations
 
 from hdr_lib.model import training_flops
-from hdr_lib.records import is_paper_config, load_records, machine
-from hdr_lib.stats import summarize
+from hdr_lib.measure.records import is_paper_config, load_records, machine
+from hdr_lib.measure.stats import summarize
 
 NOT_MEASURED = "not yet measured"
 PAPER_CPU_SECONDS = 3600.0  # §4.1, 20 epochs on the paper's CPU

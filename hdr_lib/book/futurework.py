@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hdr_lib import stats
+from hdr_lib.measure import stats
 from hdr_lib.model import ResNet, LeNet5, count_parameters, training_flops
-from hdr_lib.records import is_default_run, load_records, one_machine
+from hdr_lib.measure.records import is_default_run, load_records, one_machine
 
 NOT_YET = "not yet measured"
 
 
 def _folder(results_dir) -> Path:
-    from hdr_lib.notebook import results_folder
+    from hdr_lib.book.chapter import results_folder
 
     return results_folder(results_dir)
 
@@ -331,7 +331,7 @@ def network_rows(results_dir=None, matmul_gflops: float | None = None) -> list[d
 
 
 def cpu_matmul_gflops(results_dir=None) -> float | None:
-    """The CPU's float32 matrix-product rate from the benchmark record (hdr_lib.ceiling), if there is one."""
+    """The CPU's float32 matrix-product rate from the benchmark record (hdr_lib.measure.ceiling), if there is one."""
     path = _folder(results_dir) / "bench-cpu.json"
     if not path.is_file():
         return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from hdr_lib.timing import Stopwatch
+from hdr_lib.measure.timing import Stopwatch
 
 SIZES = {"cpu": 1024, "cuda": 4096}  # large enough to run at the library's full speed, small enough to be quick
 

@@ -8,9 +8,9 @@ import torch
 from IPython.display import HTML, display
 from plotly.subplots import make_subplots
 
-from hdr_lib import plots
+from hdr_lib.book import figures
 from hdr_lib.config import PAPER, ConfigError
-from hdr_lib.display import in_book_build
+from hdr_lib.book.render import in_book_build
 
 # Each control's label at its own width: the default width cut "learning rate" and "epochs done" short.
 LABEL = {"description_width": "initial"}
@@ -19,7 +19,7 @@ LIVE_NOTE = ("<div style='border-left:4px solid #1f77b4;padding:4px 10px;color:#
 
 
 def _note(what: str) -> None:
-    """In a live kernel, say what the controls do; in the book, hdr_lib.display puts its own note in their place."""
+    """In a live kernel, say what the controls do; in the book, hdr_lib.book.render puts its own note in their place."""
     if not in_book_build():
         display(HTML(LIVE_NOTE.format(what=what)))
 
@@ -30,7 +30,7 @@ def _growing_figure():
     fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "test accuracy (%)"))
     fig.add_scatter(x=[], y=[], mode="lines+markers", name="loss", row=1, col=1)
     fig.add_scatter(x=[], y=[], mode="lines+markers", name="accuracy", row=1, col=2)
-    fig.update_xaxes(title="epoch", dtick=1).update_layout(template=plots.TEMPLATE, height=340, showlegend=False)
+    fig.update_xaxes(title="epoch", dtick=1).update_layout(template=figures.TEMPLATE, height=340, showlegend=False)
     try:
         return go.FigureWidget(fig), None
     except Exception:  # plotly >= 6 needs the anywidget package for FigureWidget
@@ -122,8 +122,8 @@ def digit_browser(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
         p = probs[index]
         # two lines: one would not fit the digit's narrow figure
         title = f"test image {index}<br>true {int(labels[index])}, predicted {int(p.argmax())} (p = {p.max():.3f})"
-        plots.digit_image(images[index], title).show()
-        plots.probability_bars(p, int(labels[index])).show()
+        figures.digit_image(images[index], title).show()
+        figures.probability_bars(p, int(labels[index])).show()
 
     def show(_change=None):
         index = wrong[slider.value] if only_wrong.value and wrong else slider.value

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from hdr_lib.stats import summarize
+from hdr_lib.measure.stats import summarize
 
 TEMPLATE = "plotly_white"
 PAPER_COLOUR = "#9e9e9e"  # every "paper (claimed)" mark is grey, every measurement coloured
@@ -238,7 +238,7 @@ def bench_bars(rows: list[dict], unit: str = "seconds per epoch") -> go.Figure:
     # the fast path run other ways (bench --fast-variant), each in a colour of its own
     others = sorted({r["path"] for r in rows} - {"reference", "fast"})
     ways = [("reference", PAPER_COLOUR), ("fast", DEVICE_COLOURS["cpu"])] + list(
-        zip(others, ("#8c8c8c", "#bcbd22", "#17becf")))  # as many as hdr_lib.bench.VARIANTS
+        zip(others, ("#8c8c8c", "#bcbd22", "#17becf")))  # as many as hdr_lib.measure.bench.VARIANTS
     for path, colour in ways:
         for row in (r for r in rows if r["path"] == path):
             s = summarize(row["seconds"])
@@ -253,7 +253,7 @@ def bench_bars(rows: list[dict], unit: str = "seconds per epoch") -> go.Figure:
 
 
 def step_time_split(profile: dict, top_ops: int = 4) -> go.Figure:
-    """One training step's wall time split by kind of operator (`hdr_lib.profiling.step_profile`), largest first;
+    """One training step's wall time split by kind of operator (`hdr_lib.measure.profiling.step_profile`), largest first;
     hovering a bar lists the operators behind it."""
     kinds = list(profile["kinds"].items())[::-1]  # plotly draws the first bar at the bottom
     hover = []

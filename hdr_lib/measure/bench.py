@@ -5,11 +5,12 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from hdr_lib import ceiling, data as mnist, paths
+from hdr_lib import data as mnist, paths
+from hdr_lib.measure import ceiling
 from hdr_lib.config import ConfigError, TrainConfig, check
-from hdr_lib.hardware import environment, resolve_device
+from hdr_lib.measure.machine import environment, resolve_device
 from hdr_lib.model import training_flops
-from hdr_lib.records import SCHEMA, write_json_atomic
+from hdr_lib.measure.records import SCHEMA, write_json_atomic
 from hdr_lib.train import train
 
 PATHS = ("reference", "fast")
@@ -29,7 +30,7 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     least moved by a machine whose speed drifts; the record keeps each round's and their median).
     One-time costs (data loading, moving data, graph capture) are reported apart, per path.
     `ceiling` puts each way's sustained rate (the epoch's FLOPs, hdr_lib.model.training_flops, over its median
-    time) beside the rate of a large float32 matrix product on the same device (hdr_lib.ceiling), measured after
+    time) beside the rate of a large float32 matrix product on the same device (hdr_lib.measure.ceiling), measured after
     every round and taken as the median of the rounds, as the paths' times are.
     """
     config.validate()

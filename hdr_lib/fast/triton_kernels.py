@@ -1,8 +1,8 @@
-"""The two Triton kernels of the CUDA training step (hdr_lib.tritonstep loads this module when it is used).
+"""The two Triton kernels of the CUDA training step (hdr_lib.fast.triton_step loads this module when it is used).
 
 `sample_kernel`, one program per image of the batch: the whole forward pass, the loss, and the backward pass of
 that image, with each convolution, its ReLU and its 2x2 max pooling computed per pooling corner (as
-hdr_lib/csrc/lenet5_cpu.cpp does on the CPU). conv2's input gradient uses the pooling too: only a window's winning
+hdr_lib/fast/csrc/lenet5_cpu.cpp does on the CPU). conv2's input gradient uses the pooling too: only a window's winning
 corner carries a gradient, so each pooled position reaches one 6x6 patch of conv2's input, through conv2.weight
 shifted by its corner (about a third of the multiply-adds of a transposed convolution over the whole 8x8 output
 gradient, three quarters of which is zeros). The image's share of every gradient goes to its row of a scratch

@@ -1,6 +1,6 @@
 """The fast path's native CPU step: `csrc/lenet5_cpu.cpp`, compiled for this machine on first use.
 
-It computes what `hdr_lib.fastcpu.loss_and_gradients` computes (the loss and every parameter's gradient, without
+It computes what `hdr_lib.fast.torch_cpu.loss_and_gradients` computes (the loss and every parameter's gradient, without
 an autograd graph) in one C++ operator, `torch.ops.hdr_lenet5.loss_and_gradients`:
 
 - each convolution, with its ReLU and its 2x2 max pooling, is one hand-vectorised loop forward and one backward
@@ -14,7 +14,7 @@ an autograd graph) in one C++ operator, `torch.ops.hdr_lenet5.loss_and_gradients
 The build needs a C++ compiler with OpenMP and ninja (torch.utils.cpp_extension); it takes about 15 s once and is
 kept under ~/.cache/hdr_lib/native (HDR_NATIVE_CACHE), one build per source, flags, torch version and CPU. Where
 it cannot be built (no compiler, another platform) or HDR_NATIVE=0, `load()` says why (`reason()`) and the fast
-path runs `fastcpu.train_step` instead; its records name the step that ran (`execution.cpu_step`).
+path runs `torch_cpu.train_step` instead; its records name the step that ran (`execution.cpu_step`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from hdr_lib import fastcpu
-from hdr_lib.hardware import cpu_model
+from hdr_lib.fast import torch_cpu
+from hdr_lib.measure.machine import cpu_model
 from hdr_lib.model import LeNet5
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "lenet5_cpu.cpp"
@@ -66,7 +66,7 @@ def _forced() -> bool:
 
 # The operator keeps up to 24 sums of 16 floats in vector registers: AVX-512's 32 registers hold them, AVX2's 16
 # (of 8 floats) do not, and the sums spill to memory. Measured on a 2-core AMD EPYC with AVX2 and no AVX-512
-# (scripts/ab_cpu_step.py, results/ab-cpu-step.json), the native step took longer than fastcpu.train_step.
+# (scripts/ab_cpu_step.py, results/ab-cpu-step.json), the native step took longer than torch_cpu.train_step.
 NEEDS = "avx512f"
 
 
@@ -140,13 +140,13 @@ def reason() -> str | None:
 
 
 def applies(model: LeNet5, x: torch.Tensor) -> bool:
-    """Whether the operator fits: where fastcpu's arrangement does (the paper's variant, 28x28 input, on the CPU),
+    """Whether the operator fits: where torch_cpu's arrangement does (the paper's variant, 28x28 input, on the CPU),
     for one-channel float32 images."""
-    return fastcpu.applies(model, x) and x.dtype == torch.float32 and x.shape[1] == 1
+    return torch_cpu.applies(model, x) and x.dtype == torch.float32 and x.shape[1] == 1
 
 
 def loss_and_gradients(model: LeNet5, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """What `fastcpu.loss_and_gradients` returns, from the native operator (`load()` first)."""
+    """What `torch_cpu.loss_and_gradients` returns, from the native operator (`load()` first)."""
     out = torch.ops.hdr_lenet5.loss_and_gradients(x.contiguous(), y, *[p.detach() for p in model.parameters()])
     return out[0], list(out[1:])
 

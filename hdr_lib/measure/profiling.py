@@ -6,7 +6,7 @@ import os
 import re
 from collections import defaultdict
 
-from hdr_lib import fastcpu
+from hdr_lib.fast import torch_cpu
 from hdr_lib.config import TrainConfig
 from hdr_lib.train import TRAIN_STEPS_LABEL, train
 
@@ -34,15 +34,15 @@ SPAN_KINDS = (
     ("DataLoader", "loading the batch"),
     ("CornerMaxReLU", "max pooling (forward and backward)"),
 )
-# The fast CPU path's explicit step marks each layer's part with a span (fastcpu.SPANS); these name the kind only of
+# The fast CPU path's explicit step marks each layer's part with a span (torch_cpu.SPANS); these name the kind only of
 # the operators that their own names leave unsorted (a bias gradient's sum, a transpose's copy), so that a ReLU
 # inside a layer's span still counts as ReLU.
 SPAN_FALLBACK_KINDS = (
-    (fastcpu.SPANS["conv1"], "convolutions (forward and backward)"),
-    (fastcpu.SPANS["conv2"], "convolutions (forward and backward)"),
-    (fastcpu.SPANS["fc"], "fully connected layers"),
-    (fastcpu.SPANS["loss"], "loss (softmax, cross-entropy)"),
-    # The native step's operators and spans (hdr_lib.native): the allocations and sums inside them.
+    (torch_cpu.SPANS["conv1"], "convolutions (forward and backward)"),
+    (torch_cpu.SPANS["conv2"], "convolutions (forward and backward)"),
+    (torch_cpu.SPANS["fc"], "fully connected layers"),
+    (torch_cpu.SPANS["loss"], "loss (softmax, cross-entropy)"),
+    # The native step's operators and spans (hdr_lib.fast.native): the allocations and sums inside them.
     ("hdr_lenet5::conv1_pool", "convolutions (forward and backward)"),
     ("hdr_lenet5::conv2_pool", "convolutions (forward and backward)"),
     ("hdr_lenet5::fully_connected", "fully connected layers"),
@@ -51,7 +51,7 @@ SPAN_FALLBACK_KINDS = (
 UNSORTED = "other operators"
 # Spans that only mark: their own time is the Python between their operators, so it stays with OUTSIDE.
 # The native operator's own time is its C++ between the operators it calls.
-MARKS = {TRAIN_STEPS_LABEL, *fastcpu.SPANS.values(), "hdr_lenet5::loss_and_gradients", "hdr_lenet5::gradients_into",
+MARKS = {TRAIN_STEPS_LABEL, *torch_cpu.SPANS.values(), "hdr_lenet5::loss_and_gradients", "hdr_lenet5::gradients_into",
          "hdr_lenet5::fully_connected"}
 
 

@@ -1,4 +1,4 @@
-"""The CUDA fast path's training step as two Triton kernels (`hdr_lib.tritonkernels`), in place of PyTorch's many
+"""The CUDA fast path's training step as two Triton kernels (`hdr_lib.fast.triton_kernels`), in place of PyTorch's many
 small cuDNN, cuBLAS and elementwise kernels: a step's arithmetic is tiny (about 0.1 GFLOP), so its time goes to
 launching kernels and to the gaps between them, and two kernels per step are as few as its dependencies allow
 (every image's gradient before the update). The batch gather is in the first kernel (it reads the images the batch
@@ -62,7 +62,7 @@ def _interpreting() -> bool:
 
 def kernels():
     """The kernel module, imported on first use (Triton reads TRITON_INTERPRET when it defines them)."""
-    return importlib.import_module("hdr_lib.tritonkernels")
+    return importlib.import_module("hdr_lib.fast.triton_kernels")
 
 
 def _flat_indices(device) -> tuple[torch.Tensor, torch.Tensor]:

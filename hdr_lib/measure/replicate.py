@@ -6,7 +6,7 @@ from pathlib import Path
 
 from hdr_lib import data as mnist, paths
 from hdr_lib.config import RANGES, ConfigError, TrainConfig, check
-from hdr_lib.hardware import resolve_device
+from hdr_lib.measure.machine import resolve_device
 from hdr_lib.train import train
 
 

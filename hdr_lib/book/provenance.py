@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from hdr_lib.records import session_of
+from hdr_lib.measure.records import session_of
 
 # The commit and the date come right after the record's name, where a narrow screen still shows them.
 COLUMNS = ("Record", "Commit", "Created (UTC)", "Session", "Kind", "Status", "Device", "Path", "Epochs", "Seed",

@@ -1,6 +1,6 @@
 """CUDA graphs for the fast path: a whole epoch of training steps (or one step) captured once, then replayed.
 
-At batch 64 LeNet-5's step is a few microseconds of GPU work per kernel (two kernels with hdr_lib.tritonstep,
+At batch 64 LeNet-5's step is a few microseconds of GPU work per kernel (two kernels with hdr_lib.fast.triton_step,
 many with PyTorch's own): launched one by one from Python, the CPU's launch overhead, not the GPU, would set the
 pace. Captured as a graph, a replay launches them all with one call. Capturing a whole epoch (every step: batch
 gather, forward, backward, SGD, and the loss kept) leaves one launch per epoch. What a graph reads is fixed at

@@ -1,7 +1,7 @@
 // LeNet-5's training step on the CPU (the paper's variant: 28x28 input, no padding), as one native operator:
 // the loss and the gradients of all ten parameters, what F.cross_entropy(model(x), y).backward() gives.
 //
-// hdr_lib.fastcpu.train_step computes the same with PyTorch operators called from Python. On a small CPU that
+// hdr_lib.fast.torch_cpu.train_step computes the same with PyTorch operators called from Python. On a small CPU that
 // leaves much of the step to general kernels far from the arithmetic they need at these shapes (1 and 6 input
 // channels, 8x8 to 24x24 maps, a batch of 64), to scalar pooling loops, and to calling a hundred operators from
 // Python. Here:

@@ -1,0 +1,1 @@
+"""Measurement: clocks, the machine, run records, statistics, the benchmark, the ceiling, profiling, several seeds."""
