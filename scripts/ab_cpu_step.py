@@ -114,7 +114,7 @@ def main() -> None:
             "schema": SCHEMA, "kind": "ab-cpu-step", "environment": environment(None),
             "config": {"rounds": args.rounds, "chunk_steps": args.chunk, "batch_size": batch,
                        "threads": torch.get_num_threads()},
-            "ms_per_step": times, "median_ms_per_step": {n: statistics.median(v) for n, v in times.items()},
+            "epochs": [], "ms_per_step": times, "median_ms_per_step": {n: statistics.median(v) for n, v in times.items()},
             "median_ratio_to_first": ratios, "status": "complete"})
         print(f"-> {args.out}")
 

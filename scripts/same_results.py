@@ -30,7 +30,8 @@ def _git(*args: str) -> str:
 def run(commit: str) -> Path:
     full = _git("rev-parse", commit)
     out = REPO / "results" / "same-results" / f"{full[:7]}.json"
-    result = {"commit": full, "ways": {}}
+    result = {"schema": "hdr-run/1", "kind": "same-results", "config": {"epochs": 1, "seed": 0, "device": "cpu"},
+              "environment": {"git_commit": full}, "epochs": [], "status": "complete", "commit": full, "ways": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "tree"
         _git("worktree", "add", "--detach", str(tree), full)
@@ -46,6 +47,7 @@ def run(commit: str) -> Path:
                     "test_accuracy": [float(e["test_accuracy"]).hex() for e in record["epochs"]],
                     "cpu_step": record["execution"].get("cpu_step"),
                     "torch": record["environment"]["torch"], "threads": record["environment"]["threads"]}
+                result["environment"] = {**record["environment"], "git_commit": full}
         finally:
             _git("worktree", "remove", "--force", str(tree))
     out.parent.mkdir(parents=True, exist_ok=True)

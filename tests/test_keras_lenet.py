@@ -203,3 +203,34 @@ def test_chapter_rows_group_by_framework_and_way(tmp_path):
     assert frameworks.NOT_MEASURED in frameworks.paper_time_markdown([])
     assert frameworks.NOT_MEASURED in frameworks.equivalence_markdown(tmp_path)
     assert len(frameworks.figure(table).data) == 2
+
+
+def test_the_chapter_compares_within_one_session_and_shows_every_session_apart(tmp_path):
+    import json
+
+    from hdr_lib.book import frameworks
+
+    def run(framework, way, seconds, session, created, seed=0):
+        record = _record(framework, way, seconds=seconds, seed=seed)
+        record["environment"].update(session=session, created_at=created)
+        return record
+
+    loaded = [run("keras-tensorflow", "fit", s, "loaded", f"2026-12-01T08:0{i}:00+00:00", seed=i)
+              for i, s in enumerate((900.0, 1000.0, 800.0))]
+    quiet = [run("keras-tensorflow", "fit", 300.0, "quiet", "2026-12-01T11:00:00+00:00"),
+             run("keras-jax", "fit", 200.0, "quiet", "2026-12-01T11:10:00+00:00"),
+             run("torch", "fast", 130.0, "quiet", "2026-12-01T11:20:00+00:00")]
+    for i, record in enumerate(loaded + quiet):
+        (tmp_path / f"r{i}.json").write_text(json.dumps(record))
+    # The comparison is the session that ran the most frameworks and ways, whatever has the most seeds.
+    assert frameworks.comparison_session(tmp_path) == "quiet"
+    table = frameworks.rows(tmp_path, session="quiet")
+    tf = next(row for row in table if row["key"] == "keras-tensorflow fit")
+    assert tf["n"] == 1 and tf["total_seconds"]["mean"] == pytest.approx(300.0)
+    assert "12.0 times faster" in frameworks.paper_time_markdown(table)
+    # Apart: the loaded session's three seeds are a row of their own, never pooled with the quiet run.
+    apart = frameworks.rows_by_session(tmp_path)
+    assert [(row["sessions"], row["key"], row["n"]) for row in apart] == [
+        (["loaded"], "keras-tensorflow fit", 3), (["quiet"], "keras-tensorflow fit", 1),
+        (["quiet"], "keras-jax fit", 1), (["quiet"], "torch fast", 1)]
+    assert frameworks.table_markdown(apart, by_session=True).splitlines()[0].startswith("| session |")

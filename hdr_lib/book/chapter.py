@@ -21,7 +21,7 @@ from hdr_lib.measure import records
 from hdr_lib.measure.records import RecordError, load_records
 from hdr_lib.measure.stats import summarize
 
-ROOT = Path(__file__).resolve().parent.parent  # the repository: results/ and _build/ live here
+ROOT = Path(__file__).resolve().parents[2]  # the repository: results/ and _build/ live here
 NOT_MEASURED = "not yet measured"
 
 

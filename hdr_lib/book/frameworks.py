@@ -4,7 +4,7 @@ and PyTorch) side by side, from results/ only; nothing is trained here."""
 from __future__ import annotations
 
 from hdr_lib.model import training_flops
-from hdr_lib.measure.records import is_paper_config, load_records, machine
+from hdr_lib.measure.records import is_paper_config, load_records, machine, session_of
 from hdr_lib.measure.stats import summarize
 
 NOT_MEASURED = "not yet measured"
@@ -50,12 +50,43 @@ def cpu_runs(folder) -> list[dict]:
     return [r for r in runs if machine(r) == chosen]
 
 
-def rows(folder) -> list[dict]:
+def comparison_session(folder) -> str | None:
+    """The timing session (records.session_of) that ran the most frameworks and ways, the latest of equals: the one
+    comparison whose times were all made back to back in the same state of the machine."""
+    covered: dict[str, set] = {}
+    latest: dict[str, str] = {}
+    for r in cpu_runs(folder):
+        session = session_of(r)
+        covered.setdefault(session, set()).add(framework_of(r))
+        latest[session] = max(latest.get(session, ""), r["environment"].get("created_at", ""))
+    if not covered:
+        return None
+    return max(covered, key=lambda name: (len(covered[name]), latest[name]))
+
+
+def sessions(folder) -> list[str]:
+    """The timing sessions of the CPU records, oldest first."""
+    first: dict[str, str] = {}
+    for r in cpu_runs(folder):
+        name, created = session_of(r), r["environment"].get("created_at", "")
+        first[name] = min(first.get(name, created), created)
+    return sorted(first, key=lambda name: (first[name], name))
+
+
+def rows_by_session(folder) -> list[dict]:
+    """`rows` of each timing session in turn, oldest first: every session apart, none pooled."""
+    return [row for name in sessions(folder) for row in rows(folder, session=name)]
+
+
+def rows(folder, session: str | None = None) -> list[dict]:
     """One row per framework and way: seconds per epoch (each run's 20-epoch total / 20) and test accuracy, each
     with its mean and 95 % interval over runs (seeds); the sustained GFLOP/s of the mean epoch; the mean 1-minute
-    load average when the runs began (other work on the shared cores)."""
+    load average when the runs began (other work on the shared cores). With `session`, the runs of that timing
+    session only; without, every session pooled (each row names its sessions)."""
     groups: dict[str, list[dict]] = {}
     for r in cpu_runs(folder):
+        if session is not None and session_of(r) != session:
+            continue
         framework, way = framework_of(r)
         groups.setdefault(f"{framework} {way}", []).append(r)
     flops = training_flops()["train_flops_per_epoch"]
@@ -75,6 +106,7 @@ def rows(folder) -> list[dict]:
                     "gflops": flops / per_epoch["mean"] / 1e9, "versions": version,
                     "load_average": sum(loads) / len(loads) if loads else None,
                     "machine": machine(runs[0]), "seeds": sorted(r["config"]["seed"] for r in runs),
+                    "sessions": sorted({session_of(r) for r in runs}),
                     "dates": sorted({r["environment"]["created_at"][:10] for r in runs})})
     return out
 
@@ -85,19 +117,24 @@ def _ci(s: dict, digits: int, unit: str = "") -> str:
     return f"{s['mean']:.{digits}f}{unit} ({s['ci95_low']:.{digits}f} to {s['ci95_high']:.{digits}f})"
 
 
-def table_markdown(table: list[dict]) -> str:
+def table_markdown(table: list[dict], by_session: bool = False) -> str:
+    """The rows as a Markdown table; `by_session`: a first column names each row's timing session."""
     if not table:
         return f"**{NOT_MEASURED}**: no CPU record of the paper's configuration under results/."
-    lines = ["| Framework (way) | runs | s per epoch, mean (95 % CI) | 20 epochs, s | test accuracy, % (95 % CI) "
-             "| GFLOP/s | load (1 min) at start | versions |", "|---|---|---|---|---|---|---|---|"]
+    lines = [("| session " if by_session else "") + "| Framework (way) | runs | s per epoch, mean (95 % CI) | 20 epochs, "
+             "s | test accuracy, % (95 % CI) | GFLOP/s | load (1 min) at start | versions |",
+             ("|---" if by_session else "") + "|---|---|---|---|---|---|---|---|"]
     for row in table:
         load = "-" if row["load_average"] is None else f"{row['load_average']:.1f}"
-        lines.append(f"| {row['label']} | {row['n']} | {_ci(row['seconds_per_epoch'], 2)} | "
+        first = f"| {', '.join(row['sessions'])} " if by_session else ""
+        lines.append(f"{first}| {row['label']} | {row['n']} | {_ci(row['seconds_per_epoch'], 2)} | "
                      f"{row['total_seconds']['mean']:.0f} | {_ci(row['accuracy'], 2)} | {row['gflops']:.1f} | {load} "
                      f"| {row['versions']} |")
     machines = sorted({row["machine"] for row in table})
     dates = sorted({d for row in table for d in row["dates"]})
-    lines.append(f"\nAll on {', '.join(machines)}; recorded {dates[0]} to {dates[-1]}. GFLOP/s: one epoch's "
+    sessions = sorted({name for row in table for name in row["sessions"]})
+    lines.append(f"\nAll on {', '.join(machines)}; recorded {dates[0]} to {dates[-1]} in {len(sessions)} timing "
+                 f"session(s): {', '.join(sessions)}. GFLOP/s: one epoch's "
                  f"{training_flops()['train_flops_per_epoch'] / 1e9:.0f} GFLOP (chapter 03) over the mean epoch.")
     return "\n".join(lines)
 
@@ -154,11 +191,13 @@ def paper_time_markdown(table: list[dict]) -> str:
                  f"fraction of the machine, so the factor is a lower bound for our CPU, not its measure.")
     others = [row for row in table if row["key"] in ("torch fast", "torch reference")]
     if others:
-        text += " On the same CPU: " + "; ".join(
-            f"{row['label']} {row['seconds_per_epoch']['mean']:.2f} s per epoch ({row['n']} run(s), "
-            f"{_load_text(row)})" for row in others)
-        text += (". Times made under different loads do not compare as frameworks; the table gives each group's "
-                 "load.")
+        one_session = len({name for row in table for name in row["sessions"]}) == 1
+        text += (" In the same session, on the same CPU: " if one_session else " On the same CPU: ") + "; ".join(
+            f"{row['label']} {row['seconds_per_epoch']['mean']:.2f} s per epoch ({row['n']} run(s))"
+            for row in others) + "."
+        if not one_session:
+            text += (" These times come from more than one timing session, and times made under different loads "
+                     "do not compare as frameworks; the table gives each group's load.")
     return text
 
 

@@ -124,7 +124,7 @@ class Row:
 
 def results_dir() -> Path:
     """The committed records: <repo>/results, or $HDR_RESULTS_DIR (for development builds)."""
-    return Path(os.environ.get("HDR_RESULTS_DIR") or Path(__file__).resolve().parent.parent / "results")
+    return Path(os.environ.get("HDR_RESULTS_DIR") or Path(__file__).resolve().parents[2] / "results")
 
 
 def paper_runs(folder: str | os.PathLike | None = None) -> list[dict]:

@@ -165,7 +165,7 @@ def machines_markdown(results_dir=None, live: dict | None = None) -> str:
 
 def result_folder_label(results_dir=None) -> str:
     folder = _folder(results_dir)
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         return f"{folder.resolve().relative_to(root)}/"
     except ValueError:

@@ -69,7 +69,7 @@ def git_commit(root: Path | None = None) -> str | None:
 
     Changes under results/ do not count: they are the records themselves, so the second of several runs made
     one after another (`replicate`, say) would otherwise be marked dirty by the first one's record."""
-    root = Path(__file__).resolve().parent.parent if root is None else Path(root)
+    root = Path(__file__).resolve().parents[2] if root is None else Path(root)
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
