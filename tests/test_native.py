@@ -134,7 +134,7 @@ def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_one(monkeypatch, t
     lock.touch()
     old = time.time() - native.STALE_LOCK_SECONDS + 3  # left 3 s before it counts as stale
     os.utime(lock, (old, old))
-    out = subprocess.run([sys.executable, "-c", "from hdr_lib import native; print(native.load(), native.reason())"],
+    out = subprocess.run([sys.executable, "-c", "from hdr_lib.fast import native; print(native.load(), native.reason())"],
                          cwd=REPO, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "PYTHONPATH": str(REPO), "CXX": str(tmp_path / "no-such-compiler")})
     assert out.returncode == 0, out.stderr

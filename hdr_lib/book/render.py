@@ -28,7 +28,7 @@ def in_book_build() -> bool:
 
 
 def setup() -> None:
-    """Call once at the top of a notebook: `from hdr_lib import display; display.setup()`.
+    """Call once at the top of a notebook: `from hdr_lib.book import render; render.setup()`.
 
     In JupyterLab (and VS Code, papermill, nbval) a figure is the plotly mime type, which JupyterLab's
     bundled plotly extension draws interactively, offline. In the book build a figure is a `text/html`
