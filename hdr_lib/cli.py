@@ -49,14 +49,12 @@ def _add_run_options(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
         p.add_argument("--seed", type=_number("seed"), default=PAPER.seed, help="default %(default)s")
     p.add_argument("--variant", choices=["paper", "lenet1998"], default=PAPER.variant,
                    help="paper: §3.3 on 28x28 (default); lenet1998: padded to 32x32 as in 1998")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory layout (same arithmetic)")
     p.add_argument("--amp", nargs="?", const="bf16", default=PAPER.amp, choices=["off", "bf16", "fp16"],
                    help="mixed precision (the paper's future work): bf16 (bfloat16 autocast; plain --amp), fp16 "
                         "(float16 with a gradient scaler, CUDA only), off (float32, the paper's; default)")
     p.add_argument("--model", choices=["lenet5", "resnet"], default=PAPER.model,
                    help="lenet5: the paper's network (default); resnet: a small residual network, the paper's "
                         "future work (16-32-64 channels, global average pooling)")
-    p.add_argument("--tf32", action="store_true", help="CUDA: allow TF32 (off: IEEE float32, as the paper)")
     p.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                    help="CUDA fast path: run the steps eagerly instead of replaying CUDA graphs")
     p.add_argument("--no-triton", dest="triton", action="store_false",
@@ -117,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config_from(args, **overrides):
     fields = dict(device=args.device, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                  variant=args.variant, model=args.model, amp=args.amp, channels_last=args.channels_last, tf32=args.tf32,
+                  variant=args.variant, model=args.model, amp=args.amp,
                   cuda_graph=args.cuda_graph, compile=args.compile, triton=args.triton,
                   deterministic=args.deterministic)
     for name in ("seed", "path"):
