@@ -234,35 +234,8 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
         data.ensure_mnist(args.data_dir)
         print(f"MNIST: {location.root} ({location.why}), four files checked against SHA-256")
         return 0
-    if args.command == "scorecard":
-        from hdr_lib.book import scorecard
-
-        folder = Path(args.results) if args.results else scorecard.results_dir()
-        if not folder.is_dir():
-            raise RecordError(f"--results {folder}: no such folder of run records")
-        rows = scorecard.scorecard(scorecard.paper_runs(folder))
-        if args.json:
-            print(json.dumps({"results": str(folder), "status": scorecard.status_line(rows).replace("**", ""),
-                              "claims": scorecard.as_json(rows)}, indent=1))
-        else:
-            print(f"Records: {folder}\n{scorecard.status_line(rows).replace('**', '')}\n")
-            print(scorecard.to_text(rows), end="")
-        return 0
-    if args.command == "native":
-        from hdr_lib.fast import native
-        from hdr_lib.measure.timing import Stopwatch
-
-        with Stopwatch() as sw:  # building it, the first time on this machine; else loading it
-            ready = native.load()
-        if ready and native.use():
-            print(f"native CPU step ready ({sw.seconds:.1f} s): {native.build_directory()}")
-        elif ready:
-            print(f"native CPU step built ({sw.seconds:.1f} s) in {native.build_directory()} but not used: "
-                  f"{native.reason()}; the CPU fast path runs hdr_lib.fast.torch_cpu.train_step instead")
-        else:
-            print(f"native CPU step not available ({native.reason()}); the CPU fast path runs "
-                  "hdr_lib.fast.torch_cpu.train_step instead")
-        return 0
+    if args.command in ("scorecard", "native"):
+        return _scorecard(args) if args.command == "scorecard" else _native()
     progress = False if args.quiet or (dist_ctx is not None and not dist_ctx.is_writer) else None
     world = dist_ctx.world_size if dist_ctx is not None else None
     if args.command == "train":
@@ -316,3 +289,38 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
               variants=tuple(args.fast_variant), max_steps=args.max_steps)
         return 0
     raise AssertionError(args.command)
+
+
+def _scorecard(args) -> int:
+    """`scorecard`: the verdict table from the records under --results, as text or JSON."""
+    from hdr_lib.book import scorecard
+
+    folder = Path(args.results) if args.results else scorecard.results_dir()
+    if not folder.is_dir():
+        raise RecordError(f"--results {folder}: no such folder of run records")
+    rows = scorecard.scorecard(scorecard.paper_runs(folder))
+    if args.json:
+        print(json.dumps({"results": str(folder), "status": scorecard.status_line(rows).replace("**", ""),
+                          "claims": scorecard.as_json(rows)}, indent=1))
+    else:
+        print(f"Records: {folder}\n{scorecard.status_line(rows).replace('**', '')}\n")
+        print(scorecard.to_text(rows), end="")
+    return 0
+
+
+def _native() -> int:
+    """`native`: build (or load) the native CPU step and say whether the fast path uses it."""
+    from hdr_lib.fast import native
+    from hdr_lib.measure.timing import Stopwatch
+
+    with Stopwatch() as sw:  # building it, the first time on this machine; else loading it
+        ready = native.load()
+    if ready and native.use():
+        print(f"native CPU step ready ({sw.seconds:.1f} s): {native.build_directory()}")
+    elif ready:
+        print(f"native CPU step built ({sw.seconds:.1f} s) in {native.build_directory()} but not used: "
+              f"{native.reason()}; the CPU fast path runs hdr_lib.fast.torch_cpu.train_step instead")
+    else:
+        print(f"native CPU step not available ({native.reason()}); the CPU fast path runs "
+              "hdr_lib.fast.torch_cpu.train_step instead")
+    return 0

@@ -87,12 +87,9 @@ def train_model(config: TrainConfig, *, data: mnist.MNISTTensors | None = None, 
                 checkpoint_dir=None, resume: bool = False, progress: bool | None = None,
                 on_epoch: Callable[[dict, dict], None] | None = None, max_steps: int | None = None,
                 keep_step_losses: bool = False, dist_ctx: distributed.Context | None = None):
-    """Train the paper's CNN; return its record and the trained model.
-
-    Everything a user can get wrong is checked before any work. Per epoch the record gets train loss, training
-    seconds (no evaluation, no data loading), test accuracy and evaluation seconds; with `out` it is rewritten
-    after every epoch ("incomplete") and once at the end ("complete"). With `checkpoint_dir` the folder is locked
-    for the run and a checkpoint saved after every epoch; `resume` continues from it."""
+    """Train the paper's CNN; return its record and the trained model. Bad settings are refused before any work.
+    Each epoch's entry: train loss, training seconds (no evaluation, no data loading), test accuracy, evaluation
+    seconds. `out` is rewritten after every epoch; `checkpoint_dir` is locked, checkpointed, and `resume`d from."""
     device, out, folder, max_steps = _check(config, out, checkpoint_dir, resume, max_steps, dist_ctx)
     lock = checkpoint.FolderLock(folder) if folder is not None and (dist_ctx is None or dist_ctx.is_writer) else None
     try:
@@ -103,12 +100,11 @@ def train_model(config: TrainConfig, *, data: mnist.MNISTTensors | None = None, 
         run.extra["numerics"] = run_record.numerics(config, device)
         train_set, x_test, y_test = _data(config, data, data_root, device, run.setup_seconds)
         if dist_ctx is not None:
-            with Stopwatch() as sw:
-                dist_ctx.start(device)
-            run.setup_seconds["process_group"] = sw.seconds
+            run.setup_seconds["process_group"] = dist_ctx.start(device)
         model = init_model(config, device)
-        on_fast, on_cuda = config.path == "fast", device.type == "cuda"
-        optimizer, scheduler = make_optimizer(model, config, fused=on_fast, lr_device=device if on_fast and on_cuda else None)
+        on_fast = config.path == "fast"  # on CUDA its lr is a device tensor: graphs and Triton read it at every step
+        optimizer, scheduler = make_optimizer(model, config, fused=on_fast,
+                                              lr_device=device if on_fast and device.type == "cuda" else None)
         start = 1 if state is None else _resume(run, state, model, optimizer, scheduler, folder)
         lr_tensors = [group["lr"] for group in optimizer.param_groups]
         n_train = len(train_set[0]) if on_fast else len(train_set)
@@ -121,8 +117,7 @@ def train_model(config: TrainConfig, *, data: mnist.MNISTTensors | None = None, 
         run.setup_seconds.update(step.setup_seconds)
         run.extra["execution"] = run_record.execution(config, device, step, why, steps_per_epoch)
         if dist_ctx is not None:
-            run.extra["distributed"] = {**dist_ctx.record(sum(p.numel() for p in model.parameters())),
-                                        "batch_per_rank": local_batch}
+            run.extra["distributed"] = dist_ctx.record(sum(p.numel() for p in model.parameters()), local_batch)
         show, step_losses = run_record.progress_enabled(progress), []
         model.train()
         if lock is not None:
