@@ -39,8 +39,9 @@ def _check_split(profile):
     return ops
 
 
-def test_fast_path_profile_splits_a_step_and_leaves_evaluation_out(mnist):
+def test_fast_path_profile_splits_a_step_and_leaves_evaluation_out(mnist, monkeypatch):
     # The native step (hdr_lib.fast.native): its own loops by what they compute, the ATen operators it calls by name.
+    monkeypatch.setenv("HDR_NATIVE", "1")  # on any CPU (by default only where it is the fastest, with AVX-512)
     ops = _check_split(step_profile(CPU, mnist, steps=20))
     conv = ops["convolutions (forward and backward)"]  # each with its ReLU and pooling, in one loop
     for layer in ("conv1", "conv2"):
