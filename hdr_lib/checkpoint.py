@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
@@ -11,6 +12,7 @@ import torch
 
 from hdr_lib.config import ConfigError
 from hdr_lib.measure.records import replace_atomically
+from hdr_lib.model import build_model
 
 try:
     import fcntl
@@ -104,6 +106,60 @@ def check_train_state(state, path: Path, model: torch.nn.Module) -> None:
     if not 0 <= state["epoch"] == len(state["epochs"]):
         raise CheckpointError(f"checkpoint {path} says epoch {state['epoch']} but holds {len(state['epochs'])} "
                               f"epochs of record; delete it to start afresh")
+
+
+def save_train_state(folder: Path, run, model, optimizer, scheduler) -> None:
+    """The state after the run's last epoch (`hdr_lib.measure.run_record.Run`), on the CPU, as `folder`'s
+    checkpoint (TRAIN_KEYS)."""
+    save(Path(folder) / NAME, {"config": run.config.as_dict(), "epoch": run.epochs[-1]["epoch"],
+                               "model": _to_cpu(model.state_dict()), "optimizer": _to_cpu(optimizer.state_dict()),
+                               "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
+                               "epochs": copy.deepcopy(run.epochs), "setup_seconds": dict(run.setup_seconds)})
+
+
+def _to_cpu(value):
+    """Tensors copied to the CPU (a copy, not a view of a larger buffer), in dicts and lists as they are."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, (dict, list)):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        out = {k: _to_cpu(v) for k, v in items}
+        return out if isinstance(value, dict) else list(out.values())
+    return value
+
+
+def load_train_state(folder: Path, config) -> dict | None:
+    """The checkpoint to resume from, checked (digest, structure, settings) before any work; None when the
+    folder holds none (the run starts from epoch 1)."""
+    path = Path(folder) / NAME
+    if not os.path.lexists(path):
+        return None
+    state = load(path)
+    check_train_state(state, path, build_model(config.model, config.variant))
+    saved = state["config"]
+    mismatched = {k: (saved.get(k), v) for k, v in config.as_dict().items() if saved.get(k) != v}
+    if mismatched:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in mismatched.items())
+        raise ConfigError(f"checkpoint {path} was made with other settings ({detail}); use the same settings "
+                          f"to resume, or another --checkpoint-dir")
+    return state
+
+
+def restore(state: dict, model, optimizer, scheduler, path: Path) -> None:
+    """Put a loaded checkpoint's weights, optimiser (lr kept a device tensor where it is one) and scheduler back."""
+    lr_tensors = [g["lr"] if isinstance(g["lr"], torch.Tensor) else None for g in optimizer.param_groups]
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        for group, tensor in zip(optimizer.param_groups, lr_tensors):
+            if tensor is not None:  # the checkpoint holds lr as a CPU value; the step reads a device tensor
+                group["lr"] = torch.tensor(float(group["lr"]), device=tensor.device)
+        torch.set_rng_state(state["rng_cpu"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit this run's model, optimiser or scheduler "
+                              f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); delete it to "
+                              f"start afresh") from None
 
 
 class FolderLock:

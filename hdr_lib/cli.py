@@ -49,14 +49,12 @@ def _add_run_options(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
         p.add_argument("--seed", type=_number("seed"), default=PAPER.seed, help="default %(default)s")
     p.add_argument("--variant", choices=["paper", "lenet1998"], default=PAPER.variant,
                    help="paper: §3.3 on 28x28 (default); lenet1998: padded to 32x32 as in 1998")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory layout (same arithmetic)")
     p.add_argument("--amp", nargs="?", const="bf16", default=PAPER.amp, choices=["off", "bf16", "fp16"],
                    help="mixed precision (the paper's future work): bf16 (bfloat16 autocast; plain --amp), fp16 "
                         "(float16 with a gradient scaler, CUDA only), off (float32, the paper's; default)")
     p.add_argument("--model", choices=["lenet5", "resnet"], default=PAPER.model,
                    help="lenet5: the paper's network (default); resnet: a small residual network, the paper's "
                         "future work (16-32-64 channels, global average pooling)")
-    p.add_argument("--tf32", action="store_true", help="CUDA: allow TF32 (off: IEEE float32, as the paper)")
     p.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                    help="CUDA fast path: run the steps eagerly instead of replaying CUDA graphs")
     p.add_argument("--no-triton", dest="triton", action="store_false",
@@ -117,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config_from(args, **overrides):
     fields = dict(device=args.device, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                  variant=args.variant, model=args.model, amp=args.amp, channels_last=args.channels_last, tf32=args.tf32,
+                  variant=args.variant, model=args.model, amp=args.amp,
                   cuda_graph=args.cuda_graph, compile=args.compile, triton=args.triton,
                   deterministic=args.deterministic)
     for name in ("seed", "path"):
@@ -236,35 +234,8 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
         data.ensure_mnist(args.data_dir)
         print(f"MNIST: {location.root} ({location.why}), four files checked against SHA-256")
         return 0
-    if args.command == "scorecard":
-        from hdr_lib.book import scorecard
-
-        folder = Path(args.results) if args.results else scorecard.results_dir()
-        if not folder.is_dir():
-            raise RecordError(f"--results {folder}: no such folder of run records")
-        rows = scorecard.scorecard(scorecard.paper_runs(folder))
-        if args.json:
-            print(json.dumps({"results": str(folder), "status": scorecard.status_line(rows).replace("**", ""),
-                              "claims": scorecard.as_json(rows)}, indent=1))
-        else:
-            print(f"Records: {folder}\n{scorecard.status_line(rows).replace('**', '')}\n")
-            print(scorecard.to_text(rows), end="")
-        return 0
-    if args.command == "native":
-        from hdr_lib.fast import native
-        from hdr_lib.measure.timing import Stopwatch
-
-        with Stopwatch() as sw:  # building it, the first time on this machine; else loading it
-            ready = native.load()
-        if ready and native.use():
-            print(f"native CPU step ready ({sw.seconds:.1f} s): {native.build_directory()}")
-        elif ready:
-            print(f"native CPU step built ({sw.seconds:.1f} s) in {native.build_directory()} but not used: "
-                  f"{native.reason()}; the CPU fast path runs hdr_lib.fast.torch_cpu.train_step instead")
-        else:
-            print(f"native CPU step not available ({native.reason()}); the CPU fast path runs "
-                  "hdr_lib.fast.torch_cpu.train_step instead")
-        return 0
+    if args.command in ("scorecard", "native"):
+        return _scorecard(args) if args.command == "scorecard" else _native()
     progress = False if args.quiet or (dist_ctx is not None and not dist_ctx.is_writer) else None
     world = dist_ctx.world_size if dist_ctx is not None else None
     if args.command == "train":
@@ -318,3 +289,38 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
               variants=tuple(args.fast_variant), max_steps=args.max_steps)
         return 0
     raise AssertionError(args.command)
+
+
+def _scorecard(args) -> int:
+    """`scorecard`: the verdict table from the records under --results, as text or JSON."""
+    from hdr_lib.book import scorecard
+
+    folder = Path(args.results) if args.results else scorecard.results_dir()
+    if not folder.is_dir():
+        raise RecordError(f"--results {folder}: no such folder of run records")
+    rows = scorecard.scorecard(scorecard.paper_runs(folder))
+    if args.json:
+        print(json.dumps({"results": str(folder), "status": scorecard.status_line(rows).replace("**", ""),
+                          "claims": scorecard.as_json(rows)}, indent=1))
+    else:
+        print(f"Records: {folder}\n{scorecard.status_line(rows).replace('**', '')}\n")
+        print(scorecard.to_text(rows), end="")
+    return 0
+
+
+def _native() -> int:
+    """`native`: build (or load) the native CPU step and say whether the fast path uses it."""
+    from hdr_lib.fast import native
+    from hdr_lib.measure.timing import Stopwatch
+
+    with Stopwatch() as sw:  # building it, the first time on this machine; else loading it
+        ready = native.load()
+    if ready and native.use():
+        print(f"native CPU step ready ({sw.seconds:.1f} s): {native.build_directory()}")
+    elif ready:
+        print(f"native CPU step built ({sw.seconds:.1f} s) in {native.build_directory()} but not used: "
+              f"{native.reason()}; the CPU fast path runs hdr_lib.fast.torch_cpu.train_step instead")
+    else:
+        print(f"native CPU step not available ({native.reason()}); the CPU fast path runs "
+              "hdr_lib.fast.torch_cpu.train_step instead")
+    return 0

@@ -6,6 +6,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from hdr_lib import paper
+
 DEVICES = ("cpu", "cuda", "auto")
 PATHS = ("fast", "reference")
 VARIANTS = ("paper", "lenet1998")
@@ -48,8 +50,8 @@ SEED_MAX = 2**32 - 1  # seeds are drawn by torch.manual_seed; batch_order needs 
 # Every number a user can set, from the command line, a notebook parameter or the API, with its range: one table,
 # checked before any work. The upper bounds keep every run finite and every derived number inside 64 bits.
 RANGES = {
-    "epochs": Range(int, 1, 1000, why="the paper trains 20"),
-    "batch_size": Range(int, 1, 60000, why="at most the training set"),
+    "epochs": Range(int, 1, 1000, why=f"the paper trains {paper.EPOCHS}"),
+    "batch_size": Range(int, 1, paper.TRAIN_IMAGES, why="at most the training set"),
     "lr": Range(float, 0, 1e6, low_open=True, why="large enough to watch a run diverge"),
     "momentum": Range(float, 0, 1, high_open=True),
     "lr_step_epochs": Range(int, 1, 1000),
@@ -85,13 +87,13 @@ class TrainConfig:
     """One training run. The defaults are the paper's configuration (`PAPER`)."""
 
     # --- the paper ---
-    epochs: int = 20  # §3.4 "Epochs: 20"
-    batch_size: int = 64  # §3.4 "Batch size: 64"
-    lr: float = 0.01  # §3.4 "Learning Rate: 0.01 with step decay"
-    momentum: float = 0.9  # §3.4 "SGD with momentum = 0.9"
-    loss: str = "cross_entropy"  # §3.4 "Cross-entropy loss"
-    pixel_scale: str = "[0,1]"  # §3.2 pixels scaled to [0, 1], no other normalisation
-    variant: str = "paper"  # §3.3 table: 28x28 input, no padding (44,426 parameters)
+    epochs: int = paper.EPOCHS  # §3.4
+    batch_size: int = paper.BATCH_SIZE  # §3.4
+    lr: float = paper.LR  # §3.4 "with step decay"
+    momentum: float = paper.MOMENTUM  # §3.4 "SGD with momentum"
+    loss: str = paper.LOSS  # §3.4 "Cross-entropy loss"
+    pixel_scale: str = paper.PIXEL_SCALE  # §3.2 pixels scaled to [0, 1], no other normalisation
+    variant: str = "paper"  # §3.3 table: 28x28 input, no padding (paper.PARAMETERS parameters)
     model: str = "lenet5"  # §3.3's LeNet-5; "resnet" is the deeper network of the paper's future work (§5)
     # --- our reading: the paper names "step decay" but gives no schedule ---
     lr_step_epochs: int = 10  # our reading of §3.4: decay every 10 epochs
@@ -101,10 +103,8 @@ class TrainConfig:
     seed: int = 0  # initial weights and batch order
     path: str = "fast"  # "fast" (data on device, no DataLoader) or "reference" (plain PyTorch loop)
     # --- options beyond the paper, all off by default and named in the record when on ---
-    channels_last: bool = False  # NHWC memory layout for images and weights: same arithmetic, other kernels
     amp: str = "off"  # mixed precision, the paper's future work (§5): "bf16" autocast, or "fp16" with a gradient
     # scaler (CUDA only); "off" is the paper's float32. Records made before it was a string hold false.
-    tf32: bool = False  # CUDA only: allow TF32 matmuls/convolutions (paper-faithful is IEEE float32)
     cuda_graph: bool = True  # CUDA fast path only: capture each epoch's training steps in a CUDA graph
     compile: bool = False  # fast path: torch.compile the model (Inductor), compilation timed apart
     triton: bool = True  # CUDA fast path: the step as two Triton kernels (hdr_lib.fast.triton_step); off: PyTorch's kernels

@@ -187,12 +187,3 @@ def torchvision_datasets(root: str | os.PathLike | None = None, *, download: boo
 def to_float(images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 [N, 28, 28] -> float32 [N, 1, 28, 28] on [0, 1] (§3.2), exactly as ToTensor scales."""
     return images.to(device).unsqueeze(1).float().div_(255.0)
-
-
-def write_idx(path: Path, array: torch.Tensor) -> None:
-    """Write a uint8 tensor as an IDX file (used by tests to build a tiny MNIST)."""
-    import struct
-
-    data = array.to(torch.uint8).contiguous()
-    header = struct.pack(">HBB", 0, 0x08, data.dim()) + b"".join(struct.pack(">I", d) for d in data.shape)
-    path.write_bytes(header + data.numpy().tobytes())

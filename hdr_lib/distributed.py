@@ -68,8 +68,10 @@ class Context:
                               f"across {self.world_size} processes, so that the mean of their gradients is the "
                               f"batch's gradient; use a world size that divides both")
 
-    def start(self, device: torch.device) -> None:
-        """Join the process group: gloo on the CPU, NCCL on CUDA (each rank on GPU LOCAL_RANK), with the timeout."""
+    def start(self, device: torch.device) -> float:
+        """Join the process group: gloo on the CPU, NCCL on CUDA (each rank on GPU LOCAL_RANK), with the timeout;
+        returns the seconds that took."""
+        started = time.perf_counter()
         self.device = device
         self.backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
@@ -78,6 +80,7 @@ class Context:
             with _collective(self, "joining the process group"):
                 dist.init_process_group(self.backend, rank=self.rank, world_size=self.world_size,
                                         timeout=datetime.timedelta(seconds=self.timeout_s))
+        return time.perf_counter() - started
 
     def close(self) -> None:
         if dist.is_initialized():
@@ -119,12 +122,12 @@ class Context:
         self.comm_seconds, self.comm_calls = 0.0, 0
         return stats
 
-    def record(self, gradient_elements: int) -> dict:
+    def record(self, gradient_elements: int, batch_per_rank: int | None = None) -> dict:
         """What a record says about the run's data parallelism."""
         seconds = [e["communication_seconds"] for e in self.epoch_comm]
         return {"world_size": self.world_size, "backend": self.backend, "rank_writing": self.rank,
                 "threads_per_rank": torch.get_num_threads(), "master": self.master,
-                "timeout_s": self.timeout_s, "batch_per_rank": None,  # filled in by train()
+                "timeout_s": self.timeout_s, "batch_per_rank": batch_per_rank,
                 "gradient_elements": gradient_elements, "gradient_bytes_per_step": 4 * gradient_elements,
                 "communication_seconds": sum(seconds) if seconds else None,
                 "local_world_size": _int_env("LOCAL_WORLD_SIZE", None),

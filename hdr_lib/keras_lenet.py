@@ -58,8 +58,7 @@ def check_config(config: TrainConfig, framework: str, keras_way: str = "fit") ->
     config.validate()
     torch_only = [name for on, name in ((config.amp != "off", f"--amp {config.amp}"),
                                         (config.model != "lenet5", f"--model {config.model}"),
-                                        (config.channels_last, "--channels-last"),
-                                        (config.tf32, "--tf32"), (config.compile, "--compile"),
+                                        (config.compile, "--compile"),
                                         (config.deterministic, "--deterministic"),
                                         (config.path != "fast", f"--path {config.path}")) if on]
     if torch_only:
@@ -320,7 +319,8 @@ def train(config: TrainConfig, framework: str, keras_way: str = "fit", *, data: 
     """Train the paper's CNN with Keras on `framework`'s backend and return its hdr-run/1 record (and the Keras
     model if `return_model`). Same settings, record and bad-input rules as hdr_lib.train.train."""
     from hdr_lib import paths
-    from hdr_lib.train import Run, batch_order, lr_at
+    from hdr_lib.measure.run_record import Run
+    from hdr_lib.train import batch_order, lr_at
 
     check_config(config, framework, keras_way)
     if framework == "torch":
@@ -458,9 +458,9 @@ def _keras_record(run) -> dict:
 
 
 def _show(progress: bool | None) -> bool:
-    from hdr_lib.train import _progress_enabled
+    from hdr_lib.measure.run_record import progress_enabled
 
-    return _progress_enabled(progress)
+    return progress_enabled(progress)
 
 
 class _Timer:

@@ -20,7 +20,7 @@ from hdr_lib.measure import machine
 from hdr_lib.fast import triton_step
 from hdr_lib.data import DataError, load_mnist, to_float
 from hdr_lib.measure.records import SCHEMA, write_json_atomic
-from hdr_lib.train import _make_optimizer, batch_order, init_model
+from hdr_lib.train import batch_order, init_model, make_optimizer
 
 STEPS_20_EPOCHS = 20 * 938
 
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     y_all = data.train_labels.to(device)
     idx = batch_order(config.seed, 1, x_all.shape[0])[:config.batch_size].to(device)
     model = init_model(config, device)
-    optimizer, _ = _make_optimizer(model, config, device, fast=True, lr_tensor=True)  # as the fast path makes it
+    optimizer, _ = make_optimizer(model, config, fused=True, lr_device=device)  # as the fast path makes it
     step = triton_step.TrainStep(model, optimizer, config.batch_size)
     loss = torch.empty((), device=device)
 

@@ -23,6 +23,17 @@ def emulated_capture(work, warmup):
     return Replay(), out
 
 
+def write_idx(path: Path, array) -> None:
+    """Write a uint8 tensor as an IDX file (to build a tiny MNIST)."""
+    import struct
+
+    import torch
+
+    data = array.to(torch.uint8).contiguous()
+    header = struct.pack(">HBB", 0, 0x08, data.dim()) + b"".join(struct.pack(">I", d) for d in data.shape)
+    path.write_bytes(header + data.numpy().tobytes())
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     from hdr_lib.data import locate, raw_folder

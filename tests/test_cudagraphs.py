@@ -13,7 +13,8 @@ import torch
 
 from hdr_lib import PAPER
 from hdr_lib.fast import cuda_graphs
-from hdr_lib.train import _FastSteps, _make_optimizer, _set_lr, autocast, batch_order, init_model
+from hdr_lib.fast.steps import AutogradStep
+from hdr_lib.train import batch_order, init_model, make_optimizer, set_lr
 
 from conftest import emulated_capture
 
@@ -30,20 +31,19 @@ def _fails_to_capture(work, warmup):
 
 def _stepper(mnist, use_graph, full=True, partial=False):
     model = init_model(CONFIG, torch.device("cpu"))
-    optimizer, _ = _make_optimizer(model, CONFIG, torch.device("cpu"), fast=True, lr_tensor=use_graph)
+    optimizer, _ = make_optimizer(model, CONFIG, fused=True, lr_device=torch.device("cpu") if use_graph else None)
     x = mnist.train_images[:N].float().div(255).unsqueeze(1)
     y = mnist.train_labels[:N]
-    # options_on: the module's forward with autograd, the step the CUDA path captures (not the CPU's own steps)
-    stepper = _FastSteps(model, optimizer, x, y, BATCH, lambda: autocast(CONFIG, x.device), options_on=True,
-                         compiled=False, use_graph=use_graph, full_epochs=full, partial_epochs=partial)
-    return stepper, model, optimizer
+    # The module's forward with autograd: the step the CUDA path captures (not the CPU's own steps).
+    step = AutogradStep(model, optimizer, x, y, BATCH, forward=model, config=CONFIG)
+    return cuda_graphs.Graphed(step, capture=use_graph, full_epochs=full, partial_epochs=partial), model, optimizer
 
 
 def _train(stepper, optimizer, limits):
     losses = []
     for epoch, limit in enumerate(limits, start=1):
-        _set_lr(optimizer, 0.01 * 0.1 ** (epoch - 1))  # a decay every epoch: the graph must read the new lr
-        losses.append(stepper.run_epoch(batch_order(CONFIG.seed, epoch, N), limit, lambda n: None).clone())
+        set_lr(optimizer, 0.01 * 0.1 ** (epoch - 1))  # a decay every epoch: the graph must read the new lr
+        losses.append(stepper.run_epoch(batch_order(CONFIG.seed, epoch, N), limit, lambda n: None)[0].clone())
     return torch.cat(losses)
 
 
@@ -52,7 +52,7 @@ def test_an_epoch_graph_replays_exactly_the_eager_steps(mnist, monkeypatch):
     expected = _train(eager, eager_opt, [16, 16, 16])
     monkeypatch.setattr(cuda_graphs, "capture", emulated_capture)
     graphed, model, optimizer = _stepper(mnist, use_graph=True)
-    assert graphed.epoch_graph is not None and graphed.step_graph is None and graphed.graph_error is None
+    assert graphed.epoch_graph is not None and graphed.step_graph is None and graphed.how["cuda_graph_error"] is None
     got = _train(graphed, optimizer, [16, 16, 16])
     assert got.shape == (48,) and expected[0] > 2.2  # the first loss is an untrained network's
     assert torch.equal(got, expected)  # warm-up and capture left the weights and momentum as they were
@@ -83,9 +83,9 @@ def test_a_failed_capture_runs_eagerly_and_says_why(mnist, monkeypatch):
     expected = _train(eager, eager_opt, [16])
     monkeypatch.setattr(cuda_graphs, "capture", _fails_to_capture)
     fallback, _, optimizer = _stepper(mnist, use_graph=True)
-    assert fallback.epoch_graph is None and fallback.step_graph is None and not fallback.captured
+    assert fallback.epoch_graph is None and fallback.step_graph is None and not fallback.inner.captured
     reason = "RuntimeError: operation not permitted when stream is capturing"
-    assert fallback.graph_error == f"epoch graph: {reason}; step graph: {reason}"
+    assert fallback.how["cuda_graph_error"] == f"epoch graph: {reason}; step graph: {reason}"
     assert torch.equal(_train(fallback, optimizer, [16]), expected)  # the warm-up's steps were undone
     assert fallback.steps_run["eager"] == 16
 
@@ -102,7 +102,8 @@ def test_where_the_epoch_graph_fails_the_step_graph_runs_the_full_batches(mnist,
     monkeypatch.setattr(cuda_graphs, "capture", epoch_fails)
     graphed, _, optimizer = _stepper(mnist, use_graph=True)
     assert graphed.epoch_graph is None and graphed.step_graph is not None
-    assert graphed.graph_error.startswith("epoch graph: RuntimeError") and "step graph" not in graphed.graph_error
+    error = graphed.how["cuda_graph_error"]
+    assert error.startswith("epoch graph: RuntimeError") and "step graph" not in error
     assert torch.equal(_train(graphed, optimizer, [16, 16]), expected)
     assert graphed.steps_run == {"graph-epoch": 0, "graph-step": 30, "eager": 2}  # the batches of 40 run eagerly
 
@@ -111,12 +112,12 @@ def test_the_lr_tensor_the_graphs_read_stays_in_the_optimiser():
     # A scheduler that puts a number in place of the tensor (as some torch versions' may) must not leave the graphs
     # reading a stale lr: the epoch's lr goes into the same tensor, and the tensor back into the group.
     model = init_model(CONFIG, torch.device("cpu"))
-    optimizer, scheduler = _make_optimizer(model, CONFIG, torch.device("cpu"), fast=True, lr_tensor=True)
+    optimizer, scheduler = make_optimizer(model, CONFIG, fused=True, lr_device=torch.device("cpu"))
     tensors = [group["lr"] for group in optimizer.param_groups]
     optimizer.param_groups[0]["lr"] = 0.5
-    _set_lr(optimizer, 0.001, tensors)
+    set_lr(optimizer, 0.001, tensors)
     assert optimizer.param_groups[0]["lr"] is tensors[0] and tensors[0].item() == pytest.approx(0.001)
-    _set_lr(optimizer, 0.002)  # without a list: the group's own tensor, in place
+    set_lr(optimizer, 0.002)  # without a list: the group's own tensor, in place
     assert optimizer.param_groups[0]["lr"] is tensors[0] and tensors[0].item() == pytest.approx(0.002)
 
 

@@ -6,7 +6,9 @@ import shutil
 import pytest
 import torch
 
-from hdr_lib.data import MNIST_SHA256, DataError, load_mnist, raw_folder, to_float, write_idx
+from hdr_lib.data import MNIST_SHA256, DataError, load_mnist, raw_folder, to_float
+
+from conftest import write_idx
 
 NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 

@@ -21,7 +21,7 @@ from hdr_lib.config import PAPER, RANGES, ConfigError, check
 from hdr_lib.data import DataError, MNISTTensors, raw_folder
 from hdr_lib.model import LeNet5
 from hdr_lib.measure.records import RecordError, write_json_atomic
-from hdr_lib.train import _make_optimizer, train
+from hdr_lib.train import make_optimizer, train
 
 from conftest import REPO
 
@@ -58,7 +58,7 @@ def run_cli(*argv, env=None, preexec_fn=None, cwd=REPO, timeout=240):
 def train_state(config, *, model=None, epochs_done=1):
     """A training checkpoint's content as hdr_lib.train writes it, for a model of `config` (fresh weights)."""
     model = model or LeNet5(config.variant)
-    optimizer, scheduler = _make_optimizer(model, config, torch.device("cpu"), True, lr_tensor=False)
+    optimizer, scheduler = make_optimizer(model, config, fused=True)
     return {"config": config.as_dict(), "epoch": epochs_done, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "rng_cpu": torch.get_rng_state(),

@@ -16,7 +16,7 @@ from hdr_lib import PAPER
 from hdr_lib.fast import native
 from hdr_lib.data import to_float
 from hdr_lib.model import LeNet5
-from hdr_lib.train import CPU_STEPS, train
+from hdr_lib.train import train
 
 from conftest import REPO
 
@@ -98,7 +98,7 @@ def test_the_fast_path_runs_the_native_step_where_the_cpu_has_avx512_and_says_so
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. the LR scheduler's, were optimizer.step() never called
         record = train(PAPER.replace(device="cpu", epochs=2), data=mnist, progress=False, max_steps=5)
-    assert record["execution"]["cpu_step"] == CPU_STEPS["native" if used else "explicit"]
+    assert record["execution"]["cpu_step"] == ("native" if used else "explicit")
     if used:
         assert record["execution"]["native_unavailable"] is None
         assert "native_cpu_step" in record["setup_seconds"]  # the one-time load (or build), apart from training
@@ -109,8 +109,8 @@ def test_the_fast_path_runs_the_native_step_where_the_cpu_has_avx512_and_says_so
 def test_switched_off_the_fast_path_runs_the_explicit_step_and_says_why(mnist, monkeypatch):
     monkeypatch.setenv("HDR_NATIVE", "0")
     record = train(PAPER.replace(device="cpu"), data=mnist, progress=False, max_steps=5)
-    assert record["execution"]["cpu_step"] == CPU_STEPS["explicit"]
-    assert record["execution"]["native_unavailable"] == "switched off with HDR_NATIVE=0"
+    assert record["execution"]["cpu_step"] == "explicit"
+    assert "HDR_NATIVE=0" in record["execution"]["native_unavailable"]
 
 
 def test_without_a_compiler_the_fast_path_falls_back_and_says_why(mnist, monkeypatch, tmp_path):
@@ -119,7 +119,7 @@ def test_without_a_compiler_the_fast_path_falls_back_and_says_why(mnist, monkeyp
     monkeypatch.setenv("HDR_NATIVE_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     record = train(PAPER.replace(device="cpu"), data=mnist, progress=False, max_steps=3)
-    assert record["execution"]["cpu_step"] == CPU_STEPS["explicit"]
+    assert record["execution"]["cpu_step"] == "explicit"
     assert record["execution"]["native_unavailable"].startswith("could not build lenet5_cpu.cpp")
     assert record["epochs"][0]["train_loss"] > 0
 

@@ -13,7 +13,9 @@ from torch.nn import functional as F
 from hdr_lib import PAPER
 from hdr_lib.fast import cuda_graphs, triton_step
 from hdr_lib.model import LeNet5
-from hdr_lib.train import CUDA_KERNELS, _FastSteps, _set_lr, autocast, batch_order
+from hdr_lib import fast
+from hdr_lib.fast.steps import AutogradStep, TritonStep
+from hdr_lib.train import batch_order, set_lr
 
 from conftest import REPO, emulated_capture
 
@@ -166,32 +168,34 @@ N, BATCH = 20, 8  # batches of 8, 8 and 4: both batch shapes of a real epoch, in
 
 
 def _stepper(mnist, triton, use_graph=False):
-    # Without Triton, options_on keeps the CPU's own steps out: the baseline is the module's step with autograd.
+    """(the step as the CUDA fast path wraps it, why Triton is not used, the model, the optimiser). Without Triton
+    the baseline is the module's step with autograd (not the CPU's own steps)."""
     x, y = _data(mnist, N)
     model = _model(2)
     optimizer = _sgd(model, fused=True)
-    stepper = _FastSteps(model, optimizer, x, y, BATCH, lambda: autocast(PAPER, x.device), options_on=not triton,
-                         compiled=False, use_graph=use_graph, full_epochs=True, partial_epochs=False, triton=triton)
-    return stepper, model, optimizer
+    kernels, why = fast.try_triton(model, optimizer, x, y, BATCH) if triton else (None, "not asked")
+    step = (TritonStep(model, optimizer, x, y, BATCH, kernels=kernels) if kernels is not None
+            else AutogradStep(model, optimizer, x, y, BATCH, forward=model, config=PAPER))
+    graphed = cuda_graphs.Graphed(step, capture=use_graph, full_epochs=True, partial_epochs=False)
+    return graphed, why, model, optimizer
 
 
 def _train(stepper, optimizer, epochs=2):
     losses = []
     for epoch in range(1, epochs + 1):
-        _set_lr(optimizer, 0.01 * 0.1 ** (epoch - 1))
-        losses.append(stepper.run_epoch(batch_order(1, epoch, N).to(DEVICE), 3, lambda n: None).clone())
+        set_lr(optimizer, 0.01 * 0.1 ** (epoch - 1))
+        losses.append(stepper.run_epoch(batch_order(1, epoch, N), 3, lambda n: None)[0].clone())
     return torch.cat(losses)
 
 
 def test_the_fast_path_replays_the_triton_step_as_an_epoch_graph(mnist, monkeypatch):
-    plain, plain_model, plain_opt = _stepper(mnist, triton=False)
+    plain, _, plain_model, plain_opt = _stepper(mnist, triton=False)
     expected = _train(plain, plain_opt)
     if DEVICE.type != "cuda":
         monkeypatch.setattr(cuda_graphs, "capture", emulated_capture)
-    stepper, model, optimizer = _stepper(mnist, triton=True, use_graph=True)
-    assert stepper.triton_unavailable is None and stepper.cuda_kernels == CUDA_KERNELS["triton"]
-    assert stepper.epoch_graph is not None and stepper.graph_error is None
-    assert stepper.setup_seconds["triton_step"] > 0
+    stepper, why, model, optimizer = _stepper(mnist, triton=True, use_graph=True)
+    assert why is None and isinstance(stepper.inner, TritonStep)
+    assert stepper.epoch_graph is not None and stepper.how["cuda_graph_error"] is None
     torch.testing.assert_close(_train(stepper, optimizer), expected, rtol=1e-5, atol=1e-6)
     assert stepper.steps_run["graph-epoch"] == 6
     for a, b in zip(model.parameters(), plain_model.parameters()):
@@ -201,10 +205,8 @@ def test_the_fast_path_replays_the_triton_step_as_an_epoch_graph(mnist, monkeypa
 def test_options_that_change_the_arithmetic_keep_the_triton_step_out(mnist):
     x, y = _data(mnist, N)
     model = _model(2)
-    stepper = _FastSteps(model, _sgd(model, fused=True), x, y, BATCH, lambda: autocast(PAPER, x.device),
-                         options_on=False, compiled=False, use_graph=False, full_epochs=True, partial_epochs=False,
-                         triton=True, tf32=True)
-    assert stepper.triton_step is None and "tf32" in stepper.triton_unavailable
+    kernels, why = fast.try_triton(model, _sgd(model, fused=True), x, y, BATCH, options=["amp"])
+    assert kernels is None and "amp" in why
 
 
 def test_a_triton_step_whose_gradient_is_wrong_is_not_used(mnist, monkeypatch):
@@ -217,9 +219,9 @@ def test_a_triton_step_whose_gradient_is_wrong_is_not_used(mnist, monkeypatch):
         return F.linear(F.linear(x, f2w, f2b), f3w, f3b)
 
     monkeypatch.setattr(triton_step, "_functional_forward", other_forward)
-    stepper, _, _ = _stepper(mnist, triton=True)
-    assert stepper.triton_step is None and stepper.cuda_kernels == CUDA_KERNELS["aten"]
-    assert stepper.triton_unavailable.startswith("the Triton step's first gradient differs from autograd's by")
+    stepper, why, _, _ = _stepper(mnist, triton=True)
+    assert isinstance(stepper.inner, AutogradStep)
+    assert why.startswith("the Triton step's first gradient differs from autograd's by")
 
 
 def test_the_kernels_compile_for_an_h100_here_without_a_gpu():

@@ -68,3 +68,85 @@ def capture(work: Callable[[], object], warmup: Callable[[], None]):
     with torch.cuda.graph(graph):
         out = work()
     return graph, out
+
+
+def brief(exc: Exception) -> str:
+    """An exception as a record gives it: its type and the first line of its message, at most 300 characters."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
+class Graphed:
+    """A fast step (`hdr_lib.fast.steps.FastStep`) on CUDA, with its full epochs replayed as one captured graph
+    and, for epochs cut short by `max_steps` (or where the epoch graph could not be captured), a one-step graph
+    replayed per full batch; with `capture` off, or where capture fails (the record says why), steps run eagerly.
+    `how["cuda_steps"]` counts how each step ran (`CUDA_STEPS`)."""
+
+    def __init__(self, step, *, capture: bool, full_epochs: bool, partial_epochs: bool):
+        self.inner, self.batch_size, self.device = step, step.batch_size, step.device
+        self.epoch_graph = self.step_graph = None
+        self.steps_run = {name: 0 for name in CUDA_STEPS}
+        self.setup_seconds = dict(step.setup_seconds)
+        errors = self._capture(full_epochs, partial_epochs) if capture and (full_epochs or partial_epochs) else []
+        self.how = {**step.how, "cuda_steps": self.steps_run, "cuda_graph_error": "; ".join(errors) or None}
+        step.captured = self.epoch_graph is not None or self.step_graph is not None
+
+    def _capture(self, full_epochs: bool, partial_epochs: bool) -> list[str]:
+        """Capture the graphs the run will replay; the weights and momentum buffers are put back either way.
+        Returns why a capture failed, if one did."""
+        s, b = self.inner, self.batch_size
+        snapshot = Snapshot(s.model, s.optimizer)
+        self.order_static = torch.arange(s.n, device=self.device)  # what the graphs read their batches from
+        errors = []
+
+        def warmup():
+            for _ in range(3):
+                s.train_on(self.order_static[:b])
+            for size in s.batch_shapes()[1:]:
+                s.train_on(self.order_static[s.n - size:])
+
+        try:
+            if full_epochs:
+                steps = batches(self.order_static, b, s.steps_per_epoch)
+                try:
+                    self.epoch_graph, self.epoch_losses = capture(
+                        lambda: torch.stack([s.train_on(idx) for idx in steps]), warmup)
+                except Exception as exc:  # noqa: BLE001 (any failure to capture: say why, go on without)
+                    errors.append(f"epoch graph: {self._after_failed_capture(exc)}")
+                warmup = lambda: None  # noqa: E731  (warm already)
+            if (partial_epochs or self.epoch_graph is None) and s.n >= b:
+                try:
+                    self.step_graph, self.step_loss = capture(lambda: s.train_on(self.order_static[:b]), warmup)
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(f"step graph: {self._after_failed_capture(exc)}")
+        finally:
+            snapshot.restore()
+        return errors
+
+    def _after_failed_capture(self, exc: Exception) -> str:
+        """Leave no trace of a capture that failed (its gradients, the capture stream); return its reason."""
+        self.inner.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":  # a failed capture_end leaves the capture stream current
+            torch.cuda.set_stream(torch.cuda.default_stream(self.device))
+        return brief(exc)
+
+    def run_epoch(self, order, limit, on_step):
+        order = order.to(self.device, non_blocking=True)
+        if self.epoch_graph is not None and limit == self.inner.steps_per_epoch:
+            self.order_static.copy_(order)
+            self.epoch_graph.replay()
+            self.steps_run["graph-epoch"] += limit
+            on_step(limit)
+            return self.epoch_losses, self.inner.weights(limit)
+        losses = torch.empty(limit, device=self.device)
+        for i, idx in enumerate(batches(order, self.batch_size, limit)):
+            if self.step_graph is not None and idx.shape[0] == self.batch_size:
+                self.order_static[:self.batch_size].copy_(idx)
+                self.step_graph.replay()
+                self.steps_run["graph-step"] += 1
+                losses[i] = self.step_loss
+            else:
+                self.steps_run["eager"] += 1
+                losses[i] = self.inner.train_on(idx)
+            on_step(1)
+        return losses, self.inner.weights(limit)

@@ -1,7 +1,7 @@
 """The fast path's CPU training step in PyTorch operators: LeNet-5 with the same weights and the same mathematics,
 arranged so that the CPU does less work per step. The fast path runs it where `hdr_lib.fast.native` (the same
-mathematics as one C++ operator, faster) cannot be built, and its forward pass under the bfloat16 and
-channels-last options.
+mathematics as one C++ operator, faster) is not used, and its forward pass with autograd under mixed precision
+and under data parallelism.
 
 On a small CPU, PyTorch's ``max_pool2d`` over the first convolution's output ([64, 6, 24, 24] per step) is one of
 the slowest operators of the whole step: it is written as a scalar loop for the NCHW layout (about 0.4 ms per
@@ -61,7 +61,7 @@ def conv1_corners(conv1: torch.nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor
     conv1(x)[..., 2i + pi, 2j + pj] for CORNERS[k]; with the phase kernels it was computed with."""
     kernels = phase_weight(conv1.weight)
     corners = F.conv2d(x, kernels, conv1.bias.repeat(4), stride=2)  # [B, 4 C, 12, 12]
-    corners = corners.contiguous()  # a copy only with the channels-last option
+    corners = corners.contiguous()  # no copy: conv2d's output is contiguous
     return kernels, corners.view(x.shape[0], 4, conv1.out_channels, *corners.shape[-2:])
 
 
@@ -124,7 +124,7 @@ def applies(model: LeNet5, x: torch.Tensor) -> bool:
 
 def forward(model: LeNet5, x: torch.Tensor) -> torch.Tensor:
     """The logits of `model` for images x [B, 1, 28, 28], as `model(x)` computes them (up to float rounding),
-    faster on the CPU; for autograd, and for the options (bfloat16, channels-last) the explicit step leaves out."""
+    faster on the CPU; for autograd, and for the options (bfloat16, compilation) the explicit step leaves out."""
     if not applies(model, x):
         return model(x)
     _, corners = conv1_corners(model.conv1, x)

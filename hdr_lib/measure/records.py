@@ -220,3 +220,23 @@ def same_host_pair(cpu_runs: list[dict], gpu_runs: list[dict], min_runs: int = 2
             if best is None or min(len(cpu), len(gpu)) > min(len(best[1]), len(best[2])):
                 best = (host, cpu, gpu)
     return best
+
+
+# How records made before the short keys named their step, by a phrase of the prose they stored (module names
+# as they were then: hdr_lib.native, hdr_lib.fastcpu, hdr_lib.tritonstep, and as they are now).
+_OLD_CPU_STEPS = (("native:", "native"), ("train_step:", "explicit"), ("torch.compile", "compiled"),
+                  (".forward with autograd", "forward"), ("the module's forward with autograd", "module"))
+_OLD_CUDA_KERNELS = (("Triton kernels", "triton"), ("PyTorch's own CUDA kernels", "aten"))
+
+
+def step_key(record: dict, part: str = "cpu_step") -> str | None:
+    """The short key (`hdr_lib.fast.CPU_STEPS` / `CUDA_KERNELS`) of a record's `execution.cpu_step` (or, with
+    part="cuda_kernels", `execution.cuda_kernels`), for records that store the key and for older ones that stored
+    the description in prose; None where the record names none (the reference path, a Keras run)."""
+    value = (record.get("execution") or {}).get(part)
+    if not isinstance(value, str) or not value:
+        return None
+    if " " not in value:
+        return value
+    table = _OLD_CPU_STEPS if part == "cpu_step" else _OLD_CUDA_KERNELS
+    return next((key for phrase, key in table if phrase in value), None)

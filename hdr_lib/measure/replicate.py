@@ -20,10 +20,10 @@ def record_name(config: TrainConfig, device_type: str, framework: str = "torch",
     options = ((config.model != "lenet5", config.model), (world_size is not None, f"ddp{world_size}"),
                (config.compile, "compiled"), (device_type == "cuda" and not config.cuda_graph, "nograph"),
                (device_type == "cuda" and not config.triton, "aten"), (config.amp != "off", config.amp),
-               (config.channels_last, "nhwc"), (config.tf32, "tf32"), (config.deterministic, "deterministic"))
+               (config.deterministic, "deterministic"))
     tags = [name for on, name in options if on]
     tags += [f"{key}{value}".replace(".", "p").replace("/", "-") for key, value in config.deviations().items()
-             if key not in ("epochs", "batch_size", "amp", "model", "channels_last", "tf32", "deterministic")]
+             if key not in ("epochs", "batch_size", "amp", "model", "deterministic")]
     middle = "".join(f"-{tag}" for tag in tags)
     path = config.path if framework == "torch" else f"{framework}-{keras_way}"
     return f"{device_type}-{path}-e{config.epochs}-b{config.batch_size}{middle}-seed{config.seed}.json"
