@@ -165,7 +165,7 @@ def equivalence_markdown(results_dir=None) -> str:
         return f"The step-by-step comparison: **{NOT_MEASURED}** (no keras-equivalence record under results/)."
     record = max(found, key=lambda r: r["environment"]["created_at"])
     steps = record["config"]["steps"]
-    lines = [f"Recorded {record['environment']['created_at'][:10]} on {record['environment']['cpu']} (commit "
+    lines = [f"Recorded {record['environment']['created_at'][:10]} on {machine(record)} (commit "
              f"{(record['environment'].get('git_commit') or '?')[:12]}), seed {record['config']['seed']}: the "
              f"first forward pass on {record['config']['forward_images']} test images, and the first {steps} "
              f"losses of each backend's own loop against our plain PyTorch loop (the reference path).", "",
