@@ -96,3 +96,19 @@ def test_step_time_split_puts_the_largest_kind_on_top_and_names_its_operators():
     assert bar.text[-1] == "2.00 ms (67 %)"
     assert bar.customdata[-1].startswith("aten::mkldnn_convolution: 1.200 ms<br>aten::convolution_backward")
     assert bar.customdata[1] == "time no operator accounts for"
+
+
+def test_time_figure_draws_the_papers_times_and_labels_what_is_not_measured():
+    from hdr_lib.book import scorecard
+    from tests.test_scorecard import make_record
+
+    rows = scorecard.scorecard([make_record("cpu", seconds=120.0)])
+    fig = figures.time_figure(rows)
+    assert list(fig.data[0].y) == [paper.CPU_SECONDS, paper.GPU_SECONDS]  # the paper's bars, from hdr_lib.paper
+    assert fig.data[1].y[1] is None  # GPU bar absent, not zero
+    labels = [a.text for a in fig.layout.annotations]
+    assert len(labels) == 3 and all("measured" in t for t in labels)  # GPU x 2 paths, CPU fast: labelled
+    live = make_record("cpu", seconds=33.0, path="fast")
+    with_live = figures.time_figure(rows, live=live)
+    assert with_live.data[-1].y == (33.0, None) and "live run" in with_live.data[-1].name
+

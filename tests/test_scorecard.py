@@ -150,19 +150,12 @@ def test_paths_are_columns_of_one_row_and_never_mixed():
     assert verdicts(rows, "fast")["cpu_time"] == NOT_COMPARABLE
 
 
-def test_html_table_and_figure():
+def test_html_table():
     rows = scorecard.scorecard([make_record("cpu", seconds=120.0)])
     table = scorecard.to_html(rows)
     assert table.count("<tr>") == len(rows) + 1
     assert "hdr-not-yet-measured" in table and "Test CPU" in table
     assert table.count('data-label="Verdict"') == len(rows)  # each cell names its column (cards on a phone)
-    fig = scorecard.time_figure(rows)
-    assert fig.data[1].y[1] is None  # GPU bar absent, not zero
-    labels = [a.text for a in fig.layout.annotations]
-    assert len(labels) == 3 and all("measured" in t for t in labels)  # GPU x 2 paths, CPU fast: labelled
-    live = make_record("cpu", seconds=33.0, path="fast")
-    with_live = scorecard.time_figure(rows, live=live)
-    assert with_live.data[-1].y == (33.0, None) and "live run" in with_live.data[-1].name
 
 
 def test_verdict_paragraphs_say_not_yet_measured_without_records(tmp_path):

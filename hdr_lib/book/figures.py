@@ -10,6 +10,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from hdr_lib import paper
+from hdr_lib.book.scorecard import HEADLINE_PATH, PATHS, SECOND_PATH
 from hdr_lib.measure.queries import NOT_MEASURED
 from hdr_lib.measure.stats import summarize
 
@@ -262,3 +263,53 @@ def memory_bars(items: dict[str, int | None]) -> go.Figure:
                      range=[math.log10(min(known)) - 0.3, math.log10(max(known)) + 0.6])
     fig.update_yaxes(autorange="reversed")
     return _layout(fig, "Memory: what the network needs vs what was reported", height=140 + 45 * len(items))
+
+
+def time_figure(rows: list, live: dict | None = None) -> go.Figure:
+    """Paper's and our training times (log scale): per device the paper's bar, then ours on each path with the
+    95 % interval where there is one, and the live run of this build when given. A bar with no record is a
+    visible "not yet measured" label, not an empty slot. `rows`: scorecard.scorecard()'s."""
+    fig = go.Figure()
+    labels = ["CPU", "GPU"]
+    claimed = [paper.CPU_SECONDS, paper.GPU_SECONDS]
+    fig.add_bar(name="paper (its 2017-era hardware)", x=labels, y=claimed, text=[f"{v:g} s" for v in claimed],
+                textposition="inside", marker_color="#9e9e9e")
+    known = list(claimed)
+    for path, colour in ((HEADLINE_PATH, "#1f77b4"), (SECOND_PATH, "#ff7f0e")):
+        means, err_hi, err_lo, text = [], [], [], []
+        for key in ("cpu_time", "gpu_time"):
+            cell = next(r for r in rows if r.claim.key == key).cells[path]
+            m = cell.measured or {}
+            mean = m.get("mean")
+            means.append(mean)
+            err_hi.append((m["ci95_high"] - mean) if m.get("ci95_high") is not None else 0)
+            err_lo.append((mean - m["ci95_low"]) if m.get("ci95_low") is not None else 0)
+            text.append("" if mean is None else f"{mean:.1f} s<br>n = {m['n']}")
+            if mean is not None:
+                known.append(mean)
+        fig.add_bar(name=f"ours, {path} path (95 % CI)", x=labels, y=means, text=text, textposition="inside",
+                    marker_color=colour, insidetextanchor="start",
+                    error_y=dict(type="data", array=err_hi, arrayminus=err_lo, visible=True))
+    if live is not None:
+        device = "GPU" if live["config"]["device"] == "cuda" else "CPU"
+        epochs = len(live.get("epochs", []))
+        y = [live["total_train_seconds"] if label == device else None for label in labels]
+        fig.add_bar(name=f"live run of this build, {live['config'].get('path', '?')} path, {epochs} epoch(s)",
+                    x=labels, y=y, marker_color="#2ca02c", textposition="inside",
+                    text=[f"{v:.1f} s" if v is not None else "" for v in y])
+        known.append(live["total_train_seconds"])
+    # The slots with no record: a label where the bar would stand (plotly draws no text for a missing bar).
+    groups = 3 + (live is not None)
+    for i, label in enumerate(labels):
+        for j, path in enumerate(PATHS):
+            cell = next(r for r in rows if r.claim.key == ("cpu_time", "gpu_time")[i]).cells[path]
+            if cell.measured is None:
+                fig.add_annotation(x=i + (j + 1 - (groups - 1) / 2) * 0.8 / groups, y=0.02, yref="paper",
+                                   text=NOT_MEASURED.replace(" ", "<br>", 1), showarrow=False, textangle=-90,
+                                   yanchor="bottom", font=dict(size=11, color="#555"))
+    # A log axis that starts a decade below the shortest bar: every bar tall enough to hold its label.
+    low, high = math.log10(min(known)) - 1, math.log10(max(known)) + 0.3
+    fig.update_layout(title=f"Training time for {paper.EPOCHS} epochs", barmode="group", yaxis_type="log",
+                      yaxis_title="training time (s, log scale)", yaxis_range=[low, high], height=440,
+                      uniformtext=dict(minsize=10, mode="show"), legend=dict(orientation="h", y=-0.15))
+    return fig
