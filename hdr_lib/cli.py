@@ -241,7 +241,7 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
 
         from hdr_lib.measure.queries import results_folder
 
-        folder = results_folder(args.results)  # --results, else $HDR_RESULTS_DIR, else results/
+        folder = results_folder(args.results, "--results")  # else $HDR_RESULTS_DIR, else results/
         if not folder.is_dir():
             raise RecordError(f"--results {folder}: no such folder of run records")
         rows = scorecard.scorecard(results_dir=folder)

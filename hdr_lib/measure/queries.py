@@ -36,10 +36,11 @@ LEGACY_CUDA_KERNELS = {
 _STEP_FIELDS = {"cpu": ("cpu_step", LEGACY_CPU_STEPS), "cuda": ("cuda_kernels", LEGACY_CUDA_KERNELS)}
 
 
-def results_folder(results_dir=None) -> Path:
-    """The folder of run records: `results_dir` when given, else $HDR_RESULTS_DIR, else results/ of the repository."""
+def results_folder(results_dir=None, label: str = "parameter results_dir") -> Path:
+    """The folder of run records: `results_dir` when given (an error names it by `label`), else $HDR_RESULTS_DIR,
+    else results/ of the repository."""
     if results_dir is not None:
-        return paths.input_path(results_dir, "parameter results_dir")
+        return paths.input_path(results_dir, label)
     return Path(os.environ.get(RESULTS_ENV_VAR) or REPOSITORY / "results")
 
 
