@@ -295,10 +295,12 @@ def _scorecard(args) -> int:
     """`scorecard`: the verdict table from the records under --results, as text or JSON."""
     from hdr_lib.book import scorecard
 
-    folder = Path(args.results) if args.results else scorecard.results_dir()
+    from hdr_lib.measure.queries import results_folder
+
+    folder = results_folder(args.results, "--results")  # else $HDR_RESULTS_DIR, else results/
     if not folder.is_dir():
         raise RecordError(f"--results {folder}: no such folder of run records")
-    rows = scorecard.scorecard(scorecard.paper_runs(folder))
+    rows = scorecard.scorecard(results_dir=folder)
     if args.json:
         print(json.dumps({"results": str(folder), "status": scorecard.status_line(rows).replace("**", ""),
                           "claims": scorecard.as_json(rows)}, indent=1))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hdr_lib.book import chapter as nb, scorecard, statements
-from hdr_lib.book.scorecard import NOT_MEASURED
+from hdr_lib.book import scorecard, statements, tables
+from hdr_lib.measure.queries import NOT_MEASURED
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_CHAPTERS = {"05": "05_training_time", "06": "06_accuracy", "07": "07_gpu_utilisation_memory",
@@ -86,7 +86,7 @@ def test_gpu_statements_say_not_yet_measured_without_a_cuda_record(tmp_path):
         (cpu_only / path.name).write_text(path.read_text())
     for folder in (cpu_only, tmp_path / "empty"):
         folder.mkdir(exist_ok=True)
-        rows = scorecard.scorecard(scorecard.paper_runs(folder))
+        rows = scorecard.scorecard(results_dir=folder)
         gpu_rows = [r for r in rows if r.claim.device in ("cuda", "both")]
         assert all(c.verdict == NOT_MEASURED for r in gpu_rows for c in r.cells.values())
         for chapter in RESULTS_CHAPTERS:
@@ -94,6 +94,32 @@ def test_gpu_statements_say_not_yet_measured_without_a_cuda_record(tmp_path):
             gpu_lines = [line for line in text.splitlines() if re.search(r"GPU|Speedup", line)]
             assert all(line.count(NOT_MEASURED) == 2 for line in gpu_lines), (chapter, gpu_lines)
         assert NOT_MEASURED in statements.path_speedups_markdown(rows)
-        assert NOT_MEASURED in nb.cuda_statement(folder)
+        assert NOT_MEASURED in tables.cuda_statement(folder)
         assert "GPU: not yet measured" in scorecard.status_line(rows)
         assert NOT_MEASURED in statements.seed_runs_markdown(0, folder)  # no GPU run of seed 0 either
+
+
+# The paper's numbers and hardware as they would be typed in; hdr_lib.paper is the one module that holds them.
+PAPER_NUMBER = re.compile(r"\b3600\b|\b300\.0\b|\b300 s\b|\b98\.[23]\b(?!\d)|1080 Ti|Core i7|\b6(\.0)? ?GB\b|\b6e9\b")
+
+
+def _code_of(path: Path) -> str:
+    if path.suffix == ".ipynb":
+        cells = json.loads(path.read_text())["cells"]
+        return "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    return path.read_text()
+
+
+BOOK_CODE = sorted((ROOT / "hdr_lib" / "book").glob("*.py")) + [ROOT / "hdr_lib" / "measure" / "queries.py"] + \
+    sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")) + sorted((ROOT / "book").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", BOOK_CODE, ids=lambda p: p.name)
+def test_the_book_takes_the_papers_numbers_from_hdr_lib_paper(path):
+    assert [m.group(0) for m in PAPER_NUMBER.finditer(_code_of(path))] == []
+
+
+def test_the_checker_finds_a_paper_number_typed_in():
+    for typed in ('y=[300.0]', "took 300 s", '"test_accuracy": 98.2', '"GeForce GTX 1080 Ti, 11 GB"', "~6 GB in use"):
+        assert PAPER_NUMBER.search(typed), typed
+    assert not PAPER_NUMBER.search("height=300 + 45 * n, 3000.5 s, 98.25 %")

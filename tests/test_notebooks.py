@@ -37,10 +37,10 @@ def test_every_chapter_has_a_parameters_cell_followed_by_the_check():
 BAD = [
     ({"epochs": -1}, "parameter epochs must be an integer from 1 to 1,000"),
     ({"batch_size": 0}, "parameter batch_size must be an integer from 1 to 60,000"),
-    ({"lr": "abc"}, "parameter lr must be a number, got 'abc'"),
+    ({"lr": "abc"}, "got 'abc'; pass it unquoted"),
     ({"lr": float("nan")}, "parameter lr must be a number greater than 0"),
     ({"lr": -0.1}, "parameter lr must be a number greater than 0 and at most 1e+06"),
-    ({"epochs": "20"}, "parameter epochs must be a number, got '20'"),
+    ({"epochs": "20"}, "got '20'; pass it unquoted"),
     ({"device": "gpu"}, "device must be one of cpu, cuda, auto; got 'gpu'"),
 ]
 if not torch.cuda.is_available():

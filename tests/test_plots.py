@@ -4,7 +4,8 @@
 import pytest
 import torch
 
-from hdr_lib.book import chapter as nb, figures
+from hdr_lib import paper
+from hdr_lib.book import figures, tables
 from hdr_lib.config import PAPER
 from hdr_lib.data import load_mnist, to_float
 
@@ -51,21 +52,12 @@ def test_epoch_curves_slider_replays_every_epoch(run):
     assert list(fig.data[2].y) == [e["test_accuracy"] for e in record["epochs"]]
 
 
-def test_training_time_bars_label_claims_and_missing_gpu(run):
-    record, _ = run
-    fig = figures.training_time_bars({"cpu": nb.device_summary([record]), "cuda": None})
-    names = {t.name for t in fig.data if t.name}
-    assert "paper (claimed)" in names and "ours (measured), CPU" in names
-    assert [t.y[0] for t in fig.data if t.name == "paper (claimed)"] == [3600.0, 300.0]
-    assert any(a.text == "not yet measured" for a in fig.layout.annotations)
-    assert any("(2 epochs only)" in t.x[0] for t in fig.data if t.name == "ours (measured), CPU")
-
-
 def test_accuracy_ci_error_bars_from_several_runs():
-    fig = figures.accuracy_ci({"ours CPU": [98.9, 99.0, 98.95]}, {"paper (claimed) CPU": 98.2})
+    fig = figures.accuracy_ci({"ours CPU": [98.9, 99.0, 98.95]}, figures.PAPER_ACCURACY)
     mean = next(t for t in fig.data if "mean" in t.name)
     assert mean.error_y.visible and mean.error_y.array[0] > 0
-    assert any(t.name == "paper (claimed) CPU" for t in fig.data)
+    claimed = {t.name: t.y[0] for t in fig.data if t.name.startswith("paper")}
+    assert claimed == {"paper (claimed) CPU": paper.CPU_ACCURACY, "paper (claimed) GPU": paper.GPU_ACCURACY}
 
 
 def test_misclassified_slider_steps_through_wrong_digits(run, data):
@@ -86,9 +78,11 @@ def test_probability_bars_marks_the_true_digit():
     assert colours[3] != colours[0] and len(set(colours)) == 2
 
 
-def test_memory_bars_say_not_yet_measured():
-    fig = figures.memory_bars({**nb.memory_estimate(), "ours: CUDA reserved": None})
+def test_memory_bars_say_not_yet_measured_beside_the_papers_memory():
+    fig = figures.memory_bars({**tables.memory_estimate(), "ours: CUDA reserved": None})
     assert any(a.text == "not yet measured" for a in fig.layout.annotations)
+    bars = dict(zip(fig.data[0].y, fig.data[0].x))
+    assert [v for k, v in bars.items() if k.startswith("paper")] == [paper.GPU_MEMORY_GB * 1e9]
 
 
 def test_step_time_split_puts_the_largest_kind_on_top_and_names_its_operators():
@@ -102,3 +96,19 @@ def test_step_time_split_puts_the_largest_kind_on_top_and_names_its_operators():
     assert bar.text[-1] == "2.00 ms (67 %)"
     assert bar.customdata[-1].startswith("aten::mkldnn_convolution: 1.200 ms<br>aten::convolution_backward")
     assert bar.customdata[1] == "time no operator accounts for"
+
+
+def test_time_figure_draws_the_papers_times_and_labels_what_is_not_measured():
+    from hdr_lib.book import scorecard
+    from tests.test_scorecard import make_record
+
+    rows = scorecard.scorecard([make_record("cpu", seconds=120.0)])
+    fig = figures.time_figure(rows)
+    assert list(fig.data[0].y) == [paper.CPU_SECONDS, paper.GPU_SECONDS]  # the paper's bars, from hdr_lib.paper
+    assert fig.data[1].y[1] is None  # GPU bar absent, not zero
+    labels = [a.text for a in fig.layout.annotations]
+    assert len(labels) == 3 and all("measured" in t for t in labels)  # GPU x 2 paths, CPU fast: labelled
+    live = make_record("cpu", seconds=33.0, path="fast")
+    with_live = figures.time_figure(rows, live=live)
+    assert with_live.data[-1].y == (33.0, None) and "live run" in with_live.data[-1].name
+

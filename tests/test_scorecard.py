@@ -6,10 +6,13 @@ import json
 
 import pytest
 
+from hdr_lib import paper
 from hdr_lib.book import scorecard
 from hdr_lib.config import PAPER
-from hdr_lib.measure.records import RecordError, SCHEMA
-from hdr_lib.book.scorecard import HIGHER, LOWER, NOT_COMPARABLE, NOT_MEASURED, REPRODUCED
+from hdr_lib.measure import queries
+from hdr_lib.measure.records import SCHEMA
+from hdr_lib.book.scorecard import HIGHER, LOWER, NOT_COMPARABLE, REPRODUCED
+from hdr_lib.measure.queries import NOT_MEASURED
 
 
 def make_record(device="cpu", seconds=100.0, accuracy=99.0, util=None, mem_bytes=None, path="reference",
@@ -100,7 +103,7 @@ def test_speedup_pairs_cpu_and_gpu_of_one_host(tmp_path):
     runs += [make_record("cuda", seconds=s, host="both", seed=i) for i, s in enumerate([10.0, 10.5])]
     for i, run in enumerate(runs):
         (tmp_path / f"{i}.json").write_text(json.dumps(run))
-    rows = {r.claim.key: r for r in scorecard.scorecard(scorecard.paper_runs(tmp_path))}
+    rows = {r.claim.key: r for r in scorecard.scorecard(results_dir=tmp_path)}
     speedup = rows["speedup"].headline
     assert speedup.measured["mean"] == pytest.approx(205.0 / 10.25)
     assert speedup.measured["n_cpu"] == 2 and "both" in speedup.note
@@ -125,34 +128,6 @@ def test_sessions_are_named_in_the_interval():
     assert "2 sessions pooled" in scorecard.format_measured(scorecard.scorecard(two)[0])
 
 
-def test_other_configurations_and_incomplete_runs_do_not_count(tmp_path):
-    (tmp_path / "short.json").write_text(json.dumps(make_record(epochs=1)))
-    incomplete = make_record()
-    incomplete["status"] = "incomplete"
-    (tmp_path / "cut.json").write_text(json.dumps(incomplete))
-    assert scorecard.paper_runs(tmp_path) == []
-    (tmp_path / "ok.json").write_text(json.dumps(make_record()))
-    assert len(scorecard.paper_runs(tmp_path)) == 1
-
-
-def test_runs_with_another_way_of_running_are_comparisons_not_the_headline(tmp_path):
-    # compile, --no-triton and --no-cuda-graph change how a run goes, not the paper's configuration: such records
-    # are kept beside the default ones (their names differ) but never pooled into the paper's numbers.
-    def run(device, **how):
-        record = make_record(device)
-        record["config"].update(how)
-        return record
-
-    for i, (device, how) in enumerate([("cuda", {}), ("cuda", {"compile": True}), ("cuda", {"triton": False}),
-                                       ("cuda", {"cuda_graph": False}), ("cpu", {}), ("cpu", {"compile": True}),
-                                       ("cpu", {"triton": False, "cuda_graph": False})]):
-        (tmp_path / f"{i}.json").write_text(json.dumps(run(device, **how)))
-    kept = scorecard.paper_runs(tmp_path)
-    assert sorted(r["_path"][-6:] for r in kept) == ["0.json", "4.json", "6.json"]  # CPU runs ignore the CUDA ones
-    assert verdicts(scorecard.scorecard([run("cuda")]))["gpu_time"] != NOT_MEASURED
-    assert {r.verdict for r in scorecard.scorecard([run("cuda", compile=True)])} == {NOT_MEASURED}
-
-
 def test_times_from_two_machines_are_not_pooled():
     # The GPU machine's own CPU run (scripts/gpu_replication.sh makes one) beside five runs of the book's CPU.
     other = make_record("cpu", seconds=30.0)
@@ -175,29 +150,16 @@ def test_paths_are_columns_of_one_row_and_never_mixed():
     assert verdicts(rows, "fast")["cpu_time"] == NOT_COMPARABLE
 
 
-def test_a_damaged_record_is_an_error_not_a_gap(tmp_path):
-    (tmp_path / "bad.json").write_text('{"schema": "hdr-run/1", "config": {')
-    with pytest.raises(RecordError, match="bad.json"):
-        scorecard.paper_runs(tmp_path)
-
-
-def test_html_table_and_figure():
+def test_html_table():
     rows = scorecard.scorecard([make_record("cpu", seconds=120.0)])
     table = scorecard.to_html(rows)
     assert table.count("<tr>") == len(rows) + 1
     assert "hdr-not-yet-measured" in table and "Test CPU" in table
     assert table.count('data-label="Verdict"') == len(rows)  # each cell names its column (cards on a phone)
-    fig = scorecard.time_figure(rows)
-    assert fig.data[1].y[1] is None  # GPU bar absent, not zero
-    labels = [a.text for a in fig.layout.annotations]
-    assert len(labels) == 3 and all("measured" in t for t in labels)  # GPU x 2 paths, CPU fast: labelled
-    live = make_record("cpu", seconds=33.0, path="fast")
-    with_live = scorecard.time_figure(rows, live=live)
-    assert with_live.data[-1].y == (33.0, None) and "live run" in with_live.data[-1].name
 
 
 def test_verdict_paragraphs_say_not_yet_measured_without_records(tmp_path):
-    rows = scorecard.scorecard(scorecard.paper_runs(tmp_path))  # an empty results folder
+    rows = scorecard.scorecard(results_dir=tmp_path)  # an empty results folder
     for chapter, keys in scorecard.CHAPTER_CLAIMS.items():
         text = scorecard.verdict_paragraph(chapter, rows)
         assert text.count(NOT_MEASURED) == 2 * len(keys), chapter  # each claim, both paths
@@ -224,3 +186,39 @@ def test_a_seed_rerun_adds_a_time_but_not_a_second_accuracy():
     assert rows["cpu_time"].headline.measured["n"] == 6
     assert rows["cpu_accuracy"].headline.measured["n"] == 3
     assert scorecard.accuracy_spread(first + again)[0]["n"] == 3
+
+
+def keras_record(seconds, seed):
+    record = make_record("cpu", seconds=seconds, seed=seed)
+    record["config"].update(framework="keras-tensorflow", keras_way="fit")
+    return record
+
+
+def test_every_page_shows_one_table_from_one_results_folder(tmp_path, monkeypatch):
+    # Chapter 08 (its results_dir parameter), the landing and scorecard pages ($HDR_RESULTS_DIR) and the CLI read
+    # the same records the same way: the Keras/TensorFlow time beside the CPU-time row included.
+    runs = [make_record("cpu", seconds=100.0 + i, seed=i) for i in range(2)] + [keras_record(900.0, 0),
+                                                                               keras_record(950.0, 1)]
+    for i, run in enumerate(runs):
+        (tmp_path / f"{i}.json").write_text(json.dumps(run))
+    chapter = scorecard.scorecard(results_dir=tmp_path)
+    monkeypatch.setenv(queries.RESULTS_ENV_VAR, str(tmp_path))
+    page = scorecard.scorecard()
+    assert scorecard.as_json(chapter) == scorecard.as_json(page) and scorecard.to_html(chapter) == scorecard.to_html(page)
+    assert chapter[0].beside["n"] == 2 and page[0].beside["n"] == 2
+    assert chapter[0].headline.measured["n"] == 2  # the Keras runs are beside, not scored
+
+
+def test_the_claims_are_the_papers():
+    assert [c.value for c in scorecard.CLAIMS] == [c.value for c in paper.CLAIMS]
+    text = scorecard.claims_markdown("05")
+    assert f"{paper.CPU_SECONDS:g} s" in text and f"{paper.GPU_SECONDS:g} s" in text and paper.CPU.name in text
+    assert text.count("\n- ") == len(scorecard.CHAPTER_CLAIMS["05"])
+
+
+def test_a_run_made_another_way_is_not_scored():
+    compiled = make_record("cuda")
+    compiled["config"]["compile"] = True
+    assert verdicts(scorecard.scorecard([make_record("cuda")]))["gpu_time"] != NOT_MEASURED
+    assert {r.verdict for r in scorecard.scorecard([compiled])} == {NOT_MEASURED}
+

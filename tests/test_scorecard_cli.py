@@ -21,7 +21,7 @@ def test_json_has_the_books_rows(tmp_path):
     done = _run("--results", str(tmp_path), "--json")
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)
-    book = scorecard.as_json(scorecard.scorecard(scorecard.paper_runs(tmp_path)))
+    book = scorecard.as_json(scorecard.scorecard(results_dir=tmp_path))
     assert printed["claims"] == json.loads(json.dumps(book))
     assert [c["verdict"] for c in printed["claims"]][:2] == ["not comparable", "not yet measured"]
     assert "GPU: not yet measured" in printed["status"]

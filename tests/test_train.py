@@ -165,7 +165,8 @@ def test_bench_times_both_paths_to_equal_accuracy(data_root, tmp_path, capsys):
 
 @pytest.mark.slow  # trains on the real MNIST
 def test_bench_times_other_ways_of_running_the_fast_path_in_turn(data_root, tmp_path, capsys):
-    from hdr_lib.book import chapter as nb, figures
+    from hdr_lib.book import figures
+    from hdr_lib.measure import queries
     from hdr_lib.measure.bench import bench
     from hdr_lib.config import ConfigError
 
@@ -181,7 +182,7 @@ def test_bench_times_other_ways_of_running_the_fast_path_in_turn(data_root, tmp_
     assert record["speedup_over_reference"]["fast"] == pytest.approx(record["speedup_fast_over_reference"])
     # On the CPU the variant runs the fast path itself (graphs are CUDA's): the same arithmetic, the same accuracy.
     assert record["summary"]["fast no-cuda-graph"]["test_accuracy"] == record["summary"]["fast"]["test_accuracy"]
-    rows = nb.bench_rows(tmp_path)
+    rows = queries.bench_rows(tmp_path)
     assert {row["path"] for row in rows} == {"reference", "fast", "fast no-cuda-graph"}
     assert sorted(bar.name for bar in figures.bench_bars(rows).data) == ["fast no-cuda-graph", "fast path",
                                                                         "reference path"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +45,11 @@ def _vendor_plotly(app) -> None:
 
 def _copy_records(app) -> None:
     """results/**/*.json into <site>/records/ (through html_extra_path): every record downloadable from the book."""
-    source = Path(os.environ.get("HDR_RESULTS_DIR") or ROOT / "results")
+    if str(ROOT) not in sys.path:  # this checkout's hdr_lib, as the notebooks' kernels get it
+        sys.path.insert(0, str(ROOT))
+    from hdr_lib.measure.queries import results_folder
+
+    source = results_folder()  # the folder the pages read their records from
     extra = Path(app.doctreedir).parent / "offline-extra"
     target = extra / "records"
     shutil.rmtree(target, ignore_errors=True)

@@ -9,19 +9,14 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from hdr_lib import paper
+from hdr_lib.book.scorecard import HEADLINE_PATH, PATHS, SECOND_PATH
+from hdr_lib.measure.queries import NOT_MEASURED
 from hdr_lib.measure.stats import summarize
 
 TEMPLATE = "plotly_white"
 PAPER_COLOUR = "#9e9e9e"  # every "paper (claimed)" mark is grey, every measurement coloured
 DEVICE_COLOURS = {"cpu": "#1f77b4", "cuda": "#2ca02c"}
-NOT_MEASURED_TEXT = "not yet measured"
-
-# The paper's numbers (§4.1, §4.2, §4.3); hardware as given in §3.4.
-PAPER_CLAIMS = {
-    "cpu": {"train_seconds": 3600.0, "test_accuracy": 98.2, "hardware": "Intel Core i7, 4 cores, 3.4 GHz"},
-    "cuda": {"train_seconds": 300.0, "test_accuracy": 98.3, "hardware": "GeForce GTX 1080 Ti, 11 GB"},
-}
-
 
 # Plotly's toolbar (the "modebar": zoom, pan, download) sits in the figure's top right corner, this high. The title
 # goes below that band, so that no toolbar covers it however narrow the output is (JupyterLab shows the toolbar
@@ -121,42 +116,12 @@ def epoch_curves(runs: dict[str, dict], metrics=(("train_loss", "training loss")
     return fig.update_layout(margin_b=150 + 22 * legend_lines)
 
 
-def _bar_label(kind: str, device: str, hardware: str, epochs: int | None = None) -> str:
-    extra = f"<br>({epochs} epoch{'s' if epochs != 1 else ''} only)" if epochs not in (None, 20) else ""
-    hardware = hardware.replace(", ", "<br>").replace(" (", "<br>(")  # narrow lines: four bars share a page width
-    return f"<b>{device.upper()}</b><br>{kind}<br>{hardware}{extra}"
-
-
-def training_time_bars(ours: dict[str, dict | None]) -> go.Figure:
-    """Total training seconds: the paper's claims (grey) beside our measurements (coloured), log scale.
-
-    `ours` maps "cpu"/"cuda" to {"seconds": [...], "hardware": str, "epochs": int} or None (not yet measured).
-    """
-    fig = go.Figure()
-    for device, claim in PAPER_CLAIMS.items():
-        fig.add_bar(x=[_bar_label("paper (claimed)", device, claim["hardware"])], y=[claim["train_seconds"]],
-                    name="paper (claimed)", marker_color=PAPER_COLOUR, legendgroup="paper",
-                    showlegend=device == "cpu", text=[f"{claim['train_seconds']:.0f} s"], textposition="outside")
-        mine = ours.get(device)
-        if not mine or not mine.get("seconds"):
-            fig.add_annotation(x=_bar_label("ours", device, NOT_MEASURED_TEXT), y=0, yref="paper",
-                               text=NOT_MEASURED_TEXT, showarrow=False, yanchor="bottom")
-            fig.add_bar(x=[_bar_label("ours", device, NOT_MEASURED_TEXT)], y=[None], showlegend=False)
-            continue
-        s = summarize(mine["seconds"])
-        label = _bar_label("ours (measured)", device, mine["hardware"], mine.get("epochs"))
-        error = dict(type="data", symmetric=False, array=[s["max"] - s["mean"]], arrayminus=[s["mean"] - s["min"]])
-        fig.add_bar(x=[label], y=[s["mean"]], name=f"ours (measured), {device.upper()}", error_y=error,
-                    marker_color=DEVICE_COLOURS[device], text=[f"{s['mean']:.1f} s (n={s['n']})"],
-                    textposition="outside")
-    fig.update_yaxes(title="total training time (s, log scale)", type="log")
-    fig.update_xaxes(tickangle=0)
-    return _layout(fig, "Training time: the paper's claims beside our measurements", height=500,
-                   legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+PAPER_ACCURACY = {"paper (claimed) CPU": paper.CPU_ACCURACY, "paper (claimed) GPU": paper.GPU_ACCURACY}  # §4.2
 
 
 def accuracy_ci(groups: dict[str, list[float]], claims: dict[str, float] | None = None) -> go.Figure:
-    """Test accuracy per group: every run as a dot, the mean with its 95 % interval, the paper's claim grey."""
+    """Test accuracy per group: every run as a dot, the mean with its 95 % interval, and `claims` in grey (the
+    paper's CPU and GPU accuracy: `PAPER_ACCURACY`)."""
     fig = go.Figure()
     for i, (label, values) in enumerate(groups.items()):
         s = summarize(values)
@@ -279,10 +244,10 @@ def lr_schedule(epochs: list[int], lrs: list[float]) -> go.Figure:
     return _layout(fig, "Learning rate per epoch", height=320)
 
 
-def memory_bars(items: dict[str, int | None], claimed_bytes: float = 6e9) -> go.Figure:
+def memory_bars(items: dict[str, int | None]) -> go.Figure:
     """Bytes on a log scale: what LeNet-5 needs, what was measured ("not yet measured" where None), and the
-    paper's ~6 GB (grey)."""
-    items = {**items, "paper (claimed): ~6 GB in use": claimed_bytes}
+    memory the paper reports in use (grey, §4.3)."""
+    items = {**items, f"paper (claimed): ~{paper.GPU_MEMORY_GB:g} GB in use": paper.GPU_MEMORY_GB * 1e9}
     known = [v for v in items.values() if v]
     fig = go.Figure(go.Bar(y=list(items), x=[v or None for v in items.values()], orientation="h",
                            marker_color=[PAPER_COLOUR if k.startswith("paper") else DEVICE_COLOURS["cpu"]
@@ -292,9 +257,59 @@ def memory_bars(items: dict[str, int | None], claimed_bytes: float = 6e9) -> go.
                            hovertemplate="%{y}: %{x:,} bytes<extra></extra>"))
     for label, value in items.items():
         if not value:
-            fig.add_annotation(y=label, x=math.log10(min(known)), text=NOT_MEASURED_TEXT, showarrow=False,
+            fig.add_annotation(y=label, x=math.log10(min(known)), text=NOT_MEASURED, showarrow=False,
                                xanchor="left", font=dict(color="#c00"))
     fig.update_xaxes(title="bytes (log scale)", type="log",
                      range=[math.log10(min(known)) - 0.3, math.log10(max(known)) + 0.6])
     fig.update_yaxes(autorange="reversed")
     return _layout(fig, "Memory: what the network needs vs what was reported", height=140 + 45 * len(items))
+
+
+def time_figure(rows: list, live: dict | None = None) -> go.Figure:
+    """Paper's and our training times (log scale): per device the paper's bar, then ours on each path with the
+    95 % interval where there is one, and the live run of this build when given. A bar with no record is a
+    visible "not yet measured" label, not an empty slot. `rows`: scorecard.scorecard()'s."""
+    fig = go.Figure()
+    labels = ["CPU", "GPU"]
+    claimed = [paper.CPU_SECONDS, paper.GPU_SECONDS]
+    fig.add_bar(name="paper (its 2017-era hardware)", x=labels, y=claimed, text=[f"{v:g} s" for v in claimed],
+                textposition="inside", marker_color="#9e9e9e")
+    known = list(claimed)
+    for path, colour in ((HEADLINE_PATH, "#1f77b4"), (SECOND_PATH, "#ff7f0e")):
+        means, err_hi, err_lo, text = [], [], [], []
+        for key in ("cpu_time", "gpu_time"):
+            cell = next(r for r in rows if r.claim.key == key).cells[path]
+            m = cell.measured or {}
+            mean = m.get("mean")
+            means.append(mean)
+            err_hi.append((m["ci95_high"] - mean) if m.get("ci95_high") is not None else 0)
+            err_lo.append((mean - m["ci95_low"]) if m.get("ci95_low") is not None else 0)
+            text.append("" if mean is None else f"{mean:.1f} s<br>n = {m['n']}")
+            if mean is not None:
+                known.append(mean)
+        fig.add_bar(name=f"ours, {path} path (95 % CI)", x=labels, y=means, text=text, textposition="inside",
+                    marker_color=colour, insidetextanchor="start",
+                    error_y=dict(type="data", array=err_hi, arrayminus=err_lo, visible=True))
+    if live is not None:
+        device = "GPU" if live["config"]["device"] == "cuda" else "CPU"
+        epochs = len(live.get("epochs", []))
+        y = [live["total_train_seconds"] if label == device else None for label in labels]
+        fig.add_bar(name=f"live run of this build, {live['config'].get('path', '?')} path, {epochs} epoch(s)",
+                    x=labels, y=y, marker_color="#2ca02c", textposition="inside",
+                    text=[f"{v:.1f} s" if v is not None else "" for v in y])
+        known.append(live["total_train_seconds"])
+    # The slots with no record: a label where the bar would stand (plotly draws no text for a missing bar).
+    groups = 3 + (live is not None)
+    for i, label in enumerate(labels):
+        for j, path in enumerate(PATHS):
+            cell = next(r for r in rows if r.claim.key == ("cpu_time", "gpu_time")[i]).cells[path]
+            if cell.measured is None:
+                fig.add_annotation(x=i + (j + 1 - (groups - 1) / 2) * 0.8 / groups, y=0.02, yref="paper",
+                                   text=NOT_MEASURED.replace(" ", "<br>", 1), showarrow=False, textangle=-90,
+                                   yanchor="bottom", font=dict(size=11, color="#555"))
+    # A log axis that starts a decade below the shortest bar: every bar tall enough to hold its label.
+    low, high = math.log10(min(known)) - 1, math.log10(max(known)) + 0.3
+    fig.update_layout(title=f"Training time for {paper.EPOCHS} epochs", barmode="group", yaxis_type="log",
+                      yaxis_title="training time (s, log scale)", yaxis_range=[low, high], height=440,
+                      uniformtext=dict(minsize=10, mode="show"), legend=dict(orientation="h", y=-0.15))
+    return fig

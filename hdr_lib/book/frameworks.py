@@ -3,13 +3,14 @@ and PyTorch) side by side, from results/ only; nothing is trained here."""
 
 from __future__ import annotations
 
-from hdr_lib.model import training_flops
-from hdr_lib.measure.records import is_paper_config, load_records, machine, session_of
+from hdr_lib import paper
+from hdr_lib.measure import queries
+from hdr_lib.measure.queries import NOT_MEASURED, machine
+from hdr_lib.measure.records import is_paper_config, session_of
 from hdr_lib.measure.stats import summarize
+from hdr_lib.model import training_flops
 
-NOT_MEASURED = "not yet measured"
-PAPER_CPU_SECONDS = 3600.0  # §4.1, 20 epochs on the paper's CPU
-PAPER_CPU = "a 4-core Intel Core i7 at 3.4 GHz with TensorFlow 2.x"  # §3.4
+PAPER_CPU = f"{paper.CPU.name} with {paper.FRAMEWORK.split(' with ')[0]}"  # §3.4: the machine of the paper's CPU time
 
 _NAMES = {"torch": "PyTorch", "keras-tensorflow": "Keras/TensorFlow", "keras-jax": "Keras/JAX",
           "keras-torch": "Keras/PyTorch"}
@@ -30,15 +31,10 @@ def label(framework: str, way: str) -> str:
     return f"{_NAMES.get(framework, framework)} ({_WAYS.get(way, way)})"
 
 
-def cpu_runs(folder) -> list[dict]:
+def cpu_runs(results_dir=None) -> list[dict]:
     """Complete CPU records of the paper's configuration (every framework, PyTorch runs the default way), of the
     machine that has the most Keras runs (else the most runs): one machine, so the times compare."""
-    from pathlib import Path
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    runs = [r for r in load_records(folder, kind="train", status="complete")
+    runs = [r for r in queries.recorded(results_dir, "train")
             if r["config"].get("device") == "cpu" and is_paper_config(r) and not r["config"].get("compile", False)]
     keras = [r for r in runs if framework_of(r)[0] != "torch"]
     machines: dict[str, int] = {}
@@ -50,12 +46,12 @@ def cpu_runs(folder) -> list[dict]:
     return [r for r in runs if machine(r) == chosen]
 
 
-def comparison_session(folder) -> str | None:
+def comparison_session(results_dir=None) -> str | None:
     """The timing session (records.session_of) that ran the most frameworks and ways, the latest of equals: the one
     comparison whose times were all made back to back in the same state of the machine."""
     covered: dict[str, set] = {}
     latest: dict[str, str] = {}
-    for r in cpu_runs(folder):
+    for r in cpu_runs(results_dir):
         session = session_of(r)
         covered.setdefault(session, set()).add(framework_of(r))
         latest[session] = max(latest.get(session, ""), r["environment"].get("created_at", ""))
@@ -64,27 +60,27 @@ def comparison_session(folder) -> str | None:
     return max(covered, key=lambda name: (len(covered[name]), latest[name]))
 
 
-def sessions(folder) -> list[str]:
+def sessions(results_dir=None) -> list[str]:
     """The timing sessions of the CPU records, oldest first."""
     first: dict[str, str] = {}
-    for r in cpu_runs(folder):
+    for r in cpu_runs(results_dir):
         name, created = session_of(r), r["environment"].get("created_at", "")
         first[name] = min(first.get(name, created), created)
     return sorted(first, key=lambda name: (first[name], name))
 
 
-def rows_by_session(folder) -> list[dict]:
+def rows_by_session(results_dir=None) -> list[dict]:
     """`rows` of each timing session in turn, oldest first: every session apart, none pooled."""
-    return [row for name in sessions(folder) for row in rows(folder, session=name)]
+    return [row for name in sessions(results_dir) for row in rows(results_dir, session=name)]
 
 
-def rows(folder, session: str | None = None) -> list[dict]:
+def rows(results_dir=None, session: str | None = None) -> list[dict]:
     """One row per framework and way: seconds per epoch (each run's 20-epoch total / 20) and test accuracy, each
     with its mean and 95 % interval over runs (seeds); the sustained GFLOP/s of the mean epoch; the mean 1-minute
     load average when the runs began (other work on the shared cores). With `session`, the runs of that timing
     session only; without, every session pooled (each row names its sessions)."""
     groups: dict[str, list[dict]] = {}
-    for r in cpu_runs(folder):
+    for r in cpu_runs(results_dir):
         if session is not None and session_of(r) != session:
             continue
         framework, way = framework_of(r)
@@ -171,21 +167,21 @@ def _load_text(row: dict) -> str:
 
 
 def paper_time_markdown(table: list[dict]) -> str:
-    """What the paper's framework on our CPU says about the paper's 3600 s, with the load the runs were made under."""
+    """What the paper's framework on our CPU says about the paper's CPU time, with the load the runs were made under."""
     tf = next((row for row in table if row["key"] == "keras-tensorflow fit"), None)
     if tf is None:
         return (f"The paper's framework on our CPU: **{NOT_MEASURED}** (no complete Keras/TensorFlow `model.fit` "
                 f"record under results/).")
     total = tf["total_seconds"]
-    factor = PAPER_CPU_SECONDS / total["mean"]
+    factor = paper.CPU_SECONDS / total["mean"]
     text = (f"Keras on TensorFlow, trained the way the paper's authors most likely trained it (`model.fit`), takes "
             f"**{total['mean']:.0f} s** for the 20 epochs on our CPU ({tf['machine']}, {tf['n']} seed(s)")
     if total["ci95_low"] is not None:
         text += (f", 95 % interval {total['ci95_low']:.0f} to {total['ci95_high']:.0f} s): **{factor:.1f} times "
-                 f"faster** than the paper's 3600 s on {PAPER_CPU} (interval {PAPER_CPU_SECONDS / total['ci95_high']:.1f}"
-                 f" to {PAPER_CPU_SECONDS / total['ci95_low']:.1f} times).")
+                 f"faster** than the paper's {paper.CPU_SECONDS:g} s on {PAPER_CPU} (interval {paper.CPU_SECONDS / total['ci95_high']:.1f}"
+                 f" to {paper.CPU_SECONDS / total['ci95_low']:.1f} times).")
     else:
-        text += f"): **{factor:.1f} times faster** than the paper's 3600 s on {PAPER_CPU}."
+        text += f"): **{factor:.1f} times faster** than the paper's {paper.CPU_SECONDS:g} s on {PAPER_CPU}."
     if tf["load_average"] is not None and tf["load_average"] > 2:
         text += (f" These runs shared the 2 cores with other work ({_load_text(tf)}, mean over runs): they had a "
                  f"fraction of the machine, so the factor is a lower bound for our CPU, not its measure.")
@@ -201,17 +197,14 @@ def paper_time_markdown(table: list[dict]) -> str:
     return text
 
 
-def equivalence_markdown(folder) -> str:
+def equivalence_markdown(results_dir=None) -> str:
     """What the recorded step-by-step check (hdr_lib.keras_lenet.equivalence_record) measured, per backend."""
-    from pathlib import Path
-
-    folder = Path(folder)
-    found = load_records(folder, kind="keras-equivalence") if folder.is_dir() else []
+    found = queries.recorded(results_dir, "keras-equivalence")
     if not found:
         return f"The step-by-step comparison: **{NOT_MEASURED}** (no keras-equivalence record under results/)."
     record = max(found, key=lambda r: r["environment"]["created_at"])
     steps = record["config"]["steps"]
-    lines = [f"Recorded {record['environment']['created_at'][:10]} on {record['environment']['cpu']} (commit "
+    lines = [f"Recorded {record['environment']['created_at'][:10]} on {machine(record)} (commit "
              f"{(record['environment'].get('git_commit') or '?')[:12]}), seed {record['config']['seed']}: the "
              f"first forward pass on {record['config']['forward_images']} test images, and the first {steps} "
              f"losses of each backend's own loop against our plain PyTorch loop (the reference path).", "",

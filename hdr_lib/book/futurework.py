@@ -4,24 +4,17 @@ each from the records in results/ (nothing typed in by hand), with "not yet meas
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from hdr_lib.measure import stats
 from hdr_lib.model import ResNet, LeNet5, count_parameters, training_flops
-from hdr_lib.measure.records import is_default_run, load_records, one_machine
+from hdr_lib.measure import queries
+from hdr_lib.measure.queries import NOT_MEASURED
+from hdr_lib.measure.records import is_default_run, one_machine
 
-NOT_YET = "not yet measured"
-
-
-def _folder(results_dir) -> Path:
-    from hdr_lib.book.chapter import results_folder
-
-    return results_folder(results_dir)
 
 
 def _train_records(results_dir, status="complete") -> list[dict]:
-    folder = _folder(results_dir)
-    return load_records(folder, kind="train", status=status) if folder.is_dir() else []
+    return queries.recorded(results_dir, "train", status=status)
 
 
 def amp_mode(record: dict) -> str:
@@ -55,7 +48,7 @@ def seconds_per_epoch(record: dict) -> float:
 
 def _fmt_summary(s: dict, digits: int = 2, unit: str = "") -> str:
     if s["n"] == 0:
-        return NOT_YET
+        return NOT_MEASURED
     if s["n"] == 1:
         return f"{s['mean']:.{digits}f}{unit} (1 run)"
     return f"{s['mean']:.{digits}f}{unit} [{s['ci95_low']:.{digits}f}, {s['ci95_high']:.{digits}f}]"
@@ -117,7 +110,7 @@ def precision_markdown(results_dir=None) -> str:
              "s / epoch, mean [95 % CI] |", "| --- | --- | ---: | ---: | --- | --- | --- |"]
     for row in rows:
         acc, sec = row["accuracy"], row["seconds_per_epoch"]
-        spread = f"{acc['min']:.2f}-{acc['max']:.2f} %" if acc["n"] else NOT_YET
+        spread = f"{acc['min']:.2f}-{acc['max']:.2f} %" if acc["n"] else NOT_MEASURED
         lines.append(f"| {row['device']} | {names[row['amp']]} | {acc['n']} | {row['epoch']} | "
                      f"{_fmt_summary(acc, 2, ' %')} | {spread} | {_fmt_summary(sec, 2, ' s')} |")
     text = "\n".join(lines)
@@ -161,7 +154,7 @@ def cpu_flags_markdown(results_dir=None) -> str:
     runs = [r for r in runs if r["environment"].get("cpu_flags")]
     flags = runs[0]["environment"]["cpu_flags"] if runs else None
     if not flags:
-        return f"The CPU's instruction sets for bfloat16: {NOT_YET} (no bfloat16 record holds them)."
+        return f"The CPU's instruction sets for bfloat16: {NOT_MEASURED} (no bfloat16 record holds them)."
     env = runs[0]["environment"]
     have = ", ".join(k for k, v in flags.items() if v) or "none of them"
     lack = ", ".join(k for k, v in flags.items() if not v) or "none"
@@ -176,14 +169,14 @@ def cpu_flags_markdown(results_dir=None) -> str:
 
 def amp_ab(results_dir=None) -> dict | None:
     """The A/B record of scripts/ab_amp_cpu.py (float32 against bfloat16, one step at a time), if there is one."""
-    path = _folder(results_dir) / "ab-amp-cpu.json"
+    path = queries.results_folder(results_dir) / "ab-amp-cpu.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 def amp_ab_markdown(results_dir=None) -> str:
     record = amp_ab(results_dir)
     if record is None:
-        return f"Step times of float32 against bfloat16 on the same code: {NOT_YET} (scripts/ab_amp_cpu.py)."
+        return f"Step times of float32 against bfloat16 on the same code: {NOT_MEASURED} (scripts/ab_amp_cpu.py)."
     lines = ["| step | float32, ms / step | bfloat16, ms / step | bfloat16 / float32 |", "| --- | ---: | ---: | ---: |"]
     for name, way in record["ways"].items():
         f32, b16 = way["float32"]["median_ms"], way["bfloat16"]["median_ms"]
@@ -252,12 +245,12 @@ def ddp_markdown(results_dir=None) -> str:
     g = gradient_bytes()
     head = (f"Each step all-reduces {g['elements']:,} float32 gradients ({g['kilobytes']:.1f} kB) and the loss. ")
     if not rows:
-        return head + f"1 process x 2 threads against 2 processes x 1 thread on the CPU: {NOT_YET}."
+        return head + f"1 process x 2 threads against 2 processes x 1 thread on the CPU: {NOT_MEASURED}."
     lines = ["| processes x threads | runs (epochs timed) | s / epoch [95 % CI] | all-reduce, ms / step | rest of a step, ms | "
              "all-reduce's share of training | accuracy | one plain process, same seeds |",
              "| --- | ---: | --- | ---: | ---: | ---: | --- | --- |"]
     for row in rows:
-        plain = ", ".join(f"{v:.2f} %" for _, v in sorted(row["plain_accuracy"].items())) or NOT_YET
+        plain = ", ".join(f"{v:.2f} %" for _, v in sorted(row["plain_accuracy"].items())) or NOT_MEASURED
         done = sorted((r for r in row["runs"] if r["status"] == "complete"), key=lambda r: r["config"]["seed"])
         accs = ", ".join(f"{r['test_accuracy']:.2f} % (seed {r['config']['seed']})" for r in done) or (
             "stopped by max_steps (timing only)")
@@ -274,7 +267,7 @@ def ddp_verdict(results_dir=None) -> str:
     """When data parallelism pays for a network this small: a step's compute against one all-reduce's latency."""
     rows = {row["world_size"]: row for row in ddp_rows(results_dir)}
     if 2 not in rows:
-        return f"Whether two processes beat one on this CPU: {NOT_YET}."
+        return f"Whether two processes beat one on this CPU: {NOT_MEASURED}."
     two = rows[2]
     compute, comm = two["compute_ms"]["mean"], two["allreduce_ms"]["mean"]
     text = (f"With 2 processes each rank computes half a batch in {compute:.3f} ms and then waits {comm:.3f} ms for "
@@ -286,12 +279,12 @@ def ddp_verdict(results_dir=None) -> str:
         text += (f"Measured: 2 processes x 1 thread took {ratio:.2f}x the time per epoch of 1 process x 2 threads "
                  f"({'faster' if ratio < 1 else 'slower'}). ")
     else:
-        text += (f"1 process x 2 threads through the same code (torchrun --nproc-per-node 1): {NOT_YET}, so "
+        text += (f"1 process x 2 threads through the same code (torchrun --nproc-per-node 1): {NOT_MEASURED}, so "
                  "whether 2 processes beat it on this CPU is not yet measured either. ")
     text += ("A network this small pays for data parallelism only where a step's compute is large against the "
              "all-reduce's latency: larger batches per rank, or many more parameters' worth of work per gradient "
              "byte. Across GPUs the same arithmetic holds with NCCL's latency; the multi-GPU cells are "
-             f"{NOT_YET}.")
+             f"{NOT_MEASURED}.")
     return text
 
 
@@ -332,7 +325,7 @@ def network_rows(results_dir=None, matmul_gflops: float | None = None) -> list[d
 
 def cpu_matmul_gflops(results_dir=None) -> float | None:
     """The CPU's float32 matrix-product rate from the benchmark record (hdr_lib.measure.ceiling), if there is one."""
-    path = _folder(results_dir) / "bench-cpu.json"
+    path = queries.results_folder(results_dir) / "bench-cpu.json"
     if not path.is_file():
         return None
     return ((json.loads(path.read_text()).get("ceiling") or {}).get("matmul") or {}).get("gflops")
@@ -346,19 +339,19 @@ def network_markdown(results_dir=None) -> str:
     for row in rows:
         s = row["seconds_per_epoch"]
         share = f"{100 * row['share_of_matmul']:.1f} %" if row["share_of_matmul"] else (
-            NOT_YET if row["device"] == "cuda" else "-")
+            NOT_MEASURED if row["device"] == "cuda" else "-")
         lines.append(f"| {row['device']} | {row['model']} | {row['path']} | {row['parameters']:,} | "
                      f"{row['train_flops_per_epoch'] / 1e9:,.0f} | {s['n']} | {_fmt_summary(s, 1, ' s')} | "
                      f"{row['gflops']:.1f} |" if s["n"] else
                      f"| {row['device']} | {row['model']} | {row['path']} | {row['parameters']:,} | "
-                     f"{row['train_flops_per_epoch'] / 1e9:,.0f} | 0 | {NOT_YET} | {NOT_YET} |")
+                     f"{row['train_flops_per_epoch'] / 1e9:,.0f} | 0 | {NOT_MEASURED} | {NOT_MEASURED} |")
         if s["n"]:
             lines[-1] += f" {share} |"
         else:
-            lines[-1] += f" {NOT_YET} |"
+            lines[-1] += f" {NOT_MEASURED} |"
     text = "\n".join(lines)
     text += (f"\n\nThe CPU's float32 matrix product (`torch.mm`, 1024 x 1024, from the benchmark record): "
-             f"{matmul:.0f} GFLOP/s." if matmul else f"\n\nThe CPU's matrix-product rate: {NOT_YET}.")
+             f"{matmul:.0f} GFLOP/s." if matmul else f"\n\nThe CPU's matrix-product rate: {NOT_MEASURED}.")
     partial = [row for row in rows if any(r["status"] != "complete" for r in row["runs"])]
     for row in partial:
         text += (f" The {row['model']} {row['path']} row is timed from {row['steps_timed']} steps (runs stopped by "
@@ -371,11 +364,11 @@ def network_prediction(results_dir=None) -> str:
     lenet, resnet = rows.get(("cpu", "lenet5", "fast")), rows.get(("cpu", "resnet", "fast"))
     ratio = resnet["train_flops_per_epoch"] / lenet["train_flops_per_epoch"] if resnet and lenet else None
     if not (lenet and resnet and lenet["gflops"] and resnet["gflops"]):
-        return f"The residual network against LeNet-5 on this CPU: {NOT_YET}."
+        return f"The residual network against LeNet-5 on this CPU: {NOT_MEASURED}."
     time_ratio = resnet["seconds_per_epoch"]["mean"] / lenet["seconds_per_epoch"]["mean"]
     return (f"The residual network does {ratio:.0f}x LeNet-5's arithmetic per epoch and takes {time_ratio:.0f}x its "
             f"time on this CPU, at {resnet['gflops']:.1f} against {lenet['gflops']:.1f} GFLOP/s. On a GPU a "
             "LeNet-5 step at batch 64 is too small to fill the device (chapter 07), so the time per step there is "
             "set by launches and synchronisation more than by arithmetic; a network with far more work per step "
             "should fill more of it, and the GPU's advantage over the CPU is expected to grow with the work per "
-            f"step. The GPU cells are {NOT_YET}: scripts/gpu_replication.sh has the stage that measures them.")
+            f"step. The GPU cells are {NOT_MEASURED}: scripts/gpu_replication.sh has the stage that measures them.")

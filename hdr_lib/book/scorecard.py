@@ -14,27 +14,27 @@ The rules, in one place (each `Claim` names its rule; `verdict_for` applies it):
 - Verdicts: "reproduced"; "differs: ours higher" or "differs: ours lower" (outside the rule's margin, and
   which way); "not comparable" (an absolute time on other hardware; the note says how far and which way);
   "not yet measured".
-- "time" (§4.1, 3600 s CPU and 300 s GPU): the paper's times belong to its hardware (a 4-core Core i7 at
-  3.4 GHz, a GTX 1080 Ti, TensorFlow 2.x), which we do not have: "not comparable", with our time as a
+- "time" (§4.1, the CPU's and the GPU's 20 epochs): the paper's times belong to its hardware and software
+  (`hdr_lib.paper.CPU`, `GPU`, `FRAMEWORK`), which we do not have: "not comparable", with our time as a
   multiple of the paper's.
-- "speedup" (§4.1, 12x): mean CPU time / mean GPU time of **one host** (`environment.hostname_hash`) that
+- "speedup" (§4.1): mean CPU time / mean GPU time of **one host** (`environment.hostname_hash`) that
   has at least MIN_RUNS (2) runs on each device; its interval is the conservative ratio of the two
-  means' 95 % intervals. "reproduced" when that interval contains 12, else "differs" (above or below).
+  means' 95 % intervals. "reproduced" when that interval contains the paper's speedup, else "differs" (above or below).
   CPU and GPU runs of different hosts are never divided.
-- "accuracy" (§4.2, 98.2 % CPU, 98.3 % GPU): "reproduced" when our mean test accuracy is within
+- "accuracy" (§4.2, CPU and GPU): "reproduced" when our mean test accuracy is within
   ACCURACY_MARGIN_PP (0.3 percentage points) of the claim, else "differs" (higher or lower). The margin
   is fixed; the page beside the table gives it in units of our measured seed-to-seed standard deviation.
-- "accuracy_gap" (§4.2, "comparable" accuracy, +0.1 pp for the GPU): "reproduced" when our GPU minus CPU
+- "accuracy_gap" (§4.2, "comparable" accuracy, the GPU slightly higher): "reproduced" when our GPU minus CPU
   mean accuracy is within ACCURACY_MARGIN_PP of zero, else "differs".
 - Accuracies count once per seed (the latest record of a seed): a seed rerun in another session is the same
   training again, so it adds a time but not a second accuracy.
-- "utilisation" (§4.3, "consistently above 90 %"): "consistently" is read as "in nine samples of ten":
+- "utilisation" (§4.3, "consistently above" the paper's percentage): "consistently" is read as "in nine samples of ten":
   the 10th percentile of the NVML utilisation samples taken every 50 ms during training
-  (`utilisation.gpu.utilisation_p10_percent`, averaged over runs) must be above 90 %. Records made
+  (`utilisation.gpu.utilisation_p10_percent`, averaged over runs) must be above the paper's percentage. Records made
   before the samples' percentile was kept are "not yet measured" for this rule (their mean is in the note).
-- "memory" (§4.3, "averaged around 6 GB"): like with like, an average: the mean over training of the
+- "memory" (§4.3, "averaged around" the paper's gigabytes): like with like, an average: the mean over training of the
   device memory in use as NVML (and so nvidia-smi) reports it, CUDA context included
-  (`utilisation.gpu.memory_used_mean_bytes`); "reproduced" within a factor MEMORY_FACTOR (1.5) of 6 GB,
+  (`utilisation.gpu.memory_used_mean_bytes`); "reproduced" within a factor MEMORY_FACTOR (1.5) of the paper's,
   else "differs". The peak and PyTorch's own reservation are in the note.
 - Runs are pooled over timing sessions (`records.session_of`) of the same machine; each cell says how many
   sessions, and an interval from one session is labelled "within one session".
@@ -44,52 +44,28 @@ from __future__ import annotations
 
 import html
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from hdr_lib.measure import records
+from hdr_lib import paper
+from hdr_lib.measure import queries, records
+from hdr_lib.measure.queries import NOT_MEASURED
 from hdr_lib.measure.records import is_finite, is_headline_run, one_machine, same_host_pair, session_of
 from hdr_lib.measure.stats import summarize, welch
+from hdr_lib.paper import CLAIMS, Claim
 
 REPRODUCED = "reproduced"
 HIGHER, LOWER = "differs: ours higher", "differs: ours lower"
 NOT_COMPARABLE = "not comparable"
-NOT_MEASURED = "not yet measured"
 VERDICTS = (REPRODUCED, HIGHER, LOWER, NOT_COMPARABLE, NOT_MEASURED)
 HEADLINE_PATH, SECOND_PATH = "reference", "fast"
 PATHS = (HEADLINE_PATH, SECOND_PATH)
 MIN_RUNS = 2  # runs per device on one host before a speedup is given
 ACCURACY_MARGIN_PP = 0.3  # percentage points between our mean accuracy and the claim
 UTILISATION_PERCENTILE = 10  # "consistently above": nine samples in ten
-MEMORY_FACTOR = 1.5  # "around 6 GB": 4 GB .. 9 GB
+MEMORY_FACTOR = 1.5  # "around": within a factor 1.5 of the paper's memory, either way
 GB = 1e9
+PAPER_GAP = paper.CLAIM["accuracy_gap"].value  # §4.2: GPU minus CPU accuracy, percentage points
 
-PAPER_CPU = "Intel Core i7, 4 cores / 8 threads, 3.4 GHz"  # §3.4
-PAPER_GPU = "NVIDIA GeForce GTX 1080 Ti, 11 GB"  # §3.4
-
-
-@dataclass(frozen=True)
-class Claim:
-    key: str
-    text: str  # the claim in the paper's words
-    section: str  # where the paper says it
-    value: float  # the paper's number, in `unit`
-    unit: str
-    rule: str  # time, speedup, accuracy, accuracy_gap, utilisation, memory (see the module docstring)
-    device: str  # cpu, cuda, or both
-
-
-CLAIMS = (
-    Claim("cpu_time", "CPU training time, 20 epochs", "§4.1", 3600.0, "s", "time", "cpu"),
-    Claim("gpu_time", "GPU training time, 20 epochs", "§4.1", 300.0, "s", "time", "cuda"),
-    Claim("speedup", "Speedup, CPU time / GPU time", "§4.1", 12.0, "x", "speedup", "both"),
-    Claim("cpu_accuracy", "CPU test accuracy", "§4.2", 98.2, "%", "accuracy", "cpu"),
-    Claim("gpu_accuracy", "GPU test accuracy", "§4.2", 98.3, "%", "accuracy", "cuda"),
-    Claim("accuracy_gap", "GPU minus CPU accuracy (\"comparable\")", "§4.2", 0.1, "pp", "accuracy_gap", "both"),
-    Claim("gpu_utilisation", "GPU utilisation, \"consistently above\"", "§4.3", 90.0, "%", "utilisation", "cuda"),
-    Claim("gpu_memory", "GPU memory in use, \"averaged around\"", "§4.3", 6.0, "GB", "memory", "cuda"),
-)
 CHAPTER_CLAIMS = {"05": ("cpu_time", "gpu_time", "speedup"),
                   "06": ("cpu_accuracy", "gpu_accuracy", "accuracy_gap"),
                   "07": ("gpu_utilisation", "gpu_memory"),
@@ -122,16 +98,6 @@ class Row:
         return self.headline.verdict
 
 
-def results_dir() -> Path:
-    """The committed records: <repo>/results, or $HDR_RESULTS_DIR (for development builds)."""
-    return Path(os.environ.get("HDR_RESULTS_DIR") or Path(__file__).resolve().parents[2] / "results")
-
-
-def paper_runs(folder: str | os.PathLike | None = None) -> list[dict]:
-    """Complete training records of the paper's configuration under `folder` (default `results_dir()`)."""
-    return records.paper_runs(folder if folder is not None else results_dir())
-
-
 def _values(runs, get) -> list[float]:
     out = []
     for record in runs:
@@ -144,16 +110,8 @@ def _values(runs, get) -> list[float]:
     return out
 
 
-def _hardware(runs, device: str) -> str:
-    names = set()
-    for r in runs:
-        env = r.get("environment", {})
-        if device == "cuda":
-            gpu = env.get("gpu") or {}
-            names.add(f"{gpu.get('name', '?')} (CUDA {gpu.get('cuda', '?')}, torch {env.get('torch', '?')})")
-        else:
-            names.add(f"{env.get('cpu', '?')}, {env.get('threads', '?')} threads (torch {env.get('torch', '?')})")
-    return "; ".join(sorted(names)) or "-"
+def _hardware(runs) -> str:
+    return queries.machines(runs, versions=True)
 
 
 def one_per_seed(runs: list[dict]) -> list[dict]:
@@ -162,7 +120,7 @@ def one_per_seed(runs: list[dict]) -> list[dict]:
     latest: dict = {}
     for r in sorted(runs, key=lambda r: str(r.get("environment", {}).get("created_at", ""))):
         config = r.get("config", {})
-        latest[(config.get("device"), config.get("path"), records.machine(r), config.get("seed"))] = r
+        latest[(config.get("device"), config.get("path"), queries.machine(r), config.get("seed"))] = r
     return sorted(latest.values(), key=lambda r: r.get("_path", ""))
 
 
@@ -239,7 +197,7 @@ def _measure(claim: Claim, cpu_all: list[dict], gpu_all: list[dict], path: str) 
     cpu, gpu = one_machine(cpu_all), one_machine(gpu_all)
 
     def cell(measured, note, runs, device):
-        hardware = {"cpu": _hardware(runs, "cpu"), "cuda": _hardware(runs, "cuda")}.get(device, "-")
+        hardware = _hardware(runs) if device in ("cpu", "cuda") else "-"
         return Cell(path, measured, verdict_for(claim, measured), note, hardware, _sessions(runs))
 
     if claim.key in ("cpu_time", "gpu_time", "cpu_accuracy", "gpu_accuracy"):
@@ -267,7 +225,7 @@ def _measure(claim: Claim, cpu_all: list[dict], gpu_all: list[dict], path: str) 
             measured = _speedup(_values(cpu_pair, time), _values(gpu_pair, time))
         else:
             measured = _gap(_values(one_per_seed(cpu_pair), accuracy), _values(one_per_seed(gpu_pair), accuracy))
-        hardware = f"{_hardware(cpu_pair, 'cpu')} and {_hardware(gpu_pair, 'cuda')}, one host ({host})"
+        hardware = f"{_hardware(cpu_pair)} and {_hardware(gpu_pair)}, one host ({host})"
         note = f"{measured['n_cpu']} CPU and {measured['n_gpu']} GPU runs on host {host}"
         return Cell(path, measured, verdict_for(claim, measured), note, hardware,
                     _sessions(cpu_pair + gpu_pair))
@@ -316,7 +274,7 @@ def tensorflow_beside(runs: list[dict]) -> dict | None:
         return None
     env = tf[0].get("environment", {})
     loads = [r["environment"]["load_average"][0] for r in tf if r.get("environment", {}).get("load_average")]
-    return {**summarize(values), "hardware": f"{env.get('cpu', '?')}, {env.get('threads', '?')} threads",
+    return {**summarize(values), "hardware": queries.machine(tf[0]),
             "versions": f"keras {env.get('keras', '?')}, tensorflow {env.get('backend_version', '?')}",
             "load_average": sum(loads) / len(loads) if loads else None}
 
@@ -325,22 +283,20 @@ def beside_note(beside: dict) -> str:
     text = f"Keras/TensorFlow (model.fit) on {beside['hardware']}: {format_value(beside['mean'], 's')}"
     if beside.get("ci95_low") is not None:
         text += f" ({format_value(beside['ci95_low'], 's')} to {format_value(beside['ci95_high'], 's')})"
-    text += f", n = {beside['n']}, {3600.0 / beside['mean']:.0f}x faster than the paper's"
+    text += f", n = {beside['n']}, {paper.CPU_SECONDS / beside['mean']:.0f}x faster than the paper's"
     if beside.get("load_average") is not None:
         text += f" (made at a 1-minute load average of {beside['load_average']:.1f} on the shared cores)"
     return text
 
 
-def scorecard(runs: list[dict] | None = None) -> list[Row]:
-    """One row per claim, with a cell per training path (reference first: the headline), from `runs`
-    (default: `paper_runs()`); the CPU-time row also carries the Keras/TensorFlow time in `beside`."""
-    if runs is None:
-        folder = results_dir()
-        every = records.load_records(folder, kind="train") if folder.is_dir() else []
-    else:
-        every = runs
+def scorecard(runs: list[dict] | None = None, results_dir=None) -> list[Row]:
+    """One row per claim of the paper (hdr_lib.paper.CLAIMS), with a cell per training path (reference first: the
+    headline), from the training records `runs` (default: every complete one in `queries.results_folder(results_dir)`).
+    Only the headline runs (`records.is_headline_run`) are scored; the CPU-time row also carries the Keras/TensorFlow
+    time from the same records in `beside`. Every page that shows verdicts calls this."""
+    every = queries.recorded_runs(results_dir) if runs is None else runs
     beside = tensorflow_beside(every)
-    runs = paper_runs() if runs is None else [r for r in runs if is_headline_run(r)]
+    runs = [r for r in every if is_headline_run(r)]
     rows = [Row(claim) for claim in CLAIMS]
     for path in PATHS:
         on_path = [r for r in runs if r["config"].get("path") == path]
@@ -383,7 +339,9 @@ def paper_value(claim: Claim) -> str:
 
 
 def paper_hardware(claim: Claim) -> str:
-    return {"cpu": PAPER_CPU, "cuda": PAPER_GPU}.get(claim.device, f"{PAPER_CPU} vs {PAPER_GPU}")
+    if claim.device in paper.HARDWARE:
+        return paper.HARDWARE[claim.device].name
+    return f"{paper.CPU.name} vs {paper.GPU.name}"
 
 
 COLUMNS = ("Claim", "Paper", "Ours, reference path", "Verdict", "Ours, fast path", "Hardware: paper / ours", "Note")
@@ -473,11 +431,20 @@ def describe(cell: Cell, unit: str, bold: bool = False) -> str:
     return f"{format_cell(cell, unit)}, {mark}{cell.verdict}{mark} ({cell.note})"
 
 
-def verdict_paragraph(chapter: str, rows: list[Row] | None = None) -> str:
+def claims_markdown(chapter: str) -> str:
+    """A chapter's opening list: the claims of the paper it tests, each with the paper's number and hardware, from
+    hdr_lib.paper (so that no page types them in)."""
+    lines = ["**The paper's claims this chapter tests:**", ""]
+    for claim in (c for c in CLAIMS if c.key in CHAPTER_CLAIMS[chapter]):
+        lines.append(f"- {claim.text} ({claim.section}): {paper_value(claim)}, on {paper_hardware(claim)}")
+    return "\n".join(lines)
+
+
+def verdict_paragraph(chapter: str, rows: list[Row] | None = None, results_dir=None) -> str:
     """A chapter's closing verdict in Markdown, rendered from the records: each of its claims, the paper's
     number, ours on the reference path (the fast path's beside it) and the verdict; "not yet measured" with the
     reason where there is no record."""
-    rows = scorecard() if rows is None else rows
+    rows = scorecard(results_dir=results_dir) if rows is None else rows
     wanted = CHAPTER_CLAIMS[chapter]
     lines = ["**Verdict, from the records in `results/`** (the same rules and rows as the scorecard):", ""]
     for row in (r for r in rows if r.claim.key in wanted):
@@ -487,10 +454,10 @@ def verdict_paragraph(chapter: str, rows: list[Row] | None = None) -> str:
     return "\n".join(lines)
 
 
-def accuracy_spread(runs: list[dict] | None = None) -> list[dict]:
+def accuracy_spread(runs: list[dict] | None = None, results_dir=None) -> list[dict]:
     """Seed-to-seed spread of test accuracy per (device, path) group of one machine: n, mean, SD, and the
-    accuracy margin and the paper's 0.1 pp gap in units of that SD."""
-    runs = paper_runs() if runs is None else [r for r in runs if is_headline_run(r)]
+    accuracy margin and the paper's GPU-CPU gap in units of that SD."""
+    runs = [r for r in (queries.recorded_runs(results_dir) if runs is None else runs) if is_headline_run(r)]
     out = []
     for device in ("cpu", "cuda"):
         for path in PATHS:
@@ -501,15 +468,15 @@ def accuracy_spread(runs: list[dict] | None = None) -> list[dict]:
                 continue
             s = summarize(values)
             out.append({"device": device, "path": path, "n": s["n"], "mean": s["mean"], "sd": s["std"],
-                        "min": s["min"], "max": s["max"], "hardware": _hardware(group, device),
+                        "min": s["min"], "max": s["max"], "hardware": _hardware(group),
                         "margin_in_sd": ACCURACY_MARGIN_PP / s["std"] if s["std"] else None,
-                        "paper_gap_in_sd": 0.1 / s["std"] if s["std"] else None})
+                        "paper_gap_in_sd": PAPER_GAP / s["std"] if s["std"] else None})
     return out
 
 
-def accuracy_spread_markdown(runs: list[dict] | None = None) -> str:
-    """The measured seed-to-seed spread, and whether the paper's 0.1 pp CPU-GPU gap lies inside it."""
-    groups = accuracy_spread(runs)
+def accuracy_spread_markdown(runs: list[dict] | None = None, results_dir=None) -> str:
+    """The measured seed-to-seed spread, and whether the paper's CPU-GPU gap lies inside it."""
+    groups = accuracy_spread(runs, results_dir)
     if not groups:
         return (f"**Seed-to-seed spread: {NOT_MEASURED}** (no device and path with at least two recorded runs of "
                 "the paper's configuration).")
@@ -517,63 +484,12 @@ def accuracy_spread_markdown(runs: list[dict] | None = None) -> str:
     for g in groups:
         # Two single runs with different seeds differ by less than 1.96 * sqrt(2) * SD in 95 % of pairs.
         pair = 1.96 * math.sqrt(2) * g["sd"]
-        inside = "inside" if 0.1 <= pair else "outside"
+        inside = "inside" if PAPER_GAP <= pair else "outside"
         lines.append(f"- {g['device'].upper().replace('CUDA', 'GPU')}, {g['path']} path, {g['hardware']}: "
                      f"{g['n']} seeds, mean {g['mean']:.2f} %, seed-to-seed SD {g['sd']:.3f} pp, range "
                      f"{g['min']:.2f} to {g['max']:.2f} %. Two single runs of different seeds differ by up to "
-                     f"{pair:.2f} pp in 95 % of pairs from the seed alone: the paper's 0.1 pp gap is {inside} that "
+                     f"{pair:.2f} pp in 95 % of pairs from the seed alone: the paper's {PAPER_GAP:g} pp gap is {inside} that "
                      f"spread ({g['paper_gap_in_sd']:.1f} SD). Our rule's {ACCURACY_MARGIN_PP} pp margin is "
                      f"{g['margin_in_sd']:.1f} SD."
                      + (f" An SD from {g['n']} seeds is itself a rough estimate." if g["n"] < 5 else ""))
     return "\n".join(lines)
-
-
-def time_figure(rows: list[Row], live: dict | None = None):
-    """Paper's and our training times (log scale): per device the paper's bar, then ours on each path with the
-    95 % interval where there is one, and the live run of this build when given. A bar with no record is a
-    visible "not yet measured" label, not an empty slot."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    labels = ["CPU", "GPU"]
-    fig.add_bar(name="paper (its 2017-era hardware)", x=labels, y=[3600.0, 300.0], text=["3600 s", "300 s"],
-                textposition="inside", marker_color="#9e9e9e")
-    known = [3600.0, 300.0]
-    for path, colour in ((HEADLINE_PATH, "#1f77b4"), (SECOND_PATH, "#ff7f0e")):
-        means, err_hi, err_lo, text = [], [], [], []
-        for key in ("cpu_time", "gpu_time"):
-            cell = next(r for r in rows if r.claim.key == key).cells[path]
-            m = cell.measured or {}
-            mean = m.get("mean")
-            means.append(mean)
-            err_hi.append((m["ci95_high"] - mean) if m.get("ci95_high") is not None else 0)
-            err_lo.append((mean - m["ci95_low"]) if m.get("ci95_low") is not None else 0)
-            text.append("" if mean is None else f"{mean:.1f} s<br>n = {m['n']}")
-            if mean is not None:
-                known.append(mean)
-        fig.add_bar(name=f"ours, {path} path (95 % CI)", x=labels, y=means, text=text, textposition="inside",
-                    marker_color=colour, insidetextanchor="start",
-                    error_y=dict(type="data", array=err_hi, arrayminus=err_lo, visible=True))
-    if live is not None:
-        device = "GPU" if live["config"]["device"] == "cuda" else "CPU"
-        epochs = len(live.get("epochs", []))
-        y = [live["total_train_seconds"] if label == device else None for label in labels]
-        fig.add_bar(name=f"live run of this build, {live['config'].get('path', '?')} path, {epochs} epoch(s)",
-                    x=labels, y=y, marker_color="#2ca02c", textposition="inside",
-                    text=[f"{v:.1f} s" if v is not None else "" for v in y])
-        known.append(live["total_train_seconds"])
-    # The slots with no record: a label where the bar would stand (plotly draws no text for a missing bar).
-    groups = 3 + (live is not None)
-    for i, label in enumerate(labels):
-        for j, path in enumerate(PATHS):
-            cell = next(r for r in rows if r.claim.key == ("cpu_time", "gpu_time")[i]).cells[path]
-            if cell.measured is None:
-                fig.add_annotation(x=i + (j + 1 - (groups - 1) / 2) * 0.8 / groups, y=0.02, yref="paper",
-                                   text=NOT_MEASURED.replace(" ", "<br>", 1), showarrow=False, textangle=-90,
-                                   yanchor="bottom", font=dict(size=11, color="#555"))
-    # A log axis that starts a decade below the shortest bar: every bar tall enough to hold its label.
-    low, high = math.log10(min(known)) - 1, math.log10(max(known)) + 0.3
-    fig.update_layout(title="Training time for 20 epochs", barmode="group", yaxis_type="log",
-                      yaxis_title="training time (s, log scale)", yaxis_range=[low, high], height=440,
-                      uniformtext=dict(minsize=10, mode="show"), legend=dict(orientation="h", y=-0.15))
-    return fig

@@ -6,44 +6,24 @@ Each function returns Markdown. Where the records hold nothing for a statement, 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from hdr_lib.measure import records
-from hdr_lib.measure.records import load_records, one_machine, session_of
+from hdr_lib.measure import queries
+from hdr_lib.measure.queries import NOT_MEASURED, machine
+from hdr_lib.measure.records import one_machine, session_of
 from hdr_lib.measure.stats import summarize
-
-NOT_MEASURED = "not yet measured"
-
-
-def _folder(results_dir) -> Path:
-    if results_dir is not None:
-        return Path(results_dir).expanduser()
-    from hdr_lib.book.scorecard import results_dir as default
-
-    return default()
-
-
-def _runs(results_dir, **filters) -> list[dict]:
-    return records.paper_runs(_folder(results_dir), **filters)
-
-
-def _machine(record: dict) -> str:
-    return records.machine(record)
 
 
 def sessions(results_dir=None) -> list[dict]:
     """The timing sessions of the paper-configuration records: one row per device, path, machine and session,
     with its runs' training seconds (every run kept, slow ones too)."""
     groups: dict[tuple, list[dict]] = {}
-    for r in _runs(results_dir):
-        key = (r["config"]["device"], r["config"]["path"], _machine(r), session_of(r))
+    for r in queries.paper_runs(results_dir):
+        key = (r["config"]["device"], r["config"]["path"], machine(r), session_of(r))
         groups.setdefault(key, []).append(r)
     out = []
-    for (device, path, machine, session), runs in sorted(groups.items()):
+    for (device, path, name, session), runs in sorted(groups.items()):
         env = [r.get("environment", {}) for r in runs]
         loads = [e["load_average"][0] for e in env if isinstance(e.get("load_average"), list)]
-        out.append({"device": device, "path": path, "machine": machine, "session": session,
+        out.append({"device": device, "path": path, "machine": name, "session": session,
                     "seconds": [r["total_train_seconds"] for r in runs],
                     "seeds": sorted(r["config"]["seed"] for r in runs),
                     "commits": sorted({str(e.get("git_commit") or "?")[:7] for e in env}),
@@ -82,26 +62,25 @@ def sessions_markdown(results_dir=None) -> str:
 def path_ratio_markdown(results_dir=None) -> str:
     """The fast path's speed over the reference path's from the 20-epoch records (one machine), beside the
     one-epoch benchmark's ratio with its per-round range, and what differs between the two measurements."""
-    folder = _folder(results_dir)
     parts = []
     for device in ("cpu", "cuda"):
-        ref = one_machine(_runs(results_dir, device=device, path="reference"))
-        fast = [r for r in one_machine(_runs(results_dir, device=device, path="fast"))
-                if not ref or _machine(r) == _machine(ref[0])]
+        ref = one_machine(queries.paper_runs(results_dir, device=device, path="reference"))
+        fast = [r for r in one_machine(queries.paper_runs(results_dir, device=device, path="fast"))
+                if not ref or machine(r) == machine(ref[0])]
         if not ref or not fast:
             continue
         mr, mf = (summarize([r["total_train_seconds"] for r in runs])["mean"] for runs in (ref, fast))
         commits = sorted({str(r["environment"].get("git_commit"))[:7] for r in ref + fast})
         dates = sorted({str(r["environment"].get("created_at"))[:10] for r in ref + fast})
-        parts.append(f"- 20-epoch records, {device.upper()} ({_machine(ref[0])}): reference mean {mr:.1f} s "
+        parts.append(f"- 20-epoch records, {device.upper()} ({machine(ref[0])}): reference mean {mr:.1f} s "
                      f"(n = {len(ref)}), fast mean {mf:.1f} s (n = {len(fast)}): the fast path takes "
                      f"**{mr / mf:.1f}x** less time (means; commits {', '.join(commits)}; "
                      f"{', '.join(dates)}).")
-    benches = load_records(folder, kind="bench") if folder.is_dir() else []
+    benches = queries.recorded(results_dir, "bench")
     for b in benches:
         rounds = b.get("speedup_per_round") or []
         env = b.get("environment", {})
-        parts.append(f"- one-epoch benchmark, {b['config']['device'].upper()} ({_machine(b)}): "
+        parts.append(f"- one-epoch benchmark, {b['config']['device'].upper()} ({machine(b)}): "
                      f"{b['speedup_fast_over_reference']:.1f}x (ratio of the median epochs; {len(rounds)} rounds "
                      f"from {min(rounds):.1f}x to {max(rounds):.1f}x; one process, the paths alternating; commit "
                      f"{str(env.get('git_commit'))[:7]}, {str(env.get('created_at'))[:10]}).")
@@ -119,12 +98,12 @@ def path_ratio_markdown(results_dir=None) -> str:
 def expected_live_minutes(results_dir=None, path: str = "fast") -> dict | None:
     """The mean 20-epoch training time of the recorded CPU runs of `path` (of the machine with the most of them),
     with that machine's name: what the live run is expected to take on this kind of machine."""
-    runs = one_machine(_runs(results_dir, device="cpu", path=path))
+    runs = one_machine(queries.paper_runs(results_dir, device="cpu", path=path))
     if not runs:
         return None
     seconds = summarize([r["total_train_seconds"] for r in runs])
     evals = summarize([r.get("total_eval_seconds") or 0.0 for r in runs])
-    return {"machine": _machine(runs[0]), "n": seconds["n"], "train_seconds": seconds["mean"],
+    return {"machine": machine(runs[0]), "n": seconds["n"], "train_seconds": seconds["mean"],
             "eval_seconds": evals["mean"], "min": seconds["min"], "max": seconds["max"]}
 
 
@@ -149,38 +128,29 @@ def live_run_note(results_dir=None, epochs: int = 20) -> str:
 def machines_markdown(results_dir=None, live: dict | None = None) -> str:
     """Which processors the records and the live run come from, so that a reader sees why two CPU names appear."""
     names: dict[str, set] = {}
-    for r in _runs(results_dir):
-        names.setdefault(_machine(r), set()).add(f"{r['config']['device']} {r['config']['path']}")
+    for r in queries.paper_runs(results_dir):
+        names.setdefault(machine(r), set()).add(f"{r['config']['device']} {r['config']['path']}")
     lines = [f"- recorded: {name} ({', '.join(sorted(kinds))} runs)" for name, kinds in sorted(names.items())]
     if live is not None:
-        lines.append(f"- live, this build: {_machine(live)}")
+        lines.append(f"- live, this build: {machine(live)}")
     if not lines:
         return f"**Machines: {NOT_MEASURED}.**"
-    distinct = {n for n in names} | ({_machine(live)} if live is not None else set())
+    distinct = {n for n in names} | ({machine(live)} if live is not None else set())
     tail = ("The recorded runs and the live run come from different processors: the records were made on the "
             "machine named in them, the live run on whatever machine builds this page; compare each with its own "
             "kind." if len(distinct) > 1 else "The recorded runs and the live run come from one kind of processor.")
     return "\n".join(lines + ["", tail])
 
 
-def result_folder_label(results_dir=None) -> str:
-    folder = _folder(results_dir)
-    root = Path(__file__).resolve().parents[2]
-    try:
-        return f"{folder.resolve().relative_to(root)}/"
-    except ValueError:
-        return os.fspath(folder)
-
-
 def seed_runs_markdown(seed: int = 0, results_dir=None, live: dict | None = None) -> str:
     """The final test accuracy of every recorded run of one seed, by device, path and machine (and the live run):
     how far runs that start from the same weights and see the same batches end apart."""
-    runs = [r for r in _runs(results_dir) if r["config"].get("seed") == seed]
-    lines = [f"- {r['config']['device'].upper()}, {r['config']['path']} path, {_machine(r)}, commit "
+    runs = [r for r in queries.paper_runs(results_dir) if r["config"].get("seed") == seed]
+    lines = [f"- {r['config']['device'].upper()}, {r['config']['path']} path, {machine(r)}, commit "
              f"{str(r['environment'].get('git_commit'))[:7]}: {r['test_accuracy']:.2f} %" for r in runs]
     if live is not None and live["config"].get("seed") == seed:
         lines.append(f"- live run of this build, {live['config']['device'].upper()}, {live['config']['path']} path, "
-                     f"{_machine(live)}, {len(live['epochs'])} epoch(s): {live['test_accuracy']:.2f} %")
+                     f"{machine(live)}, {len(live['epochs'])} epoch(s): {live['test_accuracy']:.2f} %")
     if not lines:
         return f"**Seed {seed}: {NOT_MEASURED}** (no recorded run of the paper's configuration with this seed)."
     accuracies = [r["test_accuracy"] for r in runs]
@@ -190,12 +160,12 @@ def seed_runs_markdown(seed: int = 0, results_dir=None, live: dict | None = None
     return "\n".join(lines + ["", (spread + gpu).strip()])
 
 
-def path_speedups_markdown(rows=None) -> str:
+def path_speedups_markdown(rows=None, results_dir=None) -> str:
     """The CPU-over-GPU speedup on each path, from the scorecard's rows: 'not yet measured' until one host has
     both devices' runs."""
     from hdr_lib.book import scorecard
 
-    rows = scorecard.scorecard() if rows is None else rows
+    rows = scorecard.scorecard(results_dir=results_dir) if rows is None else rows
     row = next(r for r in rows if r.claim.key == "speedup")
     parts = []
     for path in scorecard.PATHS:

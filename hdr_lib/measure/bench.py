@@ -116,3 +116,16 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
         write_json_atomic(out, record)
         print(f"-> {out}")
     return record
+
+
+def quick_comparison(config: TrainConfig, data, steps: int = 100, rounds: int = 2) -> list[dict]:
+    """A short live timing of the fast and the reference path, unrecorded (chapter 09 runs it while the page is
+    built): `steps` optimiser steps each, alternated `rounds` times. Rows for figures.bench_bars (seconds are per
+    `steps` steps here, not per epoch)."""
+    device = resolve_device(config.device).type
+    seconds = {"reference": [], "fast": []}
+    for _ in range(rounds):
+        for path in seconds:
+            record = train(config.replace(path=path, epochs=1), data=data, max_steps=steps, progress=False)
+            seconds[path].append(record["total_train_seconds"])
+    return [{"device": device, "path": path, "seconds": s, "hardware": ""} for path, s in seconds.items()]
