@@ -88,6 +88,12 @@ def test_step_key_is_none_where_the_record_names_no_known_step():
     assert queries.step_key(train_record("cuda", execution={"cuda_kernels": "something else"}), "cuda") is None
 
 
+# What a CUDA record made before the short keys said in `execution.cuda_kernels` for the Triton step.
+OLD_TRITON_SENTENCE = ("hdr_lib.tritonstep: two Triton kernels per step (one program per image for the forward and "
+                       "backward pass, then the batch's gradient sums with SGD and momentum), gradients checked "
+                       "against autograd's before the run")
+
+
 def test_cuda_ways_group_runs_by_how_the_step_ran(tmp_path):
     epoch, eager = {"graph-epoch": 18760, "graph-step": 0, "eager": 0}, {"graph-epoch": 0, "graph-step": 0, "eager": 9}
 
@@ -96,7 +102,7 @@ def test_cuda_ways_group_runs_by_how_the_step_ran(tmp_path):
                             execution={"cuda_kernels": kernels, "compiled": compiled, "cuda_steps": steps})
 
     assert queries.cuda_ways(tmp_path) == []
-    write(tmp_path, [cuda("triton", epoch, 0.5), cuda(queries.LEGACY_CUDA_KERNELS["triton"], epoch, 0.7),
+    write(tmp_path, [cuda("triton", epoch, 0.5), cuda(OLD_TRITON_SENTENCE, epoch, 0.7),
                      cuda("aten", epoch, 2.0), cuda("aten", epoch, 1.5, compiled=True), cuda("aten", eager, 9.0)])
     rows = {row["way"]: row for row in queries.cuda_ways(tmp_path)}
     assert sorted(rows) == ["PyTorch's kernels, compiled; graph-epoch", "PyTorch's kernels; eager",
