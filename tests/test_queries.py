@@ -154,3 +154,11 @@ def test_a_damaged_record_is_an_error_not_a_gap(tmp_path):
     (tmp_path / "bad.json").write_text('{"schema": "hdr-run/1", "config": {')
     with pytest.raises(RecordError, match="bad.json"):
         queries.paper_runs(tmp_path)
+
+
+def test_machine_names_the_cpu_vector_instructions_where_the_record_has_them():
+    record = train_record("cpu")
+    record["environment"]["cpu_flags"] = {"avx2": True, "avx512f": False}
+    assert queries.machine(record) == "Test CPU, AVX2 (2 threads)"
+    record["environment"]["cpu_flags"] = {"avx2": True, "avx512f": True}
+    assert queries.machine(record) == "Test CPU, AVX-512 (2 threads)"
