@@ -234,3 +234,8 @@ def test_the_chapter_compares_within_one_session_and_shows_every_session_apart(t
         (["loaded"], "keras-tensorflow fit", 3), (["quiet"], "keras-tensorflow fit", 1),
         (["quiet"], "keras-jax fit", 1), (["quiet"], "torch fast", 1)]
     assert frameworks.table_markdown(apart, by_session=True).splitlines()[0].startswith("| session |")
+    # The scorecard's CPU-time row shows the same comparison's Keras/TensorFlow time, not the loaded session's.
+    from hdr_lib.book import scorecard
+
+    beside = scorecard.tensorflow_beside(loaded + quiet)
+    assert (beside["n"], beside["mean"], beside["session"]) == (1, pytest.approx(300.0), "quiet")

@@ -35,17 +35,27 @@ def cpu_runs(results_dir=None) -> list[dict]:
     """Complete CPU records of the paper's configuration (every framework, PyTorch runs the default way). They may
     come from several machines: the chapter compares within one timing session (`comparison_session`), which ran
     on one machine, and shows the sessions apart."""
-    return [r for r in queries.recorded(results_dir, "train")
-            if r["config"].get("device") == "cpu" and is_paper_config(r) and not r["config"].get("compile", False)
+    return one_process_cpu_runs(queries.recorded(results_dir, "train"))
+
+
+def one_process_cpu_runs(runs: list[dict]) -> list[dict]:
+    """The complete one-process CPU runs of the paper's configuration among `runs`, every framework."""
+    return [r for r in runs if r.get("kind", "train") == "train" and r.get("status") == "complete"
+            and r["config"].get("device") == "cpu" and is_paper_config(r) and not r["config"].get("compile", False)
             and r.get("distributed") is None]  # one process: the data-parallel runs are chapter 11's
 
 
 def comparison_session(results_dir=None) -> str | None:
     """The timing session (records.session_of) that ran the most frameworks and ways, the latest of equals: the one
     comparison whose times were all made back to back in the same state of the machine."""
+    return comparison_session_of(cpu_runs(results_dir))
+
+
+def comparison_session_of(runs: list[dict]) -> str | None:
+    """`comparison_session` among `runs` (one-process CPU runs of the paper's configuration)."""
     covered: dict[str, set] = {}
     latest: dict[str, str] = {}
-    for r in cpu_runs(results_dir):
+    for r in runs:
         session = session_of(r)
         covered.setdefault(session, set()).add(framework_of(r))
         latest[session] = max(latest.get(session, ""), r["environment"].get("created_at", ""))

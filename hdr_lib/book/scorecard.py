@@ -263,18 +263,20 @@ def _measure(claim: Claim, cpu_all: list[dict], gpu_all: list[dict], path: str) 
 
 def tensorflow_beside(runs: list[dict]) -> dict | None:
     """The paper's own framework on our CPU (hdr_lib.keras_lenet: Keras/TensorFlow, `model.fit`, the paper's
-    configuration): summarize() of its 20-epoch times with its hardware and load, or None. Shown beside the
+    configuration) in chapter 10's comparison session: summarize() of its 20-epoch times with its hardware, session
+    and load, or None. Shown beside the
     CPU-time row, never scored: the verdict stays PyTorch's."""
-    tf = [r for r in runs if r.get("kind", "train") == "train" and r.get("status") == "complete"
-          and records.is_paper_config(r) and r.get("config", {}).get("device") == "cpu"
-          and r["config"].get("framework") == "keras-tensorflow" and r["config"].get("keras_way") == "fit"]
-    tf = records.one_machine(tf)
+    from hdr_lib.book import frameworks
+
+    cpu = frameworks.one_process_cpu_runs(runs)
+    session = frameworks.comparison_session_of(cpu)  # chapter 10's comparison: one session, one machine
+    tf = [r for r in cpu if records.session_of(r) == session and frameworks.framework_of(r) == ("keras-tensorflow", "fit")]
     values = _values(tf, lambda r: r["total_train_seconds"])
     if not values:
         return None
     env = tf[0].get("environment", {})
     loads = [r["environment"]["load_average"][0] for r in tf if r.get("environment", {}).get("load_average")]
-    return {**summarize(values), "hardware": queries.machine(tf[0]),
+    return {**summarize(values), "hardware": queries.machine(tf[0]), "session": session,
             "versions": f"keras {env.get('keras', '?')}, tensorflow {env.get('backend_version', '?')}",
             "load_average": sum(loads) / len(loads) if loads else None}
 
@@ -284,6 +286,8 @@ def beside_note(beside: dict) -> str:
     if beside.get("ci95_low") is not None:
         text += f" ({format_value(beside['ci95_low'], 's')} to {format_value(beside['ci95_high'], 's')})"
     text += f", n = {beside['n']}, {paper.CPU_SECONDS / beside['mean']:.0f}x faster than the paper's"
+    if beside.get("session"):
+        text += f", timing session {beside['session']} (chapter 10)"
     if beside.get("load_average") is not None:
         text += f" (made at a 1-minute load average of {beside['load_average']:.1f} on the shared cores)"
     return text
