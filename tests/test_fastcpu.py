@@ -194,7 +194,7 @@ def test_the_native_ab_script_checks_the_gradients_before_it_times(data_root, tm
     bad = subprocess.run([sys.executable, script, "--base", "no-such-revision"], capture_output=True, text=True,
                          timeout=300, env=env, cwd=REPO)
     assert bad.returncode == 2 and "cannot read hdr_lib/fast/csrc/lenet5_cpu.cpp at 'no-such-revision'" in bad.stderr
-    source = (REPO / "hdr_lib" / "csrc" / "lenet5_cpu.cpp").read_text()
+    source = (REPO / "hdr_lib" / "fast" / "csrc" / "lenet5_cpu.cpp").read_text()
     scale = "const float scale = 1.f / static_cast<float>(batch);"
     assert scale in source
     mutated = tmp_path / "lenet5_cpu.cpp"
