@@ -66,16 +66,22 @@ def comparison_session_of(runs: list[dict]) -> str | None:
 
 def sessions(results_dir=None) -> list[str]:
     """The timing sessions of the CPU records, oldest first."""
+    return _sessions_of(cpu_runs(results_dir))
+
+
+def _sessions_of(runs: list[dict]) -> list[str]:
     first: dict[str, str] = {}
-    for r in cpu_runs(results_dir):
+    for r in runs:
         name, created = session_of(r), r["environment"].get("created_at", "")
         first[name] = min(first.get(name, created), created)
     return sorted(first, key=lambda name: (first[name], name))
 
 
 def rows_by_session(results_dir=None) -> list[dict]:
-    """`rows` of each timing session in turn, oldest first: every session apart, none pooled."""
-    return [row for name in sessions(results_dir) for row in rows(results_dir, session=name)]
+    """`rows` of each timing session in turn, oldest first: every session apart, none pooled (the records are
+    read once)."""
+    runs = cpu_runs(results_dir)
+    return [row for name in _sessions_of(runs) for row in _rows([r for r in runs if session_of(r) == name])]
 
 
 def rows(results_dir=None, session: str | None = None) -> list[dict]:
@@ -83,10 +89,12 @@ def rows(results_dir=None, session: str | None = None) -> list[dict]:
     with its mean and 95 % interval over runs (seeds); the sustained GFLOP/s of the mean epoch; the mean 1-minute
     load average when the runs began (other work on the shared cores). With `session`, the runs of that timing
     session only; without, every session pooled (each row names its sessions)."""
+    return _rows([r for r in cpu_runs(results_dir) if session is None or session_of(r) == session])
+
+
+def _rows(runs_in: list[dict]) -> list[dict]:
     groups: dict[str, list[dict]] = {}
-    for r in cpu_runs(results_dir):
-        if session is not None and session_of(r) != session:
-            continue
+    for r in runs_in:
         framework, way = framework_of(r)
         groups.setdefault(f"{framework} {way}", []).append(r)
     flops = training_flops()["train_flops_per_epoch"]
