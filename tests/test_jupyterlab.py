@@ -107,9 +107,16 @@ class Lab:
         return self.driver.execute_script(script, *args)
 
     def wait(self, what: str, check, timeout: float, every: float = 0.5):
+        """Poll check() until it returns something true. An element that the page re-rendered between finding it and
+        reading it (a widget's output replaced while a run reports) is a reason to look again, not a failure."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
         deadline = time.monotonic() + timeout
         while True:
-            value = check()
+            try:
+                value = check()
+            except StaleElementReferenceException:
+                value = None
             if value:
                 return value
             if time.monotonic() > deadline:
@@ -383,7 +390,7 @@ def test_chapter06_digit_slider_keeps_the_figure_visible_and_live_run_reports(la
     button.click()
 
     def reported():
-        texts = [e.text for e in lab.driver.find_elements(By.CSS_SELECTOR, ".widget-html-content")]
+        texts = lab.js("return [...document.querySelectorAll('.widget-html-content')].map(e => e.innerText);")
         return next((t for t in texts if re.search(r"test accuracy \d+\.\d\d % after", t)), None)
 
     status = lab.wait("the live experiment's status line to report the result", reported, LIVE_TIMEOUT_S, every=1)
