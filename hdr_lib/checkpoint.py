@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically with a SHA-256 of their bytes, loaded without running code, one run per folder."""
+"""Checkpoints: written atomically with a SHA-256 of their bytes, loaded without running code (the folder is
+locked for one run by `hdr_lib.paths.FolderLock`)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,11 @@ from pathlib import Path
 
 import torch
 
-from hdr_lib.config import ConfigError
+from hdr_lib.validation import ConfigError
 from hdr_lib.measure.records import replace_atomically
 from hdr_lib.model import build_model
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: no folder lock (the record says nothing of it; Linux is where runs are made)
-    fcntl = None
-
 NAME = "checkpoint.pt"
-LOCK_NAME = ".checkpoint.lock"
 FORMAT = "hdr-checkpoint/1"
 MAX_BYTES = 64 * 2**20  # a LeNet-5 checkpoint is under 1 MB; a file far larger is not one of ours
 # What a training checkpoint holds, and the type of each part (hdr_lib.train writes and reads it).
@@ -160,46 +155,3 @@ def restore(state: dict, model, optimizer, scheduler, path: Path) -> None:
         raise CheckpointError(f"checkpoint {path} does not fit this run's model, optimiser or scheduler "
                               f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); delete it to "
                               f"start afresh") from None
-
-
-class FolderLock:
-    """An exclusive lock on a checkpoint folder (fcntl.flock on its lock file), held while a run uses it: a second
-    run on the same folder is refused instead of mixing its checkpoints with the first's. The lock goes with the
-    process, however it ends."""
-
-    def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
-        self.fd = None
-
-    def acquire(self) -> "FolderLock":
-        if self.fd is not None or fcntl is None:
-            return self
-        lock = self.folder / LOCK_NAME
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise CheckpointError(f"cannot use checkpoint folder {self.folder}: {exc.strerror or exc}; choose "
-                                  f"another one") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise CheckpointError(f"checkpoint folder {self.folder} is in use by another run (pid {owner}); wait "
-                                  f"for it to end, or choose another checkpoint folder") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the only descriptor drops the flock
-            self.fd = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()

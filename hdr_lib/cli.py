@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from hdr_lib import paths
-from hdr_lib.config import PAPER, RANGES, ConfigError, check
-from hdr_lib.data import DataError
+from hdr_lib.config import PAPER
+from hdr_lib.validation import RANGES, ConfigError, check
+from hdr_lib.mnist_files import DataError
 from hdr_lib.keras_lenet import FRAMEWORKS, KERAS_WAYS
 from hdr_lib.measure.records import RecordError
 
@@ -22,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _number(name: str):
-    """An argparse type for the number `name`: its range is hdr_lib.config.RANGES[name], as everywhere else."""
+    """An argparse type for the number `name`: its range is hdr_lib.validation.RANGES[name], as everywhere else."""
     rule = RANGES[name]
 
     def parse(text: str):
@@ -228,10 +229,10 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
         print(json.dumps(environment(torch.device("cuda") if torch.cuda.is_available() else None), indent=1))
         return 0
     if args.command == "data":
-        from hdr_lib import data
+        from hdr_lib import mnist_files
 
-        location = data.locate(args.data_dir)
-        data.ensure_mnist(args.data_dir)
+        location = mnist_files.locate(args.data_dir)
+        mnist_files.ensure_mnist(args.data_dir)
         print(f"MNIST: {location.root} ({location.why}), four files checked against SHA-256")
         return 0
     if args.command in ("scorecard", "native"):

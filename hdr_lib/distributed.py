@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from hdr_lib.config import ConfigError
+from hdr_lib.validation import ConfigError
 
 DEFAULT_TIMEOUT_S = 300.0  # a rank that waits this long for the others gives up (HDR_DIST_TIMEOUT overrides)
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")

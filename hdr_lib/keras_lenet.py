@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from hdr_lib import data as mnist
-from hdr_lib.config import ConfigError, TrainConfig
+from hdr_lib.config import TrainConfig
+from hdr_lib.validation import ConfigError
 from hdr_lib.measure.machine import CpuMeter, environment, peak_rss_bytes
 from hdr_lib.measure.records import write_json_atomic
 
@@ -315,12 +316,12 @@ def _planned(steps_per_epoch: int, epochs: int, max_steps: int | None) -> list[i
 
 def train(config: TrainConfig, framework: str, keras_way: str = "fit", *, data: mnist.MNISTTensors | None = None,
           data_root=None, out=None, progress: bool | None = None, on_epoch=None, max_steps: int | None = None,
-          keep_step_losses: bool = False, return_model: bool = False):
-    """Train the paper's CNN with Keras on `framework`'s backend and return its hdr-run/1 record (and the Keras
-    model if `return_model`). Same settings, record and bad-input rules as hdr_lib.train.train."""
+          keep_step_losses: bool = False) -> dict:
+    """Train the paper's CNN with Keras on `framework`'s backend and return its hdr-run/1 record. Same settings,
+    record and bad-input rules as hdr_lib.train.train."""
     from hdr_lib import paths
     from hdr_lib.measure.run_record import Run
-    from hdr_lib.train import batch_order, lr_at
+    from hdr_lib.train import lr_at
 
     check_config(config, framework, keras_way)
     if framework == "torch":
@@ -350,19 +351,7 @@ def train(config: TrainConfig, framework: str, keras_way: str = "fit", *, data: 
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         model.compile(optimizer=optimizer, loss=loss_fn)
     run.setup_seconds["model_build"] = t_build.seconds
-    parameters = count_parameters(model)
-    run.extra["execution"] = {
-        "framework": framework, "keras_way": keras_way, "steps_per_epoch": steps_per_epoch,
-        "parameters": parameters, "jit_compile": bool(getattr(model, "jit_compile", False)) if keras_way == "fit"
-        else {"tensorflow": "tf.function, no XLA", "jax": "jax.jit (XLA)", "torch": "eager"}[keras.backend.backend()],
-        "batches": "model.fit's own shuffling (keras.utils.set_random_seed(seed))" if keras_way == "fit"
-        else "hdr_lib.train.batch_order(seed, epoch), as the PyTorch runs",
-        "first_epoch_includes_tracing": keras_way == "fit" and keras.backend.backend() != "torch",
-        "optimizer_note": OPTIMIZER_NOTE,
-        "initial_weights": "hdr_lib.train.init_model(seed), converted to Keras layouts",
-        "cuda_graph": False, "fused_sgd": False, "compiled": False, "cpu_step": None,
-        "amp_bfloat16": False, "channels_last": True,
-    }
+    run.extra["execution"] = _execution(keras, model, framework, keras_way, steps_per_epoch)
     run.extra["keras"] = {"framework": framework, "keras_way": keras_way}  # for KerasRun.record
     record_of = lambda: _keras_record(run)  # noqa: E731
     cpu_meter = CpuMeter()
@@ -390,41 +379,71 @@ def train(config: TrainConfig, framework: str, keras_way: str = "fit", *, data: 
             _fit(keras, model, config, x_train, y_train, planned, finish_epoch, lr_at)
         else:
             loop = _Loop(keras, model, optimizer, loss_fn, x_train, y_train)
-            sizes = sorted({min(config.batch_size, n), n - (steps_per_epoch - 1) * config.batch_size}, reverse=True)
-            with _Timer() as t_trace:
-                loop.trace(sizes)
-            run.setup_seconds["trace"] = t_trace.seconds
-            for epoch, limit in zip(range(1, config.epochs + 1), planned):
-                order = batch_order(config.seed, epoch, n).numpy()
-                batches = [order[i * config.batch_size:(i + 1) * config.batch_size] for i in range(limit)]
-                optimizer.learning_rate = lr_at(config, epoch)
-                start = time.perf_counter()
-                losses = loop.run_epoch(batches)  # returns host values: the epoch's work is done
-                seconds = time.perf_counter() - start
-                if keep_step_losses:
-                    step_losses.append(losses)
-                weights = np.array([len(b) for b in batches], dtype=np.float64)
-                if not finish_epoch(epoch, seconds, float((losses * weights).sum() / weights.sum()), limit):
-                    break
+            _run_loop(loop, optimizer, config, planned, run.setup_seconds, finish_epoch, step_losses)
         finite = all(math.isfinite(e["train_loss"]) for e in run.epochs)
         if not finite:
             run.extra["diverged"] = "train loss became non-finite; lr too high?"
         run.status = "complete" if len(run.epochs) == config.epochs and finite else "incomplete"
     finally:
-        run.extra["memory"] = {"peak_rss_bytes": peak_rss_bytes(), "cuda_peak_allocated_bytes": None,
-                               "cuda_peak_reserved_bytes": None, "cuda_reason": "CPU run: no CUDA allocator"}
-        run.extra["utilisation"] = {"cpu": cpu_meter.read(),
-                                    "gpu": {"utilisation_mean_percent": None, "reason": "CPU run: no GPU"}}
-        if max_steps is not None:
-            run.extra["max_steps"] = max_steps
-            run.status = "incomplete"
-        run.extra["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        _meters_into(run, cpu_meter, max_steps)
         if out is not None:
             write_json_atomic(out, record_of())
     record = record_of()
     if keep_step_losses:
         record["step_losses"] = np.concatenate(step_losses).tolist() if step_losses else []
-    return (record, model) if return_model else record
+    return record
+
+
+def _execution(keras, model, framework: str, keras_way: str, steps_per_epoch: int) -> dict:
+    """How a Keras run ran, for its record's `execution`."""
+    return {
+        "framework": framework, "keras_way": keras_way, "steps_per_epoch": steps_per_epoch,
+        "parameters": count_parameters(model),
+        "jit_compile": bool(getattr(model, "jit_compile", False)) if keras_way == "fit"
+        else {"tensorflow": "tf.function, no XLA", "jax": "jax.jit (XLA)", "torch": "eager"}[keras.backend.backend()],
+        "batches": "model.fit's own shuffling (keras.utils.set_random_seed(seed))" if keras_way == "fit"
+        else "hdr_lib.train.batch_order(seed, epoch), as the PyTorch runs",
+        "first_epoch_includes_tracing": keras_way == "fit" and keras.backend.backend() != "torch",
+        "optimizer_note": OPTIMIZER_NOTE,
+        "initial_weights": "hdr_lib.train.init_model(seed), converted to Keras layouts",
+        "cuda_graph": False, "fused_sgd": False, "compiled": False, "cpu_step": None,
+        "amp_bfloat16": False, "channels_last": True,
+    }
+
+
+def _run_loop(loop: "_Loop", optimizer, config: TrainConfig, planned: list[int], setup_seconds: dict, finish_epoch,
+              step_losses: list) -> None:
+    """The custom loop's epochs: each over hdr_lib.train.batch_order(seed, epoch), timed, with its lr; the step is
+    traced first for both batch sizes, timed apart (`setup_seconds["trace"]`)."""
+    from hdr_lib.train import batch_order, lr_at
+
+    n, size = len(loop.x_np), config.batch_size
+    with _Timer() as t_trace:
+        loop.trace(sorted({min(size, n), n - (math.ceil(n / size) - 1) * size}, reverse=True))
+    setup_seconds["trace"] = t_trace.seconds
+    for epoch, limit in zip(range(1, config.epochs + 1), planned):
+        order = batch_order(config.seed, epoch, n).numpy()
+        batches = [order[i * size:(i + 1) * size] for i in range(limit)]
+        optimizer.learning_rate = lr_at(config, epoch)
+        start = time.perf_counter()
+        losses = loop.run_epoch(batches)  # returns host values: the epoch's work is done
+        seconds = time.perf_counter() - start
+        step_losses.append(losses)
+        weights = np.array([len(b) for b in batches], dtype=np.float64)
+        if not finish_epoch(epoch, seconds, float((losses * weights).sum() / weights.sum()), limit):
+            break
+
+
+def _meters_into(run, cpu_meter, max_steps: int | None) -> None:
+    """What a Keras run measured besides time (memory, CPU use, the load at its end), and a cap on its steps."""
+    run.extra["memory"] = {"peak_rss_bytes": peak_rss_bytes(), "cuda_peak_allocated_bytes": None,
+                           "cuda_peak_reserved_bytes": None, "cuda_reason": "CPU run: no CUDA allocator"}
+    run.extra["utilisation"] = {"cpu": cpu_meter.read(),
+                                "gpu": {"utilisation_mean_percent": None, "reason": "CPU run: no GPU"}}
+    if max_steps is not None:
+        run.extra["max_steps"] = max_steps
+        run.status = "incomplete"
+    run.extra["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
 def _fit(keras, model, config, x_train, y_train, planned, finish_epoch, lr_at):

@@ -6,10 +6,16 @@ import os
 import tempfile
 from pathlib import Path
 
-from hdr_lib.config import ConfigError
+try:
+    import fcntl
+except ImportError:  # not POSIX: no folder lock (the record says nothing of it; Linux is where runs are made)
+    fcntl = None
+
+from hdr_lib.validation import ConfigError
 
 
 RECORD_MAX_BYTES = 64 * 2**20  # a run record is a few kB; anything larger at --out is not one
+LOCK_NAME = ".checkpoint.lock"  # in a checkpoint folder: the run that holds it (FolderLock)
 
 
 class PathError(ConfigError):
@@ -115,3 +121,46 @@ def input_path(value, label: str) -> Path:
 def os_error(exc: OSError, path, action: str, remedy: str) -> str:
     """One line for an OSError on a user's path: what failed, where, why, and what to do."""
     return f"cannot {action} {path}: {exc.strerror or exc}; {remedy}"
+
+
+class FolderLock:
+    """An exclusive lock on a checkpoint folder (fcntl.flock on its lock file), held while a run uses it: a second
+    run on the same folder is refused instead of mixing its checkpoints with the first's. The lock goes with the
+    process, however it ends."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.fd = None
+
+    def acquire(self) -> "FolderLock":
+        if self.fd is not None or fcntl is None:
+            return self
+        lock = self.folder / LOCK_NAME
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise PathError(f"cannot use checkpoint folder {self.folder}: {exc.strerror or exc}; choose "
+                                  f"another one") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise PathError(f"checkpoint folder {self.folder} is in use by another run (pid {owner}); wait "
+                                  f"for it to end, or choose another checkpoint folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the only descriptor drops the flock
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

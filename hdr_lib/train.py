@@ -12,8 +12,8 @@ import torch
 
 from hdr_lib import checkpoint, distributed, fast, paths
 from hdr_lib import data as mnist
-from hdr_lib.config import ConfigError, TrainConfig, check
-from hdr_lib.fast import CPU_STEPS, CUDA_KERNELS  # noqa: F401 (the book's names for the record's keys)
+from hdr_lib.config import TrainConfig
+from hdr_lib.validation import ConfigError, check
 from hdr_lib.measure import run_record
 from hdr_lib.measure.machine import environment, resolve_device
 from hdr_lib.measure.records import write_json_atomic
@@ -76,11 +76,9 @@ def predict_proba(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     return torch.softmax(model(images.to(next(model.parameters()).device)), dim=1).cpu()
 
 
-def train(config: TrainConfig, *, return_model: bool = False, **kwargs):
-    """`train_model`'s record alone. `return_model=True` (the record and the model) stays for callers written
-    before `train_model`; new code calls `train_model`."""
-    record, model = train_model(config, **kwargs)
-    return (record, model) if return_model else record
+def train(config: TrainConfig, **kwargs) -> dict:
+    """`train_model`'s record alone."""
+    return train_model(config, **kwargs)[0]
 
 
 def train_model(config: TrainConfig, *, data: mnist.MNISTTensors | None = None, data_root=None, out=None,
@@ -91,7 +89,7 @@ def train_model(config: TrainConfig, *, data: mnist.MNISTTensors | None = None, 
     Each epoch's entry: train loss, training seconds (no evaluation, no data loading), test accuracy, evaluation
     seconds. `out` is rewritten after every epoch; `checkpoint_dir` is locked, checkpointed, and `resume`d from."""
     device, out, folder, max_steps = _check(config, out, checkpoint_dir, resume, max_steps, dist_ctx)
-    lock = checkpoint.FolderLock(folder) if folder is not None and (dist_ctx is None or dist_ctx.is_writer) else None
+    lock = paths.FolderLock(folder) if folder is not None and (dist_ctx is None or dist_ctx.is_writer) else None
     try:
         if lock is not None and folder.is_dir():
             lock.acquire()  # before reading its checkpoint: no other run may be writing it

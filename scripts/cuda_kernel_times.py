@@ -18,7 +18,8 @@ import torch
 from hdr_lib import PAPER
 from hdr_lib.measure import machine
 from hdr_lib.fast import triton_step
-from hdr_lib.data import DataError, load_mnist, to_float
+from hdr_lib.data import load_mnist, to_float
+from hdr_lib.mnist_files import DataError
 from hdr_lib.measure.records import SCHEMA, write_json_atomic
 from hdr_lib.train import batch_order, init_model, make_optimizer
 

@@ -27,7 +27,7 @@ REF_SEEDS="${REF_SEEDS:-2}"
 COMPILE_SEEDS="${COMPILE_SEEDS:-2}"
 ROUNDS="${ROUNDS:-5}"
 EPOCHS="${EPOCHS:-20}"
-TESTS="${TESTS:-tests/test_cuda.py tests/test_tritonstep.py tests/test_cudagraphs.py}"
+TESTS="${TESTS:-tests/test_cuda.py tests/test_triton_step.py tests/test_cuda_graphs.py}"
 STAGES="${STAGES:-fast bench kernels tests fast-aten cpu amp resnet fast-compiled reference}"
 # One timing session for every record this script makes (records.session_of; the book shows sessions apart).
 export HDR_SESSION="${HDR_SESSION:-gpu-replication $(date -u +%Y-%m-%dT%H:%M:%SZ)}"

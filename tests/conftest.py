@@ -1,4 +1,4 @@
-"""Shared fixtures: the real MNIST, found by the library's own rule (hdr_lib.data.locate: $HDR_DATA_DIR, else
+"""Shared fixtures: the real MNIST, found by the library's own rule (hdr_lib.mnist_files.locate: $HDR_DATA_DIR, else
 ../shared/data beside the checkout, as in CI), loaded once per session."""
 
 import os
@@ -36,7 +36,7 @@ def write_idx(path: Path, array) -> None:
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    from hdr_lib.data import locate, raw_folder
+    from hdr_lib.mnist_files import locate, raw_folder
 
     location = locate()
     if not raw_folder(location.root).is_dir():
@@ -52,7 +52,7 @@ def mnist(data_root):
     return load_mnist(data_root, download=False)
 
 
-# Without a GPU, Triton kernels run in Triton's interpreter (tests/test_tritonstep.py): it must be chosen before
+# Without a GPU, Triton kernels run in Triton's interpreter (tests/test_triton_step.py): it must be chosen before
 # hdr_lib.fast.triton_kernels is first imported, which nothing does before the tests run.
 if "TRITON_INTERPRET" not in os.environ:
     import torch

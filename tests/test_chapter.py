@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from hdr_lib.book import chapter as nb
-from hdr_lib.config import ConfigError, PAPER
+from hdr_lib.config import PAPER
+from hdr_lib.validation import ConfigError
 
 
 def test_check_parameters_defaults_are_the_paper():

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from hdr_lib.data import raw_folder
+from hdr_lib.mnist_files import raw_folder
 from hdr_lib.measure.records import read_record
 
 from conftest import REPO

@@ -14,7 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from hdr_lib import cli
-from hdr_lib.data import locate  # MNIST by the library's own rule, as CI finds it
+from hdr_lib.mnist_files import locate  # MNIST by the library's own rule, as CI finds it
 
 from conftest import REPO
 

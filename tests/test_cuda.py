@@ -1,6 +1,6 @@
 """The CUDA fast path on a real GPU: CUDA graphs replay the eager steps, the Triton step trains as PyTorch's kernels
 do, the graph reads the learning rate as it decays, runs resume and compile, and the record holds the GPU's
-measurements (tests/test_tritonstep.py checks the Triton step's gradients, on the GPU there). Every test here
+measurements (tests/test_triton_step.py checks the Triton step's gradients, on the GPU there). Every test here
 needs a GPU and skips without one; scripts/gpu_replication.sh runs this file on the GPU machine (plain torch and
 pytest) and keeps its log."""
 
@@ -14,7 +14,7 @@ import torch
 from hdr_lib import PAPER
 from hdr_lib.book import tables
 from hdr_lib.measure.records import read_record
-from hdr_lib.train import init_model, train
+from hdr_lib.train import init_model, train, train_model
 
 from conftest import REPO
 
@@ -70,15 +70,15 @@ def test_the_triton_step_trains_as_pytorchs_kernels_do(mnist):
 def test_the_graph_reads_the_learning_rate_as_it_decays(mnist):
     # With a decay of 1e-9 after epoch 1, epoch 2 must leave the weights where epoch 1 left them. A graph that
     # kept reading epoch 1's lr would move them as much as epoch 1 did.
-    _, one = train(CUDA.replace(epochs=1, seed=2), data=mnist, progress=False, return_model=True)
-    record, two = train(CUDA.replace(epochs=2, seed=2, lr_step_epochs=1, lr_gamma=1e-9), data=mnist,
-                        progress=False, return_model=True)
+    _, one = train_model(CUDA.replace(epochs=1, seed=2), data=mnist, progress=False)
+    record, two = train_model(CUDA.replace(epochs=2, seed=2, lr_step_epochs=1, lr_gamma=1e-9), data=mnist,
+                              progress=False)
     assert [e["lr"] for e in record["epochs"]] == pytest.approx([0.01, 1e-11])
     assert record["execution"]["cuda_steps"]["graph-epoch"] == 2 * STEPS
     for a, b in zip(one.parameters(), two.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
-    _, moved = train(CUDA.replace(epochs=2, seed=2, lr_step_epochs=1, lr_gamma=1.0), data=mnist, progress=False,
-                     return_model=True)
+    _, moved = train_model(CUDA.replace(epochs=2, seed=2, lr_step_epochs=1, lr_gamma=1.0), data=mnist,
+                           progress=False)
     assert max((a - b).abs().max().item() for a, b in zip(one.parameters(), moved.parameters())) > 1e-3
 
 

@@ -6,7 +6,8 @@ import shutil
 import pytest
 import torch
 
-from hdr_lib.data import MNIST_SHA256, DataError, load_mnist, raw_folder, to_float
+from hdr_lib.data import load_mnist, to_float
+from hdr_lib.mnist_files import MNIST_SHA256, DataError, raw_folder
 
 from conftest import write_idx
 
@@ -85,50 +86,3 @@ def test_corrupt_real_copy_is_refused(tmp_path, data_root):
         f.write(b"\xff")
     with pytest.raises(DataError, match="train-images-idx3-ubyte is corrupt or truncated"):
         load_mnist(tmp_path, download=False)
-
-
-def test_one_rule_for_where_mnist_is(tmp_path, monkeypatch, data_root):
-    from hdr_lib import data
-
-    monkeypatch.setenv("HDR_DATA_DIR", "rel/mnist")
-    monkeypatch.setenv("PWD", str(tmp_path))  # the folder the command was typed in
-    location = data.locate()
-    assert location.root == tmp_path / "rel" / "mnist" and location.source == "$HDR_DATA_DIR"
-    assert not location.may_download  # a folder the user named is read, never downloaded into or created
-    with pytest.raises(DataError, match=f"{tmp_path / 'rel' / 'mnist'}.*from \\$HDR_DATA_DIR"):
-        data.ensure_mnist()
-    assert not (tmp_path / "rel").exists()
-    assert data.locate(tmp_path / "x").source == "argument"  # --data-dir, a notebook's data_dir: first
-    monkeypatch.delenv("HDR_DATA_DIR")
-    expected = "../shared/data" if raw_folder(data.SHARED_DIR).is_dir() else "default"
-    assert data.locate().source == expected
-    monkeypatch.setattr(data, "SHARED_DIR", tmp_path / "no-shared")
-    assert data.locate() == data.DataLocation(data.DOWNLOAD_DIR, "default") and data.locate().may_download
-
-
-@pytest.mark.slow  # runs a chapter through papermill
-def test_relative_hdr_data_dir_is_taken_from_the_folder_it_was_given_in(tmp_path, data_root):
-    # The CLI and a chapter run by papermill from another folder, with HDR_DATA_DIR relative to where the
-    # command was typed (the kernel itself runs in notebooks/): both find the same MNIST.
-    import os
-    import subprocess
-    import sys
-
-    import papermill as pm
-
-    from conftest import REPO
-
-    relative = os.path.relpath(data_root, tmp_path)
-    env = {**os.environ, "HDR_DATA_DIR": relative, "PWD": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "hdr_lib", "data"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert str(tmp_path / relative) in done.stdout and "from $HDR_DATA_DIR" in done.stdout
-    old = dict(os.environ)
-    os.environ.update(HDR_DATA_DIR=relative, PWD=str(tmp_path))
-    try:
-        pm.execute_notebook(str(REPO / "notebooks" / "02_dataset.ipynb"), str(tmp_path / "02.ipynb"),
-                            cwd=str(REPO / "notebooks"), kernel_name="python3", progress_bar=False)
-    finally:
-        os.environ.clear()
-        os.environ.update(old)

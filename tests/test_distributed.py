@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from hdr_lib import distributed
-from hdr_lib.config import ConfigError
+from hdr_lib.validation import ConfigError
 from hdr_lib.measure.records import read_record
 
 from conftest import REPO

@@ -17,11 +17,10 @@ def data(data_root):
 
 @pytest.fixture(scope="module")
 def run(data):
-    from hdr_lib.train import train
+    from hdr_lib.train import train_model
 
     # Two real epochs of ten big batches each: seconds on a CPU, and a record with the real schema.
-    return train(PAPER.replace(device="cpu", epochs=2, batch_size=6000), data=data, progress=False,
-                 return_model=True)
+    return train_model(PAPER.replace(device="cpu", epochs=2, batch_size=6000), data=data, progress=False)
 
 
 def test_digit_grid_titles_each_digit_with_its_label(data):

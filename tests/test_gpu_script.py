@@ -39,7 +39,7 @@ def test_gpu_replication_script_packs_every_stage_into_one_file_in_out(tmp_path,
     # Twenty steps a run: the script's stages and records are what is tested, not the training (a full reference
     # epoch took 233 s on a loaded 2-core machine).
     env.update(DEVICE="cpu", SEEDS="1", REF_SEEDS="1", COMPILE_SEEDS="1", ROUNDS="1", EPOCHS="1", MAX_STEPS="20",
-               OUT=str(out), TESTS="tests/test_cuda.py tests/test_cudagraphs.py")
+               OUT=str(out), TESTS="tests/test_cuda.py tests/test_cuda_graphs.py")
     done = subprocess.run(["bash", "scripts/gpu_replication.sh"], cwd=tree, env=env, capture_output=True, text=True,
                           timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:]
@@ -82,7 +82,7 @@ def test_a_failing_stage_is_noted_and_the_later_stages_still_run(tmp_path, data_
     env = {k: v for k, v in os.environ.items() if k != "HDR_DATA_DIR"}
     # Epochs of 0 fail every training stage at once, with the CLI's clear error: the script must go on to the end.
     env.update(DEVICE="cpu", SEEDS="1", REF_SEEDS="1", COMPILE_SEEDS="1", ROUNDS="1", EPOCHS="0", OUT=str(tmp_path),
-               TESTS="tests/test_cuda.py tests/test_cudagraphs.py")
+               TESTS="tests/test_cuda.py tests/test_cuda_graphs.py")
     done = subprocess.run(["bash", "scripts/gpu_replication.sh"], cwd=tree, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 1

@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from hdr_lib import checkpoint, cli
+from hdr_lib import checkpoint, cli, paths
 from hdr_lib.book import chapter as nb
-from hdr_lib.config import PAPER, RANGES, ConfigError, check
-from hdr_lib.data import DataError, MNISTTensors, raw_folder
+from hdr_lib.config import PAPER
+from hdr_lib.validation import RANGES, ConfigError, check
+from hdr_lib.data import MNISTTensors
+from hdr_lib.mnist_files import DataError, raw_folder
 from hdr_lib.model import LeNet5
 from hdr_lib.measure.records import RecordError, write_json_atomic
 from hdr_lib.train import make_optimizer, train
@@ -256,7 +258,7 @@ def test_truncated_and_foreign_checkpoints_are_one_line(tmp_path, capsys, data_r
 
 def test_a_second_live_run_on_one_checkpoint_folder_is_refused(tmp_path, capsys, data_root):
     folder = tmp_path / "ck"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from hdr_lib.checkpoint import FolderLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from hdr_lib.paths import FolderLock; "
                                f"FolderLock({str(folder)!r}).acquire(); print('locked', flush=True); time.sleep(120)"],
                               env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
     try:
@@ -268,7 +270,7 @@ def test_a_second_live_run_on_one_checkpoint_folder_is_refused(tmp_path, capsys,
     finally:
         holder.kill()
         holder.wait()
-    assert set(os.listdir(folder)) == {checkpoint.LOCK_NAME}
+    assert set(os.listdir(folder)) == {paths.LOCK_NAME}
 
 
 def _file_size_limit(limit):
@@ -288,7 +290,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, data_root)
                    preexec_fn=_file_size_limit(100_000))
     one_line_error(proc.returncode, proc.stderr, f"cannot write checkpoint {ck / 'checkpoint.pt'}", "File too large",
                    "free disk space")
-    assert set(os.listdir(ck)) == {checkpoint.LOCK_NAME}  # no partial temporary file
+    assert set(os.listdir(ck)) == {paths.LOCK_NAME}  # no partial temporary file
     proc = run_cli(*common, "--out", tmp_path / "b.json", env=env, preexec_fn=_file_size_limit(1000))
     one_line_error(proc.returncode, proc.stderr, f"cannot write run record {tmp_path / 'b.json'}", "File too large")
     assert sorted(os.listdir(tmp_path)) == ["a.json", "ck"]

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hdr_lib.measure.machine import NvmlSampler, _percentile
+from hdr_lib.measure.machine import NvmlSampler
+from hdr_lib.measure.stats import percentile
 
 
 def test_percentile_matches_linear_interpolation():
     values = [0, 100, 100, 100, 100, 100, 100, 100, 100, 100]
-    assert _percentile(values, 10) == pytest.approx(90.0)  # numpy.percentile(values, 10)
-    assert _percentile([5], 10) == 5
-    assert _percentile([3, 1, 2], 50) == 2
+    assert percentile(values, 10) == pytest.approx(90.0)  # numpy.percentile(values, 10)
+    assert percentile([5], 10) == 5
+    assert percentile([3, 1, 2], 50) == 2
 
 
 def test_summary_keeps_the_10th_percentile_and_the_mean_memory():

@@ -1,6 +1,6 @@
 """hdr_lib.fast.native, the fast path's C++ step on the CPU: it builds here, its TrainStep updates as optimizer.step() does,
 and where it cannot be built the fast path still trains. (Its loss and gradients against autograd's, ties included,
-and ten training steps: tests/test_fastcpu.py, beside the Python step's.)"""
+and ten training steps: tests/test_torch_cpu.py, beside the Python step's.)"""
 
 import os
 import subprocess

@@ -11,7 +11,7 @@ import torch
 
 from hdr_lib import PAPER
 from hdr_lib.measure.records import SCHEMA, read_record
-from hdr_lib.train import batch_order, init_model, train
+from hdr_lib.train import batch_order, init_model, train, train_model
 
 from conftest import REPO
 
@@ -31,7 +31,7 @@ def test_one_real_epoch_reaches_97_percent(mnist, tmp_path):
 
 @pytest.mark.slow  # trains on the real MNIST
 def test_same_seed_gives_identical_weights_on_the_cpu(mnist):
-    runs = [train(CPU.replace(seed=seed), data=mnist, progress=False, max_steps=60, return_model=True)
+    runs = [train_model(CPU.replace(seed=seed), data=mnist, progress=False, max_steps=60)
             for seed in (5, 5, 6)]
     (_, a), (_, b), (_, c) = runs
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
@@ -151,7 +151,7 @@ def test_bench_times_both_paths_to_equal_accuracy(data_root, tmp_path, capsys):
     assert record["speedup_per_round"] == pytest.approx(per_round) and len(per_round) == 2
     assert min(per_round) <= record["speedup_median_of_rounds"] <= max(per_round)
     # Each path's sustained rate: the epoch's FLOPs over its median epoch, beside a large matrix product's rate.
-    from hdr_lib.model import training_flops
+    from hdr_lib.measure.flops import training_flops
 
     ceiling = record["ceiling"]
     assert ceiling["train_flops_per_epoch"] == training_flops()["train_flops_per_epoch"]
@@ -168,7 +168,7 @@ def test_bench_times_other_ways_of_running_the_fast_path_in_turn(data_root, tmp_
     from hdr_lib.book import figures
     from hdr_lib.measure import queries
     from hdr_lib.measure.bench import bench
-    from hdr_lib.config import ConfigError
+    from hdr_lib.validation import ConfigError
 
     with pytest.raises(ConfigError, match="unknown bench variant 'bogus'"):
         bench(CPU, rounds=1, variants=("bogus",), data_root=data_root)

@@ -103,7 +103,7 @@ def test_the_update_sums_every_row_of_batches_beyond_64_images_then_steps_with_m
 
 
 def test_pooling_ties_go_where_max_pool2d_sends_them(mnist):
-    # As in tests/test_fastcpu.py: conv1 reads only its centre tap, so every window whose four centre pixels are
+    # As in tests/test_torch_cpu.py: conv1 reads only its centre tap, so every window whose four centre pixels are
     # equal is a tie between different patches, and conv1's weight gradient shows which corner won.
     x, y = _data(mnist)
     model = _model(6)

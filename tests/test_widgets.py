@@ -7,7 +7,7 @@ import torch
 
 from hdr_lib import PAPER
 from hdr_lib.book import widgets
-from hdr_lib.train import train
+from hdr_lib.train import train_model
 
 
 def _controls(box):
@@ -42,8 +42,8 @@ def test_a_capped_run_says_it_stopped_early(mnist):
 
 
 def test_digit_browser_steps_through_all_or_only_the_misclassified(mnist):
-    _, model = train(PAPER.replace(device="cpu", epochs=1, batch_size=256, lr=0.05), data=mnist,
-                     progress=False, max_steps=30, return_model=True)
+    _, model = train_model(PAPER.replace(device="cpu", epochs=1, batch_size=256, lr=0.05), data=mnist,
+                           progress=False, max_steps=30)
     images, labels = mnist.test_images[:500], mnist.test_labels[:500]
     box = widgets.digit_browser(model, images, labels)
     slider, only_wrong = box.children[0].children

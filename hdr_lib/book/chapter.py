@@ -10,16 +10,17 @@ import json
 import os
 from pathlib import Path
 
-from hdr_lib import checkpoint, data as mnist, paths
-from hdr_lib.config import PAPER, ConfigError, TrainConfig, check
-from hdr_lib.data import REPOSITORY
+from hdr_lib import checkpoint, mnist_files, paths
+from hdr_lib.config import PAPER, TrainConfig
+from hdr_lib.validation import ConfigError, check
+from hdr_lib.mnist_files import REPOSITORY
 from hdr_lib.measure.machine import resolve_device
 from hdr_lib.measure.queries import results_folder, shown
 from hdr_lib.measure.records import load_records
 from hdr_lib.model import LeNet5
 
 def _number(name: str, value, range_name: str | None = None):
-    """A number parameter in its range (hdr_lib.config.check); a typo papermill passes through (`-p lr abc` arrives
+    """A number parameter in its range (hdr_lib.validation.check); a typo papermill passes through (`-p lr abc` arrives
     as the string 'abc') is also told how to pass it."""
     try:
         return check(name, value, f"parameter {name}", range_name=range_name, whole_floats=True)
@@ -60,7 +61,7 @@ def check_parameters(device="auto", epochs=PAPER.epochs, batch_size=PAPER.batch_
     """Check a notebook's parameters before any work; return the TrainConfig they describe.
 
     Raises ConfigError (a ValueError) naming the bad parameter and what to pass instead: a name the chapter does
-    not take (from `injected`, else `injected_parameters()`), a number outside hdr_lib.config.RANGES, a folder that
+    not take (from `injected`, else `injected_parameters()`), a number outside hdr_lib.validation.RANGES, a folder that
     is empty or, for `cache_dir`, cannot be written. Side effects: sets $HDR_DATA_DIR to the absolute folder when
     `data_dir` is given or $HDR_DATA_DIR is relative, so every later call finds the same MNIST, and checks that
     MNIST is there when `needs_data` (a given `data_dir` is read, never created).
@@ -86,13 +87,13 @@ def check_parameters(device="auto", epochs=PAPER.epochs, batch_size=PAPER.batch_
         paths.output_folder(paths.input_path(cache_dir, "parameter cache_dir"), "parameter cache_dir")
     if data_dir is not None:
         paths.input_path(data_dir, "parameter data_dir")  # a path, not a number
-    # One rule for where MNIST is (hdr_lib.data.locate); a folder the chapter was given, or a relative
+    # One rule for where MNIST is (hdr_lib.mnist_files.locate); a folder the chapter was given, or a relative
     # $HDR_DATA_DIR, is made absolute once here, so every later call in this kernel finds the same MNIST.
-    location = mnist.locate(data_dir)
+    location = mnist_files.locate(data_dir)
     if location.source != "../shared/data" and location.source != "default":
-        os.environ[mnist.ENV_VAR] = str(location.root)
+        os.environ[mnist_files.ENV_VAR] = str(location.root)
     if needs_data:
-        mnist.ensure_mnist(data_dir, download=True)  # a data_dir given is named as such in an error
+        mnist_files.ensure_mnist(data_dir, download=True)  # a data_dir given is named as such in an error
     return config
 
 
@@ -144,15 +145,15 @@ def cached_run(config: TrainConfig, cache_dir=None, *, data=None, verbose: bool 
                     print(f"reusing the live run recorded {record['environment']['created_at']} in "
                           f"{shown(folder)}{stem.name}.json")
                 return record, model.to(key["device"])
-    from hdr_lib.train import train
+    from hdr_lib.train import train_model
 
     def report(entry, _record):
         if verbose:
             print(f"epoch {entry['epoch']:>2}/{config.epochs}: loss {entry['train_loss']:.4f}, test accuracy "
                   f"{entry['test_accuracy']:.2f} %, {entry['train_seconds']:.1f} s training", flush=True)
 
-    record, model = train(config, data=data, out=stem.with_suffix(".json"), progress=None if verbose else False,
-                          on_epoch=report, return_model=True)
+    record, model = train_model(config, data=data, out=stem.with_suffix(".json"),
+                                progress=None if verbose else False, on_epoch=report)
     checkpoint.save(weights, {k: v.detach().cpu() for k, v in model.state_dict().items()})
     record["_path"] = str(stem.with_suffix(".json"))
     return record, model

@@ -8,7 +8,7 @@ from hdr_lib.measure import queries
 from hdr_lib.measure.queries import NOT_MEASURED, machine
 from hdr_lib.measure.records import is_paper_config, session_of
 from hdr_lib.measure.stats import summarize
-from hdr_lib.model import training_flops
+from hdr_lib.measure.flops import training_flops
 
 PAPER_CPU = f"{paper.CPU.name} with {paper.FRAMEWORK.split(' with ')[0]}"  # §3.4: the machine of the paper's CPU time
 

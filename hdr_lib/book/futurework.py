@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 from hdr_lib.measure import stats
-from hdr_lib.model import ResNet, LeNet5, count_parameters, training_flops
+from hdr_lib.measure.flops import training_flops
+from hdr_lib.model import ResNet, LeNet5, count_parameters
 from hdr_lib.measure import queries
 from hdr_lib.measure.queries import NOT_MEASURED
 from hdr_lib.measure.records import is_default_run, one_machine

@@ -12,7 +12,8 @@ from hdr_lib.config import PAPER, TrainConfig
 from hdr_lib.measure import queries
 from hdr_lib.measure.queries import NOT_MEASURED, machine, provenance
 from hdr_lib.measure.stats import summarize
-from hdr_lib.model import LeNet5, count_parameters, layer_table
+from hdr_lib.measure.flops import layer_table
+from hdr_lib.model import LeNet5, count_parameters
 
 
 def _fmt(value, unit="", digits=1) -> str:

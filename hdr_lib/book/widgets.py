@@ -9,7 +9,8 @@ from IPython.display import HTML, display
 from plotly.subplots import make_subplots
 
 from hdr_lib.book import figures
-from hdr_lib.config import PAPER, ConfigError
+from hdr_lib.config import PAPER
+from hdr_lib.validation import ConfigError
 from hdr_lib.book.render import in_book_build
 
 # Each control's label at its own width: the default width cut "learning rate" and "epochs done" short.

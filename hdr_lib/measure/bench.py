@@ -7,9 +7,10 @@ from pathlib import Path
 
 from hdr_lib import data as mnist, paths
 from hdr_lib.measure import ceiling
-from hdr_lib.config import ConfigError, TrainConfig, check
+from hdr_lib.config import TrainConfig
+from hdr_lib.validation import ConfigError, check
 from hdr_lib.measure.machine import environment, resolve_device
-from hdr_lib.model import training_flops
+from hdr_lib.measure.flops import training_flops
 from hdr_lib.measure.records import SCHEMA, write_json_atomic
 from hdr_lib.train import train
 
@@ -29,7 +30,7 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     medians, and round by round (the two epochs of a round run back to back, so their ratio is the one
     least moved by a machine whose speed drifts; the record keeps each round's and their median).
     One-time costs (data loading, moving data, graph capture) are reported apart, per path.
-    `ceiling` puts each way's sustained rate (the epoch's FLOPs, hdr_lib.model.training_flops, over its median
+    `ceiling` puts each way's sustained rate (the epoch's FLOPs, hdr_lib.measure.flops.training_flops, over its median
     time) beside the rate of a large float32 matrix product on the same device (hdr_lib.measure.ceiling), measured after
     every round and taken as the median of the rounds, as the paths' times are.
     """
@@ -50,27 +51,8 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     ways = {path: config.replace(path=path, epochs=1) for path in PATHS}
     ways.update({f"fast {v}": config.replace(path="fast", epochs=1, **VARIANTS[v]) for v in variants})
     names = list(ways)
-    runs = {name: [] for name in names}
-    products = []  # the matrix product's rate after each round: the ceiling, under the same machine state
-    for round_ in range(rounds):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
-            record = train(ways[name], data=data, progress=progress, max_steps=max_steps)
-            epoch = record["epochs"][0]
-            runs[name].append({"round": round_ + 1, "train_seconds": epoch["train_seconds"],
-                               "test_accuracy": epoch["test_accuracy"], "train_loss": epoch["train_loss"],
-                               "setup_seconds": record["setup_seconds"], "execution": record["execution"]})
-            print(f"round {round_ + 1}/{rounds} {name:>9}: {epoch['train_seconds']:.2f} s/epoch, "
-                  f"test accuracy {epoch['test_accuracy']:.2f} %", flush=True)
-        products.append(ceiling.matmul_rate(device))
-    summary = {}
-    for path, items in runs.items():
-        seconds = [item["train_seconds"] for item in items]
-        median = statistics.median(seconds)
-        summary[path] = {"seconds_per_epoch_median": median, "seconds_per_epoch_min": min(seconds),
-                         "seconds_per_epoch_max": max(seconds), "images_per_second": n_images / median,
-                         "test_accuracy": [item["test_accuracy"] for item in items],
-                         "projected_seconds_for_paper_epochs": median * 20}
+    runs, products = _alternate(ways, rounds, data, device, progress, max_steps)
+    summary = {path: _summary(items, n_images) for path, items in runs.items()}
     ratio = summary["reference"]["seconds_per_epoch_median"] / summary["fast"]["seconds_per_epoch_median"]
     per_round = [ref["train_seconds"] / fast["train_seconds"] for ref, fast in zip(runs["reference"], runs["fast"])]
     per_round_median = statistics.median(per_round)
@@ -101,21 +83,57 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
         "status": "complete" if max_steps is None else "incomplete",
         "max_steps": max_steps,
     }
+    _print_summary(record, names)
+    if out is not None:
+        write_json_atomic(out, record)
+        print(f"-> {out}")
+    return record
+
+
+def _alternate(ways: dict, rounds: int, data, device, progress, max_steps) -> tuple[dict, list]:
+    """One epoch of each way per round, the order rotating by one each round; after each round, the matrix
+    product's rate (the ceiling, under the same machine state). Returns (runs by way, the products)."""
+    names = list(ways)
+    runs, products = {name: [] for name in names}, []
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            record = train(ways[name], data=data, progress=progress, max_steps=max_steps)
+            epoch = record["epochs"][0]
+            runs[name].append({"round": round_ + 1, "train_seconds": epoch["train_seconds"],
+                               "test_accuracy": epoch["test_accuracy"], "train_loss": epoch["train_loss"],
+                               "setup_seconds": record["setup_seconds"], "execution": record["execution"]})
+            print(f"round {round_ + 1}/{rounds} {name:>9}: {epoch['train_seconds']:.2f} s/epoch, "
+                  f"test accuracy {epoch['test_accuracy']:.2f} %", flush=True)
+        products.append(ceiling.matmul_rate(device))
+    return runs, products
+
+
+def _summary(items: list[dict], n_images: int) -> dict:
+    """One way's epochs: seconds (median, min, max), images per second, accuracies, 20 epochs at the median."""
+    seconds = [item["train_seconds"] for item in items]
+    median = statistics.median(seconds)
+    return {"seconds_per_epoch_median": median, "seconds_per_epoch_min": min(seconds),
+            "seconds_per_epoch_max": max(seconds), "images_per_second": n_images / median,
+            "test_accuracy": [item["test_accuracy"] for item in items],
+            "projected_seconds_for_paper_epochs": median * 20}
+
+
+def _print_summary(record: dict, names: list[str]) -> None:
+    summary, matmul, rates = record["summary"], record["ceiling"]["matmul"], record["ceiling"]["gflops"]
+    shares, per_round = record["ceiling"]["fraction_of_matmul"], record["speedup_per_round"]
     print(f"fast: {summary['fast']['seconds_per_epoch_median']:.3f} s/epoch "
           f"({summary['fast']['images_per_second']:,.0f} images/s); reference: "
           f"{summary['reference']['seconds_per_epoch_median']:.3f} s/epoch "
-          f"({summary['reference']['images_per_second']:,.0f} images/s); fast is {ratio:.2f}x the reference "
-          f"(round by round: {', '.join(f'{r:.2f}' for r in per_round)}; median {per_round_median:.2f}x)")
+          f"({summary['reference']['images_per_second']:,.0f} images/s); fast is "
+          f"{record['speedup_fast_over_reference']:.2f}x the reference (round by round: "
+          f"{', '.join(f'{r:.2f}' for r in per_round)}; median {record['speedup_median_of_rounds']:.2f}x)")
     print(f"a {matmul['n']}x{matmul['n']} float32 matrix product runs at {matmul['gflops']:,.0f} GFLOP/s here "
           f"(median of the rounds; {min(matmul['gflops_per_round']):,.0f}-{max(matmul['gflops_per_round']):,.0f}); "
           + "; ".join(f"{name} sustains {rates[name]:,.1f} GFLOP/s ({100 * shares[name]:.1f} %)" for name in names))
     for name in names[2:]:
         print(f"{name}: {summary[name]['seconds_per_epoch_median']:.3f} s/epoch, "
               f"{record['speedup_over_reference'][name]:.2f}x the reference")
-    if out is not None:
-        write_json_atomic(out, record)
-        print(f"-> {out}")
-    return record
 
 
 def quick_comparison(config: TrainConfig, data, steps: int = 100, rounds: int = 2) -> list[dict]:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from hdr_lib.config import ConfigError
+from hdr_lib.measure.stats import percentile
+from hdr_lib.validation import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -141,15 +142,6 @@ def environment(device: torch.device | None = None) -> dict:
 SESSION = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")  # when this process started
 
 
-def _percentile(values: list, q: float) -> float:
-    """The q-th percentile (0..100) of `values`, linear between the two nearest ranks (numpy's default)."""
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def _host_hash() -> str:
     import hashlib
 
@@ -238,7 +230,7 @@ class NvmlSampler:
             "utilisation_mean_percent": sum(self.samples_util) / n,
             "utilisation_max_percent": max(self.samples_util),
             # "consistently above" (§4.3) is a low percentile of the samples, not their mean
-            "utilisation_p10_percent": _percentile(self.samples_util, 10),
+            "utilisation_p10_percent": percentile(self.samples_util, 10),
             "memory_used_max_bytes": max(self.samples_mem),
             # "averaged around" (§4.3): the mean of the memory samples, beside the peak
             "memory_used_mean_bytes": sum(self.samples_mem) / len(self.samples_mem),

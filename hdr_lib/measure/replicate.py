@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from hdr_lib import data as mnist, paths
-from hdr_lib.config import RANGES, ConfigError, TrainConfig, check
+from hdr_lib.config import TrainConfig
+from hdr_lib.validation import RANGES, ConfigError, check
 from hdr_lib.measure.machine import resolve_device
 from hdr_lib.train import train
 

@@ -57,3 +57,12 @@ def welch(a, b) -> dict:
     half = t975(df) * se
     return {"difference": diff, "ci95_low": diff - half, "ci95_high": diff + half, "t": diff / se, "df": df,
             "significant": not (diff - half <= 0 <= diff + half), "reason": None}
+
+
+def percentile(values: list, q: float) -> float:
+    """The q-th percentile (0..100) of `values`, linear between the two nearest ranks (numpy's default)."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
