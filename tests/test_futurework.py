@@ -85,3 +85,54 @@ def test_amp_is_a_string_and_old_booleans_keep_their_meaning():
         PAPER.replace(model="vgg").validate()
     assert record_name(PAPER.replace(amp="bf16", seed=3), "cpu") == "cpu-fast-e20-b64-bf16-seed3.json"
     assert record_name(PAPER.replace(model="resnet", epochs=2), "cpu", world_size=2) == "cpu-fast-e2-b64-resnet-ddp2-seed0.json"
+
+
+def test_cpu_rows_are_of_the_processor_that_ran_the_future_work(tmp_path):
+    avx2 = {"avx2": True, "avx512f": False}
+    elsewhere = [_record(s, 99.0, 1.0) for s in range(3)]  # another VM, whose records name no vector instructions
+    here = [_record(s, 99.1, 6.0) for s in range(2)]
+    b16 = [_record(s, 99.2, 30.0, amp="bf16") for s in range(2)]
+    for r in here + b16:
+        r["environment"]["cpu_flags"] = avx2
+    bench = json.loads((REPO / "results" / "bench-cpu.json").read_text())
+    bench_here = copy.deepcopy(bench)
+    bench_here["environment"]["cpu_flags"] = avx2
+    bench_here["ceiling"]["matmul"]["gflops"] = 60.0
+    _write(tmp_path, elsewhere + here + b16 + [bench, bench_here])
+
+    assert fw.cpu_processor(tmp_path) == "AMD EPYC, AVX2"
+    rows = {(r["device"], r["amp"]): r for r in fw.precision_rows(tmp_path)}
+    assert rows[("cpu", "off")]["accuracy"]["n"] == 2 and rows[("cpu", "off")]["seconds_per_epoch"]["mean"] == 6.0
+    assert "5.0x as long" in fw.precision_markdown(tmp_path)
+    note = fw.cpu_scope_note(tmp_path)
+    assert "AMD EPYC, AVX2" in note and "3 complete CPU records" in note
+    network = {(r["device"], r["model"], r["path"]): r for r in fw.network_rows(tmp_path)}
+    lenet = network[("cpu", "lenet5", "fast")]
+    assert lenet["seconds_per_epoch"]["n"] == 2 and lenet["gflops"] / lenet["share_of_matmul"] == pytest.approx(60.0)
+    assert fw.cpu_matmul_gflops(tmp_path, "AMD EPYC") == bench["ceiling"]["matmul"]["gflops"]
+
+
+def test_precision_steps_note_says_when_the_precisions_ran_different_code(tmp_path):
+    f32 = _record(0, 99.0, 6.0)
+    f32["execution"]["cpu_step"] = "explicit"
+    b16 = _record(0, 99.1, 30.0, amp="bf16")
+    b16["execution"]["cpu_step"] = "forward"
+    _write(tmp_path, [f32, b16])
+    note = fw.precision_steps_note(tmp_path)
+    assert "`explicit`" in note and "`forward`" in note and "different code" in note
+    assert "not yet measured" in fw.precision_steps_note(tmp_path / "none")
+
+
+def test_ddp_sessions_are_kept_apart_and_the_verdict_compares_within_one(tmp_path):
+    runs = []
+    for session, world, threads, seconds in (("quiet", 1, 2, 6.0), ("quiet", 2, 1, 9.0), ("loaded", 2, 1, 60.0)):
+        r = _record(0, 99.0, seconds)
+        r["environment"]["session"] = session
+        r["distributed"] = {"world_size": world, "threads_per_rank": threads, "communication_seconds": 1.0}
+        runs.append(r)
+    _write(tmp_path, runs)
+    rows = {(row["session"], row["world_size"]): row for row in fw.ddp_rows(tmp_path)}
+    assert set(rows) == {("quiet", 1), ("quiet", 2), ("loaded", 2)}
+    assert rows[("loaded", 2)]["seconds_per_epoch"]["mean"] == 60.0
+    verdict = fw.ddp_verdict(tmp_path)
+    assert "session quiet" in verdict and "1.50x the time per epoch" in verdict

@@ -162,16 +162,23 @@ def is_headline_run(record: dict) -> bool:
     return is_paper_config(record) and is_default_run(record)
 
 
-def machine(record: dict) -> str:
-    """The processor a record's time belongs to: the GPU's name for CUDA runs, else the CPU model, its widest
-    vector instructions where the record names them (`environment.cpu_flags`: two virtual machines that both say
-    "AMD EPYC" ran the fast path 6x apart, one with AVX-512, one with AVX2 only) and its threads."""
+def processor(record: dict) -> str:
+    """The processor a record ran on, whatever threads it used: the GPU's name for CUDA runs, else the CPU model
+    and its widest vector instructions where the record names them (`environment.cpu_flags`: two virtual machines
+    that both say "AMD EPYC" ran the fast path 6x apart, one with AVX-512, one with AVX2 only)."""
     env = record.get("environment", {})
     if record.get("config", {}).get("device") == "cuda":
         return (env.get("gpu") or {}).get("name", "unknown GPU")
     flags = env.get("cpu_flags") or {}
     vectors = ", AVX-512" if flags.get("avx512f") else ", AVX2" if flags.get("avx2") else ""
-    return f"{env.get('cpu', 'unknown CPU')}{vectors} ({env.get('threads', '?')} threads)"
+    return f"{env.get('cpu', 'unknown CPU')}{vectors}"
+
+
+def machine(record: dict) -> str:
+    """The processor a record's time belongs to (`processor`) and, on the CPU, the threads it ran with."""
+    if record.get("config", {}).get("device") == "cuda":
+        return processor(record)
+    return f"{processor(record)} ({record.get('environment', {}).get('threads', '?')} threads)"
 
 
 def one_machine(runs: list[dict]) -> list[dict]:
