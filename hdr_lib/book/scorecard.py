@@ -378,7 +378,8 @@ def as_json(rows: list[Row]) -> list[dict]:
     return [{"key": r.claim.key, "claim": r.claim.text, "section": r.claim.section, "paper": r.claim.value,
              "unit": r.claim.unit, "rule": r.claim.rule, "verdict": r.verdict, "headline_path": HEADLINE_PATH,
              "paths": {path: {"measured": c.measured, "verdict": c.verdict, "note": c.note,
-                              "hardware": c.hardware, "sessions": c.sessions} for path, c in r.cells.items()}}
+                              "hardware": c.hardware, "sessions": c.sessions} for path, c in r.cells.items()},
+             **({"beside": r.beside} if r.beside else {})}
             for r in rows]
 
 
@@ -388,7 +389,8 @@ def to_text(rows: list[Row]) -> str:
     for (claim, paper, ours, verdict, fast, hardware, _note), row in zip(table_rows(rows), rows):
         lines += [f"{claim}", f"  paper:          {paper}", f"  ours reference: {ours}", f"  verdict:        {verdict}",
                   f"  ours fast:      {fast}", f"  {hardware}",
-                  f"  note: reference: {row.cells[HEADLINE_PATH].note}; fast: {row.cells[SECOND_PATH].note}", ""]
+                  f"  note: reference: {row.cells[HEADLINE_PATH].note}; fast: {row.cells[SECOND_PATH].note}"]
+        lines += [f"  beside (not scored): {beside_note(row.beside)}", ""] if row.beside else [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
