@@ -9,8 +9,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hdr_lib.paths import REPOSITORY
+
 ENV_VAR = "HDR_DATA_DIR"
-REPOSITORY = Path(__file__).resolve().parent.parent  # the checkout hdr_lib runs from (installed with pip -e)
 SHARED_DIR = REPOSITORY.parent / "shared" / "data"  # ../shared/data beside the checkout, where it holds MNIST
 DOWNLOAD_DIR = REPOSITORY / "data"  # the only folder torchvision may download into (ignored by git)
 

@@ -1,4 +1,5 @@
-"""Paths a user gives: output files and folders checked before any work, every OSError on them as one clear line."""
+"""Paths a user gives: output files and folders checked before any work, every OSError on them as one clear line;
+the checkout's own folder (`REPOSITORY`); and the lock that keeps a checkpoint folder to one run (`FolderLock`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hdr_lib.validation import ConfigError
 
 
 RECORD_MAX_BYTES = 64 * 2**20  # a run record is a few kB; anything larger at --out is not one
+REPOSITORY = Path(__file__).resolve().parent.parent  # the checkout hdr_lib runs from (installed with pip -e)
 LOCK_NAME = ".checkpoint.lock"  # in a checkpoint folder: the run that holds it (FolderLock)
 
 
@@ -141,14 +143,14 @@ class FolderLock:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise PathError(f"cannot use checkpoint folder {self.folder}: {exc.strerror or exc}; choose "
-                                  f"another one") from exc
+                            f"another one") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise PathError(f"checkpoint folder {self.folder} is in use by another run (pid {owner}); wait "
-                                  f"for it to end, or choose another checkpoint folder") from None
+                            f"for it to end, or choose another checkpoint folder") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self.fd = fd

@@ -48,7 +48,7 @@ def test_cached_run_trains_once_and_then_reuses(tmp_path, monkeypatch, data_root
 
     config = PAPER.replace(device="cpu", epochs=1, batch_size=6000)
     first, _ = nb.cached_run(config, tmp_path, verbose=False)
-    monkeypatch.setattr(hdr_lib.train, "train", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(hdr_lib.train, "train_model", lambda *a, **k: pytest.fail("trained again"))
     again, model = nb.cached_run(config, tmp_path, verbose=False)
     assert again["environment"]["created_at"] == first["environment"]["created_at"]
     assert again["test_accuracy"] == first["test_accuracy"]

@@ -19,6 +19,7 @@ def _record(seed, accuracy, seconds, **config):
     base = json.loads((REPO / "results" / "cpu-fast-e20-b64-seed0.json").read_text())
     record = copy.deepcopy(base)
     record["config"].update(seed=seed, **config)
+    record["environment"].pop("cpu_flags", None)  # a processor named without its vector instructions, as old records
     record["deviations_from_paper"] = {k: v for k, v in config.items() if k in ("amp", "model")}
     for e in record["epochs"]:
         e["train_seconds"] = seconds
@@ -92,20 +93,23 @@ def test_cpu_rows_are_of_the_processor_that_ran_the_future_work(tmp_path):
     elsewhere = [_record(s, 99.0, 1.0) for s in range(3)]  # another VM, whose records name no vector instructions
     here = [_record(s, 99.1, 6.0) for s in range(2)]
     b16 = [_record(s, 99.2, 30.0, amp="bf16") for s in range(2)]
-    for r in here + b16:
+    one_thread = _record(2, 99.1, 12.0)  # the same processor with 1 thread: another time, not pooled
+    one_thread["environment"]["threads"] = 1
+    for r in here + b16 + [one_thread]:
         r["environment"]["cpu_flags"] = avx2
     bench = json.loads((REPO / "results" / "bench-cpu.json").read_text())
+    bench["environment"].pop("cpu_flags", None)
     bench_here = copy.deepcopy(bench)
     bench_here["environment"]["cpu_flags"] = avx2
     bench_here["ceiling"]["matmul"]["gflops"] = 60.0
-    _write(tmp_path, elsewhere + here + b16 + [bench, bench_here])
+    _write(tmp_path, elsewhere + here + b16 + [one_thread, bench, bench_here])
 
     assert fw.cpu_processor(tmp_path) == "AMD EPYC, AVX2"
     rows = {(r["device"], r["amp"]): r for r in fw.precision_rows(tmp_path)}
     assert rows[("cpu", "off")]["accuracy"]["n"] == 2 and rows[("cpu", "off")]["seconds_per_epoch"]["mean"] == 6.0
     assert "5.0x as long" in fw.precision_markdown(tmp_path)
     note = fw.cpu_scope_note(tmp_path)
-    assert "AMD EPYC, AVX2" in note and "3 complete CPU records" in note
+    assert "AMD EPYC, AVX2" in note and "3 complete CPU records of AMD EPYC" in note
     network = {(r["device"], r["model"], r["path"]): r for r in fw.network_rows(tmp_path)}
     lenet = network[("cpu", "lenet5", "fast")]
     assert lenet["seconds_per_epoch"]["n"] == 2 and lenet["gflops"] / lenet["share_of_matmul"] == pytest.approx(60.0)

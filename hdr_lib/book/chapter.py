@@ -13,7 +13,7 @@ from pathlib import Path
 from hdr_lib import checkpoint, mnist_files, paths
 from hdr_lib.config import PAPER, TrainConfig
 from hdr_lib.validation import ConfigError, check
-from hdr_lib.mnist_files import REPOSITORY
+from hdr_lib.paths import REPOSITORY
 from hdr_lib.measure.machine import resolve_device
 from hdr_lib.measure.queries import results_folder, shown
 from hdr_lib.measure.records import load_records

@@ -88,8 +88,9 @@ def cpu_processor(results_dir=None) -> str | None:
 
 
 def _cpu_runs(runs: list[dict], cpu: str | None) -> list[dict]:
-    """The runs of processor `cpu` (`cpu_processor`); without one, the runs of the machine with the most."""
-    return [r for r in runs if processor(r) == cpu] if cpu else one_machine(runs)
+    """The runs of processor `cpu` (`cpu_processor`) with the threads most of them ran (a mean of 1-thread and
+    2-thread runs is neither's time); without a processor, the runs of the machine with the most."""
+    return one_machine([r for r in runs if processor(r) == cpu] if cpu else runs)
 
 
 def cpu_scope_note(results_dir=None) -> str:
@@ -97,13 +98,18 @@ def cpu_scope_note(results_dir=None) -> str:
     cpu = cpu_processor(results_dir)
     if cpu is None:
         return "CPU rows: the machine with the most runs of each row (no CPU run of the future work is recorded)."
-    other = sorted({processor(r) for r in _train_records(results_dir) if r["config"].get("device") == "cpu"} - {cpu})
-    left = sum(1 for r in _train_records(results_dir) if r["config"].get("device") == "cpu" and processor(r) != cpu)
-    return (f"Every CPU row of this chapter is of one processor, {cpu}, the one that ran the future work's CPU "
-            "runs, so that no ratio or difference is taken between two machines"
-            + (f"; the {left} complete CPU records of {', '.join(other)} are left out here (made before "
-               "records named the processor's vector instructions, they cannot be told to be of this processor)."
-               if left else "."))
+    left: dict[str, int] = {}
+    for r in _train_records(results_dir):
+        if r["config"].get("device") == "cpu" and processor(r) != cpu:
+            left[processor(r)] = left.get(processor(r), 0) + 1
+    text = (f"Every CPU row of this chapter is of one processor, {cpu}, the one that ran the future work's CPU "
+            "runs, so that no ratio or difference is taken between two machines.")
+    for name, n in sorted(left.items()):
+        unnamed = ", AVX" not in name  # records made before they named the processor's vector instructions
+        text += (f" Left out: {n} complete CPU record{'s' if n > 1 else ''} of {name}"
+                 + (" (made before records named the vector instructions, so not known to be this processor)."
+                    if unnamed else "."))
+    return text
 
 
 # --- mixed precision -----------------------------------------------------------------------------------------------
@@ -281,14 +287,16 @@ def ddp_rows(results_dir=None) -> list[dict]:
                                                         and r["status"] == "complete" and r["config"]["epochs"] == 20],
                                                        cpu)}
     groups = {}
-    for r in _cpu_runs([r for r in records if world_size(r) is not None], cpu):
+    for r in records:  # a rank's threads differ with the world size: the processor alone says "same machine"
         config = r["config"]
-        if (config["device"] == "cpu" and model_name(r) == "lenet5" and amp_mode(r) == "off"
+        if (world_size(r) is not None and config["device"] == "cpu" and (cpu is None or processor(r) == cpu)
+                and model_name(r) == "lenet5" and amp_mode(r) == "off"
                 and config["epochs"] == 20 and r["deviations_from_paper"] == {}
                 and r["execution"].get("steps_per_epoch") == 938):
-            groups.setdefault((session_of(r), world_size(r)), []).append(r)
+            key = (session_of(r), world_size(r), r["distributed"].get("threads_per_rank"), queries.step_key(r, "cpu"))
+            groups.setdefault(key, []).append(r)
     rows = []
-    for (session, world), runs in sorted(groups.items()):
+    for (session, world, _threads, _step), runs in sorted(groups.items(), key=lambda item: tuple(map(str, item[0]))):
         steps = [sum(e["steps"] for e in r["epochs"]) for r in runs]
         comm = [r["distributed"]["communication_seconds"] for r in runs]
         train = [r["total_train_seconds"] for r in runs]
@@ -339,11 +347,15 @@ def _verdict_session(rows: list[dict]) -> tuple[dict | None, dict | None]:
     """The rows the verdict compares: 2 processes and 1 process of one session (the latest that has both), else
     the latest session's 2-process row alone."""
     by = {(row["session"], row["world_size"]): row for row in rows}
+    def newest(row: dict) -> str:
+        return max(str(r["environment"].get("created_at", "")) for r in row["runs"])
+
     both = [s for s, w in by if w == 2 and (s, 1) in by]
     if both:
-        return by[(both[-1], 2)], by[(both[-1], 1)]
+        latest = max(both, key=lambda s: max(newest(by[(s, 1)]), newest(by[(s, 2)])))
+        return by[(latest, 2)], by[(latest, 1)]
     two = [row for row in rows if row["world_size"] == 2]
-    return (max(two, key=lambda row: row["runs"][0]["environment"].get("created_at", "")) if two else None), None
+    return (max(two, key=newest) if two else None), None
 
 
 def ddp_verdict(results_dir=None) -> str:
@@ -449,7 +461,7 @@ def network_markdown(results_dir=None) -> str:
         if row["model"] == "resnet" and done:
             accs = ", ".join(f"{r['test_accuracy']:.2f} % (seed {r['config']['seed']})" for r in done)
             why = (": a row here compares time per epoch, which whole epochs give, and a few epochs on this CPU keep "
-                   "two seeds to minutes" if row["device"] == "cpu" else "")
+                   "each seed to minutes" if row["device"] == "cpu" else "")
             text += (f" The residual network's {row['device'].upper()} runs are "
                      f"{' or '.join(str(e) for e in row['epochs'])} epochs long, not the paper's 20{why}; their test "
                      f"accuracy after the last epoch: {accs}.")

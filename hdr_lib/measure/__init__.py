@@ -1,1 +1,2 @@
-"""Measurement: clocks, the machine, run records, statistics, the benchmark, the ceiling, profiling, several seeds."""
+"""Measurement: clocks, the machine, run records, statistics, the network's cost (FLOPs), the benchmark, the ceiling,
+profiling, several seeds."""

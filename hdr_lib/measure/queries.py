@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from hdr_lib import paths
-from hdr_lib.mnist_files import REPOSITORY
+from hdr_lib.paths import REPOSITORY
 from hdr_lib.measure import records
 from hdr_lib.measure.records import RecordError, load_records
 

@@ -1,4 +1,5 @@
-"""Small statistics for several runs: mean with a Student-t 95 % interval, Welch's test for two groups."""
+"""Small statistics for several runs: mean with a Student-t 95 % interval, Welch's test for two groups, and a
+percentile (of NVML's utilisation samples)."""
 
 from __future__ import annotations
 
