@@ -4,6 +4,7 @@ each from the records in results/ (nothing typed in by hand), with "not yet meas
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 from hdr_lib.fast import CPU_STEPS
 from hdr_lib.measure import stats
@@ -65,9 +66,7 @@ def _load_note(records: list[dict]) -> str:
 
 def _sessions_note(records: list[dict]) -> str:
     """The timing sessions of some runs, with how many runs each: "session a (3 runs), session b (1 run)"."""
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[session_of(r)] = counts.get(session_of(r), 0) + 1
+    counts = Counter(session_of(r) for r in records)
     return ", ".join(f"session {s} ({n} run{'s' if n > 1 else ''})" for s, n in sorted(counts.items()))
 
 
@@ -80,10 +79,8 @@ def cpu_processor(results_dir=None) -> str | None:
     precision, the residual network, runs under torchrun), whatever their threads; None without such a run.
     Every CPU row is of this one processor, so no ratio or difference here is taken between two machines (the
     float32 fast path ran 6x apart on two virtual machines that both say "AMD EPYC")."""
-    counts: dict[str, int] = {}
-    for r in _train_records(results_dir, status=None):
-        if r.get("config", {}).get("device") == "cpu" and _future_work(r):
-            counts[processor(r)] = counts.get(processor(r), 0) + 1
+    counts = Counter(processor(r) for r in _train_records(results_dir, status=None)
+                     if r.get("config", {}).get("device") == "cpu" and _future_work(r))
     return max(sorted(counts), key=counts.get) if counts else None
 
 
@@ -98,10 +95,8 @@ def cpu_scope_note(results_dir=None) -> str:
     cpu = cpu_processor(results_dir)
     if cpu is None:
         return "CPU rows: the machine with the most runs of each row (no CPU run of the future work is recorded)."
-    left: dict[str, int] = {}
-    for r in _train_records(results_dir):
-        if r["config"].get("device") == "cpu" and processor(r) != cpu:
-            left[processor(r)] = left.get(processor(r), 0) + 1
+    left = Counter(processor(r) for r in _train_records(results_dir)
+                   if r["config"].get("device") == "cpu" and processor(r) != cpu)
     text = (f"Every CPU row of this chapter is of one processor, {cpu}, the one that ran the future work's CPU "
             "runs, so that no ratio or difference is taken between two machines.")
     for name, n in sorted(left.items()):
@@ -432,8 +427,8 @@ def cpu_matmul_gflops(results_dir=None, cpu: str | None = None) -> float | None:
 
 
 def network_markdown(results_dir=None) -> str:
-    rows = network_rows(results_dir)
     matmul = cpu_matmul_gflops(results_dir, cpu_processor(results_dir))
+    rows = network_rows(results_dir, matmul)
     lines = ["| device | network | path | parameters | training GFLOP / epoch | seeds | s / epoch | sustained GFLOP/s "
              "| share of the matrix product |", "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: |"]
     for row in rows:
