@@ -40,7 +40,7 @@ def _number(name: str):
     return parse
 
 
-def _add_run_options(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
+def _add_run_options(p: argparse.ArgumentParser, *, seed: bool = True, both_ways: bool = False) -> None:
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default=PAPER.device,
                    help="cpu, cuda, or auto (cuda when available); default %(default)s")
     p.add_argument("--epochs", type=_number("epochs"), default=PAPER.epochs, help="default %(default)s (§3.4)")
@@ -66,9 +66,10 @@ def _add_run_options(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
     p.add_argument("--framework", choices=FRAMEWORKS, default="torch",
                    help="torch (default), or the same network in Keras 3 on TensorFlow, JAX or PyTorch (CPU only; "
                         "hdr_lib.keras_lenet)")
-    p.add_argument("--keras-way", choices=KERAS_WAYS, default="fit",
-                   help="Keras runs: fit (model.fit, its own shuffling; default) or loop (a compiled step over the "
-                        "PyTorch runs' batch order)")
+    p.add_argument("--keras-way", choices=KERAS_WAYS, default=None if both_ways else "fit",
+                   help="Keras runs: fit (model.fit, its own shuffling" + ("" if both_ways else "; default")
+                        + ") or loop (a compiled step over the PyTorch runs' batch order)"
+                        + ("; default: both, alternating" if both_ways else ""))
     p.add_argument("--data-dir", default=None, help="MNIST root holding MNIST/raw (default: $HDR_DATA_DIR, else ../shared/data beside the "
                         "checkout, else data/ of the repository)")
     p.add_argument("--max-steps", type=_number("max_steps"), default=None,
@@ -89,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", default=None, help="save model/optimiser/scheduler/RNG after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
 
-    p = sub.add_parser("bench", help="time the fast and reference paths in one process, alternating")
-    _add_run_options(p)
+    p = sub.add_parser("bench", help="time the fast and reference paths in one process, alternating (with a Keras "
+                                     "--framework, its ways too)")
+    _add_run_options(p, both_ways=True)
     p.add_argument("--rounds", type=_number("rounds"), default=3, help="epochs timed per path (default %(default)s)")
     p.add_argument("--fast-variant", action="append", default=[], choices=["no-triton", "no-cuda-graph", "compile"],
                    help="also time the fast path run this way (repeatable), alternating with the others")
@@ -281,13 +283,11 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
         from hdr_lib.measure.bench import bench
 
         config = _config_from(args)
-        if args.framework != "torch":
-            raise ConfigError(f"bench times the PyTorch paths; for --framework {args.framework} use train or "
-                              "replicate, whose records time every epoch")
         device = resolve_device(config.device)
         out = Path(args.out) if args.out is not None else Path("results") / f"bench-{device.type}.json"
         bench(config, rounds=args.rounds, out=out, data_root=args.data_dir, progress=progress,
-              variants=tuple(args.fast_variant), max_steps=args.max_steps)
+              variants=tuple(args.fast_variant), max_steps=args.max_steps, framework=args.framework,
+              keras_ways=(args.keras_way,) if args.keras_way else None)
         return 0
     raise AssertionError(args.command)
 

@@ -66,17 +66,22 @@ def test_fc1_columns_follow_keras_flatten_order():
 def backend_run(request, tmp_path_factory):
     """One process per backend (Keras takes one backend per process, and its import is most of the time): the
     first forward pass and 100 steps of the loop way (keras_lenet.first_steps), then the command line's train with
-    model.fit for 20 steps of 256 images."""
+    model.fit for 20 steps of 256 images, then its bench for 5 steps of each way."""
     framework = request.param
-    out = tmp_path_factory.mktemp(framework) / "record.json"
+    folder = tmp_path_factory.mktemp(framework)
+    out, bench_out = folder / "record.json", folder / "bench.json"
     argv = ["train", "--framework", framework, "--device", "cpu", "--epochs", "1", "--max-steps", "20",
             "--batch-size", "256", "--out", str(out), "--quiet"]
+    bench_argv = ["bench", "--framework", framework, "--device", "cpu", "--rounds", "2", "--max-steps", "5",
+                  "--batch-size", "256", "--out", str(bench_out), "--quiet"]
     code = ("import json; from hdr_lib import keras_lenet; from hdr_lib.cli import main; "
             f"result = keras_lenet.first_steps({framework!r}, steps={STEPS}); result['cli_exit'] = main({argv!r}); "
-            "print(json.dumps(result))")
+            f"result['bench_exit'] = main({bench_argv!r}); print(json.dumps(result))")
     proc = run(["-c", code])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return framework, json.loads(proc.stdout.strip().splitlines()[-1]), out
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["bench_out"] = str(bench_out)
+    return framework, result, out
 
 
 @pytest.mark.slow  # a process per Keras backend that trains 100 steps and runs the command line
@@ -106,6 +111,43 @@ def test_cli_one_epoch_cut_short_writes_a_record_of_the_framework(backend_run):
     assert np.isfinite(epoch["train_loss"]) and 0 <= epoch["test_accuracy"] <= 100
     assert record["status"] == "incomplete" and record["max_steps"] == 20
     assert not is_headline_run(record)  # shown beside the PyTorch runs, never pooled with them
+
+
+@pytest.mark.slow  # a process per Keras backend that trains 100 steps and runs the command line
+def test_bench_alternates_the_framework_ways_with_the_pytorch_paths(backend_run):
+    framework, result, _ = backend_run
+    assert result["bench_exit"] == 0
+    record = read_record(result["bench_out"])
+    ways = [f"{framework} fit", f"{framework} loop"]
+    assert list(record["runs"]) == ["reference", "fast", *ways]
+    assert record["config"]["framework"] == framework and record["config"]["keras_ways"] == ["fit", "loop"]
+    for name, runs in record["runs"].items():
+        assert [run["round"] for run in runs] == [1, 2]
+        assert all(run["train_seconds"] > 0 and 0 <= run["test_accuracy"] <= 100 for run in runs)
+    for way, name in zip(("fit", "loop"), ways):
+        assert {run["execution"]["keras_way"] for run in record["runs"][name]} == {way}
+    assert record["runs"]["fast"][0]["execution"].get("framework", "torch") == "torch"
+    assert set(record["speedup_over_reference"]) == {"fast", *ways}
+    assert set(record["ceiling"]["gflops"]) == {"reference", "fast", *ways}
+    assert record["status"] == "incomplete" and record["max_steps"] == 5
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--keras-way", "loop"], "--keras-way applies to a Keras --framework only"),
+    (["--framework", "keras-jax", "--amp", "bf16"], "--amp bf16 applies to the PyTorch runs only"),
+    (["--framework", "keras-tensorflow", "--keras-way", "eager"], "invalid choice: 'eager'"),
+])
+def test_bench_refuses_bad_framework_input_before_any_work(args, fragment, tmp_path, capsys):
+    from hdr_lib.cli import main
+
+    out = tmp_path / "bench.json"
+    try:
+        status = main(["bench", "--device", "cpu", "--rounds", "1", *args, "--out", str(out), "--quiet"])
+    except SystemExit as exc:  # argparse's own refusals
+        status = exc.code
+    err = capsys.readouterr().err
+    assert status == 2 and fragment in err and "Traceback" not in err
+    assert not out.exists() and sys.modules.get("keras") is None
 
 
 def test_record_names_do_not_collide():
@@ -138,7 +180,8 @@ def test_bad_input_is_one_clear_error_and_exit_2(args, fragment, tmp_path, capsy
     assert not out.exists() and sys.modules.get("keras") is None  # refused before Keras was imported
 
 
-@pytest.mark.parametrize("command", [["train", "--out", "unused.json"], ["replicate", "--out-dir", "unused"]])
+@pytest.mark.parametrize("command", [["train", "--out", "unused.json"], ["replicate", "--out-dir", "unused"],
+                                     ["bench", "--out", "unused.json"]])
 def test_framework_not_installed_is_one_line_and_exit_2(command, tmp_path, monkeypatch, capsys):
     """Keras made unimportable (as on the GPU machine, which has only torch and torchvision)."""
     from hdr_lib.cli import main
@@ -182,6 +225,30 @@ def test_scorecard_shows_tensorflow_beside_the_pytorch_cpu_time_without_scoring_
     assert "Keras/TensorFlow" in note and "11x faster" in note
     assert rows["cpu_accuracy"].beside is None
     assert scorecard.scorecard(torch_runs)[0].beside is None
+
+
+def test_scorecard_cpu_cells_are_the_machine_that_ran_tensorflow_beside_them():
+    """Machine A has the most PyTorch runs; machine B ran chapter 10's comparison (PyTorch and Keras/TensorFlow in
+    one session): every CPU cell, both paths, is B's, the CPU the Keras/TensorFlow time beside them comes from."""
+    from hdr_lib.book import scorecard
+
+    def on(cpu, record):
+        record["environment"] = {**record["environment"], "cpu": cpu, "session": cpu}
+        return record
+
+    a = [on("CPU A", _record(way=way, seconds=20.0 + i, seed=i)) for way in ("fast", "reference") for i in range(5)]
+    b = [on("CPU B", _record(way=way, seconds=s, seed=0)) for way, s in (("fast", 130.0), ("reference", 330.0))]
+    tf = [on("CPU B", _record("keras-tensorflow", "fit", seconds=300.0))]
+    rows = {r.claim.key: r for r in scorecard.scorecard(a + b + tf)}
+    for key in ("cpu_time", "cpu_accuracy"):
+        for path, cell in rows[key].cells.items():
+            assert "CPU B" in cell.hardware and "CPU A" not in cell.hardware and cell.measured["n"] == 1, (key, path)
+    assert rows["cpu_time"].cells["reference"].measured["mean"] == pytest.approx(330.0)
+    assert "CPU B" in rows["cpu_time"].beside["hardware"]
+    # Without the Keras run, or where its CPU ran no PyTorch run, the machine with the most runs: A.
+    for runs in (a + b, a + tf):
+        cell = next(r for r in scorecard.scorecard(runs) if r.claim.key == "cpu_time").cells["fast"]
+        assert "CPU A" in cell.hardware and cell.measured["n"] == 5
 
 
 def test_chapter_rows_group_by_framework_and_way(tmp_path):

@@ -38,6 +38,9 @@ The rules, in one place (each `Claim` names its rule; `verdict_for` applies it):
   else "differs". The peak and PyTorch's own reservation are in the note.
 - Runs are pooled over timing sessions (`records.session_of`) of the same machine; each cell says how many
   sessions, and an interval from one session is labelled "within one session".
+- Every CPU cell (time and accuracy, both paths) comes from one machine (`cpu_machine`): the CPU of chapter 10's
+  comparison session, where the paper's own framework was timed beside ours, if it also ran runs scored here, so
+  the Keras/TensorFlow time beside the CPU-time row is the same CPU's; else the machine with the most CPU runs.
 """
 
 from __future__ import annotations
@@ -190,11 +193,13 @@ def _times(cpu_or_gpu_over_paper: float) -> str:
             f"ours takes {ratio:.1f}x the paper's time") + "; training only, on other hardware and software"
 
 
-def _measure(claim: Claim, cpu_all: list[dict], gpu_all: list[dict], path: str) -> Cell:
-    """Our cell for one claim on one path, with a note on what was measured (or why nothing was)."""
+def _measure(claim: Claim, cpu_all: list[dict], gpu_all: list[dict], path: str, cpu_name: str | None = None) -> Cell:
+    """Our cell for one claim on one path, with a note on what was measured (or why nothing was). The CPU cells take
+    the runs of `cpu_name` (`cpu_machine`); a speedup pairs the runs of one host among all of them."""
     time = lambda r: r["total_train_seconds"]  # noqa: E731
     accuracy = lambda r: r["test_accuracy"]  # noqa: E731
-    cpu, gpu = one_machine(cpu_all), one_machine(gpu_all)
+    cpu = [r for r in cpu_all if records.machine(r) == cpu_name] if cpu_name else one_machine(cpu_all)
+    gpu = one_machine(gpu_all)
 
     def cell(measured, note, runs, device):
         hardware = _hardware(runs) if device in ("cpu", "cuda") else "-"
@@ -281,6 +286,16 @@ def tensorflow_beside(runs: list[dict]) -> dict | None:
             "load_average": sum(loads) / len(loads) if loads else None}
 
 
+def cpu_machine(cpu_runs: list[dict], beside: dict | None) -> str | None:
+    """The one machine of every CPU cell: the CPU of chapter 10's comparison (`beside["hardware"]`) where it ran
+    some of `cpu_runs` (the scored CPU runs, both paths), else the machine with the most of them; None for none."""
+    names = {records.machine(r) for r in cpu_runs}
+    if beside is not None and beside["hardware"] in names:
+        return beside["hardware"]
+    most = one_machine(cpu_runs)
+    return records.machine(most[0]) if most else None
+
+
 def beside_note(beside: dict) -> str:
     text = f"Keras/TensorFlow (model.fit) on {beside['hardware']}: {format_value(beside['mean'], 's')}"
     if beside.get("ci95_low") is not None:
@@ -301,13 +316,14 @@ def scorecard(runs: list[dict] | None = None, results_dir=None) -> list[Row]:
     every = queries.recorded_runs(results_dir) if runs is None else runs
     beside = tensorflow_beside(every)
     runs = [r for r in every if is_headline_run(r)]
+    cpu_name = cpu_machine([r for r in runs if r["config"].get("device") == "cpu"], beside)
     rows = [Row(claim) for claim in CLAIMS]
     for path in PATHS:
         on_path = [r for r in runs if r["config"].get("path") == path]
         cpu = [r for r in on_path if r["config"].get("device") == "cpu"]
         gpu = [r for r in on_path if r["config"].get("device") == "cuda"]
         for row in rows:
-            row.cells[path] = _measure(row.claim, cpu, gpu, path)
+            row.cells[path] = _measure(row.claim, cpu, gpu, path, cpu_name)
     for row in rows:
         if row.claim.key == "cpu_time":
             row.beside = beside

@@ -1,8 +1,10 @@
-"""The benchmark: the fast and reference paths timed in one process, alternating epochs, with one record."""
+"""The benchmark: the fast and reference paths timed in one process, alternating epochs, with one record; with a
+Keras framework, that framework's ways (model.fit, own loop) alternate with them in the same process."""
 
 from __future__ import annotations
 
 import statistics
+from functools import partial
 from pathlib import Path
 
 from hdr_lib import data as mnist, paths
@@ -20,11 +22,15 @@ VARIANTS = {"no-triton": {"triton": False}, "no-cuda-graph": {"cuda_graph": Fals
 
 
 def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None, data_root=None,
-          progress: bool | None = None, variants: tuple[str, ...] = (), max_steps: int | None = None) -> dict:
+          progress: bool | None = None, variants: tuple[str, ...] = (), max_steps: int | None = None,
+          framework: str = "torch", keras_ways: tuple[str, ...] | None = None) -> dict:
     """Time one epoch of each path `rounds` times, alternating, so both see the same machine state: round 1 runs
     (reference, fast), round 2 (fast, reference), and so on, so that neither path always runs second in a
     process that may slow down as it goes. Every epoch starts from the same seed: the same work, the same accuracy.
     `variants` (names in VARIANTS) add ways to run the fast path; the order then rotates by one each round.
+    `framework` (a Keras one, hdr_lib.keras_lenet) adds that framework's `keras_ways` (default: fit and loop), each
+    "<framework> <way>" in the record, timed as hdr_lib.keras_lenet.train times them: a new model each round, so
+    every `fit` epoch includes the tracing of its train function, as a 1-epoch fit does (its `execution` says so).
 
     Reports seconds per epoch (median, min, max), images per second, test accuracy and the speed ratio: of the
     medians, and round by round (the two epochs of a round run back to back, so their ratio is the one
@@ -44,12 +50,19 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     device = resolve_device(config.device)
     if out is not None:
         out = paths.output_file(out, "out")
+    keras_ways = _check_keras(config, framework, keras_ways)
     data = mnist.load_mnist(data_root)
     n_images = data.train_images.shape[0]  # per timed epoch
     if max_steps is not None:  # a quick check of the command, not a benchmark: its record says "incomplete"
+        max_steps = min(max_steps, -(-n_images // config.batch_size))  # each way runs one epoch at most
         n_images = min(n_images, max_steps * config.batch_size)
-    ways = {path: config.replace(path=path, epochs=1) for path in PATHS}
-    ways.update({f"fast {v}": config.replace(path="fast", epochs=1, **VARIANTS[v]) for v in variants})
+    ways = {path: partial(train, config.replace(path=path, epochs=1)) for path in PATHS}
+    ways.update({f"fast {v}": partial(train, config.replace(path="fast", epochs=1, **VARIANTS[v])) for v in variants})
+    if keras_ways:
+        from hdr_lib import keras_lenet
+
+        ways.update({f"{framework} {way}": partial(keras_lenet.train, config.replace(path="fast", epochs=1),
+                                                   framework, way) for way in keras_ways})
     names = list(ways)
     runs, products = _alternate(ways, rounds, data, device, progress, max_steps)
     summary = {path: _summary(items, n_images) for path, items in runs.items()}
@@ -68,7 +81,8 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
         "kind": "bench",
         # Each round times one epoch per path: the record says so, whatever `config.epochs` was.
         "config": {**config.as_dict(), "epochs": 1, "device": device.type, "device_requested": config.device,
-                   "path": "both", "rounds": rounds, "variants": list(variants)},
+                   "path": "both", "rounds": rounds, "variants": list(variants), "framework": framework,
+                   "keras_ways": list(keras_ways)},
         "environment": environment(device),
         "epochs": [],
         "runs": runs,
@@ -90,15 +104,32 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     return record
 
 
+def _check_keras(config: TrainConfig, framework: str, keras_ways: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The Keras ways to time beside the PyTorch paths (none for torch), checked and their framework imported
+    before any work: one line (ConfigError) for a bad choice or a missing install."""
+    if framework == "torch":
+        if keras_ways:
+            raise ConfigError("--keras-way applies to a Keras --framework only")
+        return ()
+    from hdr_lib import keras_lenet
+
+    keras_ways = tuple(keras_ways) if keras_ways else keras_lenet.KERAS_WAYS
+    for way in keras_ways:
+        keras_lenet.check_config(config.replace(path="fast"), framework, way)
+    keras_lenet.import_keras(framework)
+    return keras_ways
+
+
 def _alternate(ways: dict, rounds: int, data, device, progress, max_steps) -> tuple[dict, list]:
-    """One epoch of each way per round, the order rotating by one each round; after each round, the matrix
-    product's rate (the ceiling, under the same machine state). Returns (runs by way, the products)."""
+    """One epoch of each way per round (`ways`: name -> a train function of one epoch), the order rotating by one
+    each round; after each round, the matrix product's rate (the ceiling, under the same machine state). Returns
+    (runs by way, the products)."""
     names = list(ways)
     runs, products = {name: [] for name in names}, []
     for round_ in range(rounds):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
-            record = train(ways[name], data=data, progress=progress, max_steps=max_steps)
+            record = ways[name](data=data, progress=progress, max_steps=max_steps)
             epoch = record["epochs"][0]
             runs[name].append({"round": round_ + 1, "train_seconds": epoch["train_seconds"],
                                "test_accuracy": epoch["test_accuracy"], "train_loss": epoch["train_loss"],
