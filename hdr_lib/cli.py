@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=_number("rounds"), default=3, help="epochs timed per path (default %(default)s)")
     p.add_argument("--fast-variant", action="append", default=[], choices=["no-triton", "no-cuda-graph", "compile"],
                    help="also time the fast path run this way (repeatable), alternating with the others")
-    p.add_argument("--out", default=None, help="benchmark record file (default: results/bench-<device>.json)")
+    p.add_argument("--out", default=None, help="benchmark record file (default: results/bench-<device>.json; "
+                                               "with a Keras --framework, results/bench-<device>-<framework>.json)")
 
     p = sub.add_parser("replicate", help="run the paper's configuration for several seeds, one record each")
     _add_run_options(p, seed=False)
@@ -284,7 +285,8 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
 
         config = _config_from(args)
         device = resolve_device(config.device)
-        out = Path(args.out) if args.out is not None else Path("results") / f"bench-{device.type}.json"
+        suffix = "" if args.framework == "torch" else f"-{args.framework}"  # never over the PyTorch bench's record
+        out = Path(args.out) if args.out is not None else Path("results") / f"bench-{device.type}{suffix}.json"
         bench(config, rounds=args.rounds, out=out, data_root=args.data_dir, progress=progress,
               variants=tuple(args.fast_variant), max_steps=args.max_steps, framework=args.framework,
               keras_ways=(args.keras_way,) if args.keras_way else None)

@@ -288,12 +288,20 @@ def tensorflow_beside(runs: list[dict]) -> dict | None:
 
 def cpu_machine(cpu_runs: list[dict], beside: dict | None) -> str | None:
     """The one machine of every CPU cell: the CPU of chapter 10's comparison (`beside["hardware"]`) where it ran
-    some of `cpu_runs` (the scored CPU runs, both paths), else the machine with the most of them; None for none."""
-    names = {records.machine(r) for r in cpu_runs}
-    if beside is not None and beside["hardware"] in names:
+    `cpu_runs` (the scored CPU runs) of every path, else the machine with the most of them; None for none."""
+    if beside is not None and all(any(records.machine(r) == beside["hardware"] and r["config"].get("path") == path
+                                      for r in cpu_runs) for path in PATHS):
         return beside["hardware"]
     most = one_machine(cpu_runs)
     return records.machine(most[0]) if most else None
+
+
+def scored_cpu_machine(runs: list[dict] | None = None, results_dir=None) -> str | None:
+    """`cpu_machine` of the records (default: those in `results_dir`): the CPU every scored CPU number comes from,
+    for the pages that explain the scorecard's CPU cells."""
+    every = queries.recorded_runs(results_dir) if runs is None else runs
+    return cpu_machine([r for r in every if is_headline_run(r) and r["config"].get("device") == "cpu"],
+                       tensorflow_beside(every))
 
 
 def beside_note(beside: dict) -> str:
@@ -479,12 +487,15 @@ def verdict_paragraph(chapter: str, rows: list[Row] | None = None, results_dir=N
 def accuracy_spread(runs: list[dict] | None = None, results_dir=None) -> list[dict]:
     """Seed-to-seed spread of test accuracy per (device, path) group of one machine: n, mean, SD, and the
     accuracy margin and the paper's GPU-CPU gap in units of that SD."""
-    runs = [r for r in (queries.recorded_runs(results_dir) if runs is None else runs) if is_headline_run(r)]
+    every = queries.recorded_runs(results_dir) if runs is None else runs
+    runs = [r for r in every if is_headline_run(r)]
+    cpu_name = scored_cpu_machine(every)  # the CPU of the scorecard's CPU cells
     out = []
     for device in ("cpu", "cuda"):
         for path in PATHS:
-            group = one_per_seed(one_machine([r for r in runs if r["config"].get("device") == device
-                                              and r["config"].get("path") == path]))
+            on_path = [r for r in runs if r["config"].get("device") == device and r["config"].get("path") == path]
+            group = one_per_seed([r for r in on_path if records.machine(r) == cpu_name]
+                                 if device == "cpu" and cpu_name else one_machine(on_path))
             values = _values(group, lambda r: r["test_accuracy"])
             if len(values) < 2:
                 continue

@@ -62,11 +62,17 @@ def sessions_markdown(results_dir=None) -> str:
 def path_ratio_markdown(results_dir=None) -> str:
     """The fast path's speed over the reference path's from the 20-epoch records (one machine), beside the
     one-epoch benchmark's ratio with its per-round range, and what differs between the two measurements."""
+    from hdr_lib.book.scorecard import scored_cpu_machine
+
     parts = []
+    cpu_name = scored_cpu_machine(results_dir=results_dir)  # the CPU of the scorecard's CPU cells
     for device in ("cpu", "cuda"):
-        ref = one_machine(queries.paper_runs(results_dir, device=device, path="reference"))
-        fast = [r for r in one_machine(queries.paper_runs(results_dir, device=device, path="fast"))
-                if not ref or machine(r) == machine(ref[0])]
+        ref, fast = (queries.paper_runs(results_dir, device=device, path=path) for path in ("reference", "fast"))
+        if device == "cpu" and cpu_name:
+            ref, fast = ([r for r in runs if machine(r) == cpu_name] for runs in (ref, fast))
+        else:
+            ref = one_machine(ref)
+            fast = [r for r in one_machine(fast) if not ref or machine(r) == machine(ref[0])]
         if not ref or not fast:
             continue
         mr, mf = (summarize([r["total_train_seconds"] for r in runs])["mean"] for runs in (ref, fast))

@@ -50,7 +50,7 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     device = resolve_device(config.device)
     if out is not None:
         out = paths.output_file(out, "out")
-    keras_ways = _check_keras(config, framework, keras_ways)
+    keras_ways = _check_keras(config.replace(device=device.type), framework, keras_ways)
     data = mnist.load_mnist(data_root)
     n_images = data.train_images.shape[0]  # per timed epoch
     if max_steps is not None:  # a quick check of the command, not a benchmark: its record says "incomplete"
