@@ -39,8 +39,9 @@ The rules, in one place (each `Claim` names its rule; `verdict_for` applies it):
 - Runs are pooled over timing sessions (`records.session_of`) of the same machine; each cell says how many
   sessions, and an interval from one session is labelled "within one session".
 - Every CPU cell (time and accuracy, both paths) comes from one machine (`cpu_machine`): the CPU of chapter 10's
-  comparison session, where the paper's own framework was timed beside ours, if it also ran runs scored here, so
-  the Keras/TensorFlow time beside the CPU-time row is the same CPU's; else the machine with the most CPU runs.
+  comparison session, where the paper's own framework was timed beside ours, if it also ran scored runs of both
+  paths, so the Keras/TensorFlow time beside the CPU-time row is the same CPU's; else the machine with the most CPU
+  runs. Chapter 05's path ratio and chapter 06's seed spread take the same machine (`scored_cpu_machine`).
 """
 
 from __future__ import annotations
