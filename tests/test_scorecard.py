@@ -17,14 +17,14 @@ from hdr_lib.measure.queries import NOT_MEASURED
 
 def make_record(device="cpu", seconds=100.0, accuracy=99.0, util=None, mem_bytes=None, path="reference",
                 host="host-a", session="s1", p10=None, mem_mean=None, **config):
-    cfg = {**PAPER.as_dict(), "device": device, "path": path, **config}
+    cfg = {**PAPER.as_dict(), "framework": "pytorch", "device": device, "path": path, **config}
     deviations = {k: v for k, v in config.items() if k not in ("seed",)}
     gpu = {"name": "Test GPU", "cuda": "12.0", "driver": "1", "cudnn": 9} if device == "cuda" else None
     return {"schema": SCHEMA, "kind": "train", "status": "complete", "config": cfg,
             "deviations_from_paper": deviations,
             "environment": {"cpu": "Test CPU", "threads": 2, "torch": "2.x", "gpu": gpu, "hostname_hash": host,
                             "session": session},
-            "epochs": [{"epoch": 1}], "total_train_seconds": seconds, "test_accuracy": accuracy,
+            "epochs": [{"epoch": 1}], "total_train_seconds": seconds, "test_accuracy": accuracy, "execution": {},
             "memory": {"cuda_peak_reserved_bytes": 50e6 if device == "cuda" else None},
             "utilisation": {"gpu": {"utilisation_mean_percent": util, "utilisation_p10_percent": p10,
                                     "memory_used_max_bytes": mem_bytes, "memory_used_mean_bytes": mem_mean,

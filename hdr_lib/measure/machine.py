@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from hdr_lib.measure.stats import percentile
 from hdr_lib.validation import ConfigError
 
 
@@ -238,3 +237,12 @@ class NvmlSampler:
             "sample_count": n,
             "reason": self.error,
         }
+
+
+def percentile(values: list, q: float) -> float:
+    """The q-th percentile (0..100) of `values`, linear between the two nearest ranks (numpy's default)."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
