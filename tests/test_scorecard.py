@@ -219,3 +219,42 @@ def test_a_run_made_another_way_is_not_scored():
     assert verdicts(scorecard.scorecard([make_record("cuda")]))["gpu_time"] != NOT_MEASURED
     assert {r.verdict for r in scorecard.scorecard([compiled])} == {NOT_MEASURED}
 
+
+
+def test_two_machines_sharing_a_host_hash_and_a_rerun_seed_give_one_machines_figures_everywhere(tmp_path):
+    """Two VMs report the same hostname hash and CPU model; one recorded its vector instructions. The scorecard,
+    chapter 06 (its chart's runs and the seed spread) and chapter 05's path ratio all take the same machine, and
+    a seed rerun in a second session is a timing sample, not a second seed."""
+    from hdr_lib.book import evidence, statements
+
+    def on(record, flags, session, created):
+        record["environment"].update(cpu="AMD EPYC", hostname_hash="same", session=session, created_at=created)
+        if flags:
+            record["environment"]["cpu_flags"] = {"avx2": True, "avx512f": False}
+        return record
+
+    old = [on(make_record("cpu", seconds=22.0, accuracy=99.15 - 0.01 * s, path=p, seed=s), False, "nov", "2026-11-25")
+           for p in ("reference", "fast") for s in range(5)]
+    new = [on(make_record("cpu", seconds=350.0 + s, accuracy=a, path="reference", seed=s), True, "quiet",
+              "2026-12-01T10") for s, a in enumerate((99.15, 99.13, 99.01))]
+    new += [on(make_record("cpu", seconds=140.0, accuracy=99.1, path="fast", seed=s), True, "quiet", "2026-12-01T11")
+            for s in range(2)]
+    rerun = on(make_record("cpu", seconds=360.0, accuracy=99.15, path="reference", seed=0), True, "rerun",
+               "2026-12-02")
+    for i, r in enumerate(old + new + [rerun]):
+        (tmp_path / f"{i}.json").write_text(json.dumps(r))
+    ev = evidence.load(tmp_path)
+    name = "AMD EPYC, AVX2 (2 threads)"
+    assert evidence.scored_cpu_machine(ev) == name
+    rows = {r.claim.key: r for r in scorecard.scorecard(results_dir=tmp_path)}
+    accuracy, time = rows["cpu_accuracy"].cells["reference"], rows["cpu_time"].cells["reference"]
+    assert name in accuracy.hardware and "not recorded" not in accuracy.hardware
+    assert accuracy.measured["n"] == 3 and accuracy.measured["mean"] == pytest.approx((99.15 + 99.13 + 99.01) / 3)
+    assert time.measured["n"] == 4 and time.sessions == 2  # the rerun is a timing sample
+    chapter06 = evidence.accuracy_runs(ev)  # chapter 06's chart and interval
+    assert {evidence.machine(r) for r in chapter06} == {name} and len(chapter06) == 5
+    spread = {g["path"]: g for g in scorecard.accuracy_spread(results_dir=tmp_path)}
+    assert spread["reference"]["n"] == 3 and spread["reference"]["hardware"].startswith(name)
+    assert spread["reference"]["mean"] == pytest.approx(accuracy.measured["mean"])
+    assert f"({name})" in statements.path_ratio_markdown(tmp_path)
+    assert statements.expected_live_minutes(tmp_path)["machine"] == name

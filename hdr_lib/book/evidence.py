@@ -17,8 +17,9 @@ Rules
   Keras runs (chapter 10) and browser runs (`config.framework` "tfjs-*") never fill a scorecard claim.
 - **The CPU machine** (`scored_cpu_machine`): every CPU figure of the scorecard, of chapter 05's path ratio, chapter
   06's seed spread and chapter 11's CPU rows comes from this one machine. It is chosen among the machines that ran
-  headline runs of both paths (reference and fast): one whose vector instructions are recorded before one whose
-  are not, then the most headline runs, then the latest run.
+  headline runs of both paths (reference and fast; among all CPU machines if none did): the machine of chapter 10's
+  comparison session first (so the Keras/TensorFlow time beside the CPU time is the same CPU's), then one whose
+  vector instructions are recorded before one whose are not, then the most headline runs, then the latest run.
 - **The GPU machine** (`scored_gpu_machine`): the GPU machine with the most headline runs (then the latest).
 - **Accuracy** counts one run per seed (`one_per_seed`: the latest record of a seed, per machine and path): a
   seed rerun trains the same network on the same batches again, so it is a timing sample, not another seed.
@@ -188,7 +189,10 @@ def scored_cpu_machine(ev: Evidence) -> str | None:
     pool = both or by_machine
     if not pool:
         return None
-    return max(pool, key=lambda name: (UNRECORDED not in name, len(pool[name]), _latest(pool[name]), name))
+    compared = comparison_runs(ev)
+    chapter10 = {machine(r) for r in compared if session(r) == comparison_session(compared)}
+    return max(pool, key=lambda name: (name in chapter10, UNRECORDED not in name, len(pool[name]),
+                                       _latest(pool[name]), name))
 
 
 def scored_gpu_machine(ev: Evidence) -> str | None:

@@ -166,7 +166,7 @@ def paper_time_markdown(table: list[dict]) -> str:
     if tf["load_average"] is not None and tf["load_average"] > 2:
         text += (f" These runs shared the 2 cores with other work ({_load_text(tf)}, mean over runs): they had a "
                  f"fraction of the machine, so the factor is a lower bound for our CPU, not its measure.")
-    others = [row for row in table if row["key"] in ("torch fast", "torch reference")]
+    others = [row for row in table if row["key"] in ("pytorch fast", "pytorch reference")]
     if others:
         one_session = len({name for row in table for name in row["sessions"]}) == 1
         text += (" In the same session, on the same CPU: " if one_session else " On the same CPU: ") + "; ".join(
