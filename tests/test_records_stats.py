@@ -2,7 +2,9 @@
 
 import json
 import math
+import os
 import subprocess
+import sys
 
 import pytest
 
@@ -164,3 +166,11 @@ def test_records_with_weights_step_losses_and_a_browser_framework_read(tmp_path)
     write_json_atomic(tmp_path / "r.json", record)
     write_json_atomic(tmp_path / "b.json", browser)
     assert {r["config"]["framework"] for r in load_records(tmp_path)} == {"pytorch", "tfjs-webgpu"}
+
+
+def test_the_training_side_imports_no_reading_library():
+    code = ("import sys, hdr_lib.train, hdr_lib.measure.replicate, hdr_lib.measure.bench, hdr_lib.cli, "
+            "hdr_lib.measure.run_record; print(sorted(m for m in ('pandas', 'scipy', 'jsonschema') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
