@@ -97,7 +97,8 @@ def precision_rows(results_dir=None) -> list[dict]:
                 continue  # float16 runs on CUDA only (hdr_lib.train refuses it on the CPU)
             runs = [r for r in groups.get((device, mode), []) if len(r["epochs"]) >= epoch]
             rows.append({"device": device, "amp": mode, "runs": runs, "epoch": epoch,
-                         "accuracy": stats.summarize([_accuracy_at(r, epoch) for r in runs]),
+                         # one accuracy per seed (a rerun is a timing sample); every run's time
+                         "accuracy": stats.summarize([_accuracy_at(r, epoch) for r in evidence.one_per_seed(runs)]),
                          "seconds_per_epoch": stats.summarize([seconds_per_epoch(r) for r in runs]),
                          "step": (runs[0]["execution"].get("amp_step") or runs[0]["execution"].get("cpu_step")
                                   if runs else None)})
@@ -122,8 +123,9 @@ def precision_markdown(results_dir=None) -> str:
         return text
     epoch = b16["epoch"]
     text += "\n\n"
-    base = {r["config"]["seed"]: _accuracy_at(r, epoch) for r in f32["runs"]}
-    pairs = [(_accuracy_at(r, epoch), base[r["config"]["seed"]]) for r in b16["runs"] if r["config"]["seed"] in base]
+    base = {r["config"]["seed"]: _accuracy_at(r, epoch) for r in evidence.one_per_seed(f32["runs"])}
+    pairs = [(_accuracy_at(r, epoch), base[r["config"]["seed"]]) for r in evidence.one_per_seed(b16["runs"])
+             if r["config"]["seed"] in base]
     if epoch < 20:
         first = "the first epoch" if epoch == 1 else f"the first {epoch} epochs"
         text += (f"The bfloat16 runs are {epoch} epoch{'s' if epoch > 1 else ''} long; with the same lr schedule "
@@ -366,6 +368,7 @@ def network_rows(results_dir=None, matmul_gflops: float | None = None) -> list[d
                          "share_of_matmul": gflops / matmul_gflops if gflops and matmul_gflops and device == "cpu"
                          else None,
                          "steps_timed": sum(sum(e["steps"] for e in r["epochs"]) for r in runs),
+                         "seeds": len({r["config"]["seed"] for r in runs}),
                          "epochs": sorted({r["config"]["epochs"] for r in runs})})
     return rows
 
@@ -391,7 +394,7 @@ def network_markdown(results_dir=None) -> str:
         share = f"{100 * row['share_of_matmul']:.1f} %" if row["share_of_matmul"] else (
             NOT_MEASURED if row["device"] == "cuda" else "-")
         lines.append(f"| {row['device']} | {row['model']} | {row['path']} | {row['parameters']:,} | "
-                     f"{row['train_flops_per_epoch'] / 1e9:,.0f} | {s['n']} | {_fmt_summary(s, 1, ' s')} | "
+                     f"{row['train_flops_per_epoch'] / 1e9:,.0f} | {row['seeds']} | {_fmt_summary(s, 1, ' s')} | "
                      f"{row['gflops']:.1f} |" if s["n"] else
                      f"| {row['device']} | {row['model']} | {row['path']} | {row['parameters']:,} | "
                      f"{row['train_flops_per_epoch'] / 1e9:,.0f} | 0 | {NOT_MEASURED} | {NOT_MEASURED} |")
