@@ -17,7 +17,7 @@ from hdr_lib.paths import REPOSITORY
 from hdr_lib.measure.machine import resolve_device
 from hdr_lib.book import evidence
 from hdr_lib.measure.queries import checked_results_folder, results_folder, shown
-from hdr_lib.measure.records import RecordError, load_records
+from hdr_lib.measure.records import RecordError, read_record
 from hdr_lib.model import LeNet5
 
 def _number(name: str, value, range_name: str | None = None):
@@ -135,9 +135,14 @@ def cached_run(config: TrainConfig, cache_dir=None, *, data=None, verbose: bool 
     stem = folder / _cache_name(key)
     weights = stem.with_suffix(".pt")
     if stem.with_suffix(".json").is_file() and weights.is_file():
-        for record in load_records(folder, kind="train", status="complete"):
+        try:  # a cached record of an older schema or a damaged one is trained again, not an error
+            cached = [read_record(stem.with_suffix(".json"))]
+        except RecordError:
+            cached = []
+        for record in cached:
+            record["_path"] = str(stem.with_suffix(".json"))
             saved = {k: v for k, v in record["config"].items() if k not in ("device_requested", "framework")}
-            if saved == key and Path(record["_path"]) == stem.with_suffix(".json"):
+            if saved == key and record["kind"] == "train" and record["status"] == "complete":
                 model = LeNet5(config.variant)
                 try:  # its digest checked, read without running code (hdr_lib.checkpoint)
                     model.load_state_dict(checkpoint.load(weights))
