@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 from hdr_lib import paper
 from hdr_lib.book import evidence
-from hdr_lib.book.evidence import MIN_RUNS, one_per_seed  # noqa: F401  (one_per_seed: chapter 06 calls it here)
+from hdr_lib.book.evidence import MIN_RUNS, one_per_seed
 from hdr_lib.measure import queries
 from hdr_lib.measure.queries import NOT_MEASURED
 from hdr_lib.measure.records import is_finite

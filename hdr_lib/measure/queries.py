@@ -41,7 +41,7 @@ def shown(folder: str | os.PathLike) -> str:
     try:
         return f"{Path(folder).resolve().relative_to(REPOSITORY)}/"
     except ValueError:
-        return os.fspath(folder)
+        return f"{os.fspath(folder).rstrip('/')}/"
 
 
 def recorded(results_dir=None, kind: str = "train", status: str | None = "complete", **config_filters) -> list[dict]:
