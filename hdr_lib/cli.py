@@ -298,11 +298,9 @@ def _scorecard(args) -> int:
     """`scorecard`: the verdict table from the records under --results, as text or JSON."""
     from hdr_lib.book import scorecard
 
-    from hdr_lib.measure.queries import results_folder
+    from hdr_lib.measure.queries import checked_results_folder
 
-    folder = results_folder(args.results, "--results")  # else $HDR_RESULTS_DIR, else results/
-    if not folder.is_dir():
-        raise RecordError(f"--results {folder}: no such folder of run records")
+    folder = checked_results_folder(args.results, "--results")  # else $HDR_RESULTS_DIR, else results/
     rows = scorecard.scorecard(results_dir=folder)
     if args.json:
         print(json.dumps({"results": str(folder), "status": scorecard.status_line(rows).replace("**", ""),

@@ -37,16 +37,11 @@ class TrainConfig:
     path: str = "fast"  # "fast" (data on device, no DataLoader) or "reference" (plain PyTorch loop)
     # --- options beyond the paper, all off by default and named in the record when on ---
     amp: str = "off"  # mixed precision, the paper's future work (§5): "bf16" autocast, or "fp16" with a gradient
-    # scaler (CUDA only); "off" is the paper's float32. Records made before it was a string hold false.
+    # scaler (CUDA only); "off" is the paper's float32.
     cuda_graph: bool = True  # CUDA fast path only: capture each epoch's training steps in a CUDA graph
     compile: bool = False  # fast path: torch.compile the model (Inductor), compilation timed apart
     triton: bool = True  # CUDA fast path: the step as two Triton kernels (hdr_lib.fast.triton_step); off: PyTorch's kernels
     deterministic: bool = False  # torch.use_deterministic_algorithms
-
-    def __post_init__(self):
-        # amp was a boolean (bfloat16 on or off) before float16 came: True and False still mean what they meant.
-        if isinstance(self.amp, bool):
-            object.__setattr__(self, "amp", "bf16" if self.amp else "off")
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError on a setting that cannot be run; return self so calls chain."""

@@ -29,7 +29,7 @@ ROUNDS="${ROUNDS:-5}"
 EPOCHS="${EPOCHS:-20}"
 TESTS="${TESTS:-tests/test_cuda.py tests/test_triton_step.py tests/test_cuda_graphs.py}"
 STAGES="${STAGES:-fast bench kernels tests fast-aten cpu amp resnet fast-compiled reference}"
-# One timing session for every record this script makes (records.session_of; the book shows sessions apart).
+# One timing session for every record this script makes (environment.session; the book shows sessions apart).
 export HDR_SESSION="${HDR_SESSION:-gpu-replication $(date -u +%Y-%m-%dT%H:%M:%SZ)}"
 [ -d .gpu/MNIST/raw ] || { echo "no .gpu/MNIST/raw: run scripts/pack_mnist_for_gpu.sh first, and carry .gpu" >&2; exit 2; }
 data="$(mktemp -d)"

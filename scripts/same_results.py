@@ -30,8 +30,8 @@ def _git(*args: str) -> str:
 def run(commit: str) -> Path:
     full = _git("rev-parse", commit)
     out = REPO / "results" / "same-results" / f"{full[:7]}.json"
-    result = {"schema": "hdr-run/1", "kind": "same-results", "config": {"epochs": 1, "seed": 0, "device": "cpu"},
-              "environment": {"git_commit": full}, "epochs": [], "status": "complete", "commit": full, "ways": {}}
+    result = {"schema": "hdr-run/2", "kind": "same-results", "config": {"epochs": 1, "seed": 0, "device": "cpu"},
+              "environment": {"git_commit": full, "session": f"same-results {full[:7]}"}, "epochs": [], "status": "complete", "commit": full, "ways": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "tree"
         _git("worktree", "add", "--detach", str(tree), full)

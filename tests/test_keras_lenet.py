@@ -20,7 +20,8 @@ import torch
 
 from hdr_lib import keras_lenet
 from hdr_lib.config import PAPER
-from hdr_lib.measure.records import is_headline_run, read_record
+from hdr_lib.book.evidence import is_headline
+from hdr_lib.measure.records import read_record
 from hdr_lib.measure.replicate import record_name
 from hdr_lib.train import init_model
 
@@ -110,7 +111,7 @@ def test_cli_one_epoch_cut_short_writes_a_record_of_the_framework(backend_run):
     assert epoch["steps"] == 20 and epoch["train_seconds"] > 0 and epoch["eval_seconds"] > 0
     assert np.isfinite(epoch["train_loss"]) and 0 <= epoch["test_accuracy"] <= 100
     assert record["status"] == "incomplete" and record["max_steps"] == 20
-    assert not is_headline_run(record)  # shown beside the PyTorch runs, never pooled with them
+    assert not is_headline(record)  # shown beside the PyTorch runs, never pooled with them
 
 
 @pytest.mark.slow  # a process per Keras backend that trains 100 steps and runs the command line
@@ -200,12 +201,11 @@ def _record(framework="torch", way="fast", seconds=100.0, accuracy=99.0, seed=0)
 
     config = {**PAPER.as_dict(), "device": "cpu", "seed": seed,
               "path": way if framework == "torch" else f"{framework}-{way}"}
-    if framework != "torch":
-        config.update(framework=framework, keras_way=way)
+    config.update(framework="pytorch") if framework == "torch" else config.update(framework=framework, keras_way=way)
     return {"schema": SCHEMA, "kind": "train", "status": "complete", "config": config, "deviations_from_paper": {},
             "environment": {"cpu": "Test CPU", "threads": 2, "torch": "2.x", "gpu": None, "keras": "3.x",
                             "backend_version": "2.x", "keras_backend": "tensorflow", "load_average": [3.0, 2.0, 1.0],
-                            "created_at": "2026-12-01T08:00:00+00:00"},
+                            "created_at": "2026-12-01T08:00:00+00:00", "session": "s"}, "execution": {},
             "epochs": [{"epoch": e} for e in range(1, 21)], "total_train_seconds": seconds, "test_accuracy": accuracy,
             "memory": {}, "utilisation": {"gpu": {"utilisation_mean_percent": None, "reason": "CPU run: no GPU"}}}
 
@@ -262,7 +262,7 @@ def test_chapter_rows_group_by_framework_and_way(tmp_path):
     for i, record in enumerate(runs):
         (tmp_path / f"r{i}.json").write_text(json.dumps(record))
     table = frameworks.rows(tmp_path)
-    assert [row["key"] for row in table] == ["keras-tensorflow fit", "torch fast"]
+    assert [row["key"] for row in table] == ["keras-tensorflow fit", "pytorch fast"]
     tf = table[0]
     assert tf["n"] == 2 and tf["seconds_per_epoch"]["mean"] == pytest.approx(16.0)
     assert tf["gflops"] == pytest.approx(frameworks.training_flops()["train_flops_per_epoch"] / 16.0 / 1e9)
@@ -299,7 +299,7 @@ def test_the_chapter_compares_within_one_session_and_shows_every_session_apart(t
     apart = frameworks.rows_by_session(tmp_path)
     assert [(row["sessions"], row["key"], row["n"]) for row in apart] == [
         (["loaded"], "keras-tensorflow fit", 3), (["quiet"], "keras-tensorflow fit", 1),
-        (["quiet"], "keras-jax fit", 1), (["quiet"], "torch fast", 1)]
+        (["quiet"], "keras-jax fit", 1), (["quiet"], "pytorch fast", 1)]
     assert frameworks.table_markdown(apart, by_session=True).splitlines()[0].startswith("| session |")
     # The scorecard's CPU-time row shows the same comparison's Keras/TensorFlow time, not the loaded session's.
     from hdr_lib.book import scorecard

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hdr_lib.measure.machine import NvmlSampler
-from hdr_lib.measure.stats import percentile
+from hdr_lib.measure.machine import percentile
 
 
 def test_percentile_matches_linear_interpolation():

@@ -85,3 +85,23 @@ def test_runner_names_the_failing_notebook_and_exits_1(tmp_path):
     assert result.returncode == 1
     assert "FAILED 01_introduction.ipynb" in result.stderr
     assert "batch_size must be an integer from 1 to 60,000" in result.stderr
+
+
+@pytest.mark.slow  # starts a kernel
+@pytest.mark.parametrize("where", ["missing", "file", "bad-record"])
+@pytest.mark.parametrize("notebook", ["notebooks/08_discussion.ipynb", "book/scorecard.ipynb"])
+def test_a_bad_results_dir_stops_the_page_at_its_check_cell(notebook, where, tmp_path):
+    folder = {"missing": tmp_path / "nope", "file": ROOT / "README.md", "bad-record": tmp_path / "bad"}[where]
+    if where == "bad-record":
+        folder.mkdir()
+        (folder / "x.json").write_text('{"schema": "hdr-run/2", "kind": "train", "config": "cpu"}')
+    message = {"missing": "does not exist", "file": "is not a folder", "bad-record": "x.json: field"}[where]
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(pm.PapermillExecutionError) as caught:
+        pm.execute_notebook(str(ROOT / notebook), str(out), parameters={"results_dir": str(folder)},
+                            cwd=str(ROOT / Path(notebook).parent), kernel_name="python3", progress_bar=False)
+    assert caught.value.ename == "ConfigError" and message in caught.value.evalue
+    assert "\n" not in caught.value.evalue
+    failed = [c for c in nbformat.read(out, as_version=4).cells
+              if any(o.output_type == "error" for o in c.get("outputs", []))]
+    assert len(failed) == 1 and "check_parameters(" in failed[0].source

@@ -16,9 +16,9 @@ from tests.test_scorecard import make_record
 
 def train_record(device="cpu", path="fast", seconds=10.0, seed=0, execution=None, **config):
     env = {"cpu": "Test CPU", "threads": 2, "torch": "2.14.1", "created_at": "2026-11-25T00:00:00",
-           "git_commit": "0123456789abcdef", "gpu": {"name": "Test GPU", "cuda": "13.0"} if device == "cuda" else None}
+           "git_commit": "0123456789abcdef", "session": "test-session", "gpu": {"name": "Test GPU", "cuda": "13.0"} if device == "cuda" else None}
     return {"schema": SCHEMA, "kind": "train", "status": "complete",
-            "config": {**PAPER.as_dict(), "device": device, "path": path, "seed": seed, **config},
+            "config": {**PAPER.as_dict(), "framework": "pytorch", "device": device, "path": path, "seed": seed, **config},
             "deviations_from_paper": {"epochs": 1} if config.get("epochs", 20) != 20 else {},
             "environment": env, "epochs": [{"epoch": 1}], "total_train_seconds": seconds, "test_accuracy": 99.0,
             "setup_seconds": {"to_device": 0.5, "compile": 2.0}, "execution": execution or {}}
@@ -61,8 +61,8 @@ def test_paper_runs_filter_by_device_and_path(tmp_path):
 
 
 def test_machine_names_the_gpu_of_cuda_runs_and_the_cpu_else():
-    assert queries.machine(train_record("cpu")) == "Test CPU (2 threads)"
-    assert queries.machine(train_record("cuda")) == "Test GPU"
+    assert queries.machine(train_record("cpu")) == "Test CPU, instructions not recorded (2 threads)"
+    assert queries.machine(train_record("cuda")) == "Test GPU (host Test CPU)"
     assert "torch 2.14.1" in queries.machine(train_record("cpu"), versions=True)
     assert "CUDA 13.0" in queries.machine(train_record("cuda"), versions=True)
     assert queries.machines([train_record("cuda"), train_record("cuda", seed=1)]).count("Test GPU") == 1
@@ -75,25 +75,11 @@ def test_step_key_reads_the_short_key(device, key):
     assert queries.step_key(train_record(device, execution={field: key}), device) == key
 
 
-@pytest.mark.parametrize("name, key", [("cpu-fast-e20-b64-seed0.json", "native"),
-                                       ("session-cpu-quiet-2026-12-01d/cpu-fast-e20-b64-seed0.json", "explicit")])
-def test_step_key_files_committed_records_that_stored_a_sentence(name, key):
-    record = read_record(REPO / "results" / name)
-    assert " " in record["execution"]["cpu_step"]  # made before the keys: the description itself
-    assert queries.step_key(record, "cpu") == key
-
-
 def test_step_key_is_none_where_the_record_names_no_known_step():
     assert queries.step_key(train_record("cpu"), "cpu") is None
-    assert queries.step_key(train_record("cuda", execution={"cuda_kernels": "something else"}), "cuda") is None
 
 
 # What a CUDA record made before the short keys said in `execution.cuda_kernels` for the Triton step.
-OLD_TRITON_SENTENCE = ("hdr_lib.tritonstep: two Triton kernels per step (one program per image for the forward and "
-                       "backward pass, then the batch's gradient sums with SGD and momentum), gradients checked "
-                       "against autograd's before the run")
-
-
 def test_cuda_ways_group_runs_by_how_the_step_ran(tmp_path):
     epoch, eager = {"graph-epoch": 18760, "graph-step": 0, "eager": 0}, {"graph-epoch": 0, "graph-step": 0, "eager": 9}
 
@@ -102,7 +88,7 @@ def test_cuda_ways_group_runs_by_how_the_step_ran(tmp_path):
                             execution={"cuda_kernels": kernels, "compiled": compiled, "cuda_steps": steps})
 
     assert queries.cuda_ways(tmp_path) == []
-    write(tmp_path, [cuda("triton", epoch, 0.5), cuda(OLD_TRITON_SENTENCE, epoch, 0.7),
+    write(tmp_path, [cuda("triton", epoch, 0.5), cuda("triton", epoch, 0.7),
                      cuda("aten", epoch, 2.0), cuda("aten", epoch, 1.5, compiled=True), cuda("aten", eager, 9.0)])
     rows = {row["way"]: row for row in queries.cuda_ways(tmp_path)}
     assert sorted(rows) == ["PyTorch's kernels, compiled; graph-epoch", "PyTorch's kernels; eager",
@@ -114,13 +100,13 @@ def test_cuda_ways_group_runs_by_how_the_step_ran(tmp_path):
 def test_a_bench_record_without_runs_is_named_not_skipped(tmp_path):
     record = {**train_record(), "kind": "bench"}
     write(tmp_path, [record])
-    with pytest.raises(RecordError, match="has no 'runs'"):
+    with pytest.raises(RecordError, match=r"0\.json: field runs: missing"):
         queries.bench_rows(tmp_path)
 
 
 def test_provenance_names_machine_versions_seed_and_commit():
     line = queries.provenance(train_record("cpu", seed=3))
-    for part in ("Test CPU (2 threads)", "torch 2.14.1", "2026-11-25", "seed 3", "0123456789ab"):
+    for part in ("Test CPU, instructions not recorded (2 threads)", "torch 2.14.1", "2026-11-25", "seed 3", "0123456789ab"):
         assert part in line
 
 

@@ -46,3 +46,59 @@ def test_text_and_json_carry_the_paper_framework_beside_the_cpu_time(tmp_path):
     assert cpu_time["beside"]["n"] == 2 and cpu_time["beside"]["mean"] == 925.0
     text = _run("--results", str(tmp_path)).stdout
     assert "beside (not scored): Keras/TensorFlow (model.fit)" in text and "925" in text
+
+
+def _hostile(folder, name):
+    """Write one hostile record `name` (the issue's list) into `folder`; return the field or words its line names."""
+    import os
+
+    good = make_record("cpu")
+    texts = {"non-utf8": (b'{"schema": "hdr-run/2", "kind": "\xff"}', "is not UTF-8 text"),
+             "config-string": (json.dumps({**good, "config": "cpu"}).encode(), "field config:"),
+             "environment-null": (json.dumps({**good, "environment": None}).encode(), "field environment:"),
+             "5000-digits": (b'{"schema": "hdr-run/2", "test_accuracy": ' + b"9" * 5000 + b"}", "Exceeds the limit"),
+             "nested": (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+             "accuracy-250": (json.dumps({**good, "test_accuracy": 250}).encode(), "field test_accuracy:"),
+             "seconds-negative": (json.dumps({**good, "total_train_seconds": -100}).encode(),
+                                  "field total_train_seconds:"),
+             "seconds-1e300": (json.dumps({**good, "total_train_seconds": 1e300}).encode(),
+                               "field total_train_seconds:"),
+             "seconds-string": (json.dumps({**good, "total_train_seconds": "20.5"}).encode(),
+                                "field total_train_seconds:")}
+    if name == "fifo":
+        os.mkfifo(folder / "x.json")
+        return folder / "x.json", "is not a regular file"
+    data, words = texts[name]
+    (folder / "x.json").write_bytes(data)
+    return folder / "x.json", words
+
+
+HOSTILE = ("non-utf8", "config-string", "environment-null", "5000-digits", "nested", "accuracy-250",
+           "seconds-negative", "seconds-1e300", "seconds-string", "fifo")
+
+
+def test_each_hostile_record_is_one_line_naming_the_file_and_exit_2(tmp_path, capsys):
+    from hdr_lib.cli import main
+
+    for name in HOSTILE:
+        folder = tmp_path / name
+        (folder / "backup").mkdir(parents=True)
+        (folder / "good.json").write_text(json.dumps(make_record("cpu")))
+        path, words = _hostile(folder, name)
+        assert main(["scorecard", "--results", str(folder)]) == 2, name
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and str(path) in err and words in err, (name, err)
+
+
+def test_a_byte_identical_backup_is_one_run_and_the_folder_is_named_as_given(tmp_path, monkeypatch, capsys):
+    from hdr_lib.cli import main
+
+    (tmp_path / "backup").mkdir()
+    text = json.dumps(make_record("cpu", seconds=100.0))
+    (tmp_path / "a.json").write_text(text)
+    (tmp_path / "backup" / "a.json").write_text(text)  # a copy: the same run, not a second one
+    rows = {r.claim.key: r for r in scorecard.scorecard(results_dir=tmp_path)}
+    assert rows["cpu_time"].cells["reference"].measured["n"] == 1
+    monkeypatch.setenv("HDR_RESULTS_DIR", "README.md")
+    assert main(["scorecard"]) == 2
+    assert capsys.readouterr().err.startswith("error: $HDR_RESULTS_DIR README.md is not a folder")

@@ -10,7 +10,6 @@ from hdr_lib import PAPER, fast
 from hdr_lib.data import to_float
 from hdr_lib.fast import cuda_graphs
 from hdr_lib.fast.steps import AutogradStep, ExplicitStep, FastStep
-from hdr_lib.measure.records import step_key
 from hdr_lib.steps import ReferenceStep, Step
 from hdr_lib.train import batch_order, init_model, make_optimizer
 
@@ -103,23 +102,32 @@ OLD_KERNELS = {
 }
 
 
+def _migration():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("migrate", REPO / "scripts" / "migrate_records_v2.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("key", sorted(OLD_PROSE))
-def test_old_records_prose_reads_as_the_cpu_steps_key(key):
+def test_the_migration_files_old_records_prose_under_the_cpu_steps_key(key):
+    migrate = _migration()
     for prose in OLD_PROSE[key]:
-        assert step_key({"execution": {"cpu_step": prose}}) == key, prose
-    assert step_key({"execution": {"cpu_step": key}}) == key  # a new record's key, as it is
+        assert migrate.step_key(prose, migrate.OLD_CPU_STEPS) == key, prose
+    assert migrate.step_key(key, migrate.OLD_CPU_STEPS) == key  # a key, as it is
 
 
 @pytest.mark.parametrize("key", sorted(OLD_KERNELS))
-def test_old_records_prose_reads_as_the_cuda_kernels_key(key):
+def test_the_migration_files_old_records_prose_under_the_cuda_kernels_key(key):
+    migrate = _migration()
     for prose in OLD_KERNELS[key]:
-        assert step_key({"execution": {"cuda_kernels": prose}}, "cuda_kernels") == key, prose
+        assert migrate.step_key(prose, migrate.OLD_CUDA_KERNELS) == key, prose
 
 
 def test_committed_records_are_filed_under_a_key():
     keys = {}
     for path in sorted((REPO / "results").glob("cpu-fast-*.json")):
-        record = json.loads(path.read_text())
-        keys[path.name] = step_key(record)
+        keys[path.name] = json.loads(path.read_text())["execution"]["cpu_step"]
     assert keys and all(key in fast.CPU_STEPS for key in keys.values()), keys
-    assert step_key({"execution": {"cpu_step": None}}) is None and step_key({}) is None  # reference, Keras

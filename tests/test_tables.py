@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from hdr_lib import paper
 from hdr_lib.book import tables
 from hdr_lib.config import PAPER
 from hdr_lib.measure.queries import NOT_MEASURED
-from hdr_lib.measure.records import SCHEMA
+from hdr_lib.measure.records import SCHEMA, RecordError
 
 ENV = {"cpu": "Test CPU", "threads": 2, "gpu": {"name": "Test GPU"}, "torch": "2.14.1",
-       "created_at": "2026-11-25T00:00:00", "git_commit": "0123456789abcdef"}
+       "created_at": "2026-11-25T00:00:00", "git_commit": "0123456789abcdef", "session": "test-session"}
 
 
 def record(kind, device="cuda", **fields):
     return {"schema": SCHEMA, "kind": kind, "status": "complete", "environment": ENV, "epochs": [],
-            "config": {**PAPER.as_dict(), "device": device, "path": "fast", "epochs": 0}, **fields}
+            "config": {**PAPER.as_dict(), "framework": "pytorch", "device": device, "path": "fast", "epochs": 0},
+            **fields}
 
 
 def cuda_run(kernels, seconds):
@@ -46,7 +49,7 @@ def test_cuda_ways_table_has_a_row_per_way_with_its_means(tmp_path):
         (tmp_path / f"{i}.json").write_text(json.dumps(cuda_run(kernels, seconds)))
     table = tables.cuda_ways_markdown(tmp_path)
     assert table.count("\n") == 3  # header, rule, two ways
-    assert "| Triton step; graph-epoch | Test GPU | 2 | 0.60 s | 2.5 s | 99.00 % |" in table
+    assert "| Triton step; graph-epoch | Test GPU (host Test CPU) | 2 | 0.60 s | 2.5 s | 99.00 % |" in table
 
 
 def test_kernel_times_are_tabled_per_record_or_said_to_be_missing(tmp_path):
@@ -68,11 +71,12 @@ def test_ceiling_table_gives_each_way_its_share_of_the_matrix_product(tmp_path):
                "gflops": {"reference": 12.34, "fast": 90.0}, "fraction_of_matmul": {"reference": 12.34 / 150.0,
                                                                                    "fast": 0.6}}
     (tmp_path / "bench-cpu.json").write_text(json.dumps(record("bench", "cpu", runs={}, summary={}, ceiling=ceiling)))
-    (tmp_path / "bench-old.json").write_text(json.dumps(record("bench", "cpu", runs={}, summary={})))
     text = tables.ceiling_markdown(tmp_path)
     assert "**150 GFLOP/s**" in text and "140 to 171" in text
     assert "| reference | 12.3 | 8.2 % |" in text and "| fast | 90.0 | 60.0 % |" in text
-    assert "no matrix-product ceiling" in text  # the old record is named, not skipped
+    (tmp_path / "bench-old.json").write_text(json.dumps(record("bench", "cpu", runs={}, summary={})))
+    with pytest.raises(RecordError, match=r"bench-old\.json: field ceiling: missing"):  # named, not skipped
+        tables.ceiling_markdown(tmp_path)
 
 
 def test_memory_estimate_counts_weights_activations_and_the_data_set():

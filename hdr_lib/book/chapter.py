@@ -15,8 +15,9 @@ from hdr_lib.config import PAPER, TrainConfig
 from hdr_lib.validation import ConfigError, check
 from hdr_lib.paths import REPOSITORY
 from hdr_lib.measure.machine import resolve_device
-from hdr_lib.measure.queries import results_folder, shown
-from hdr_lib.measure.records import load_records
+from hdr_lib.book import evidence
+from hdr_lib.measure.queries import checked_results_folder, results_folder, shown
+from hdr_lib.measure.records import RecordError, read_record
 from hdr_lib.model import LeNet5
 
 def _number(name: str, value, range_name: str | None = None):
@@ -82,7 +83,10 @@ def check_parameters(device="auto", epochs=PAPER.epochs, batch_size=PAPER.batch_
     for name, value in extra.items():
         if name.endswith("_steps") and value is not None:
             _number(name, value, "steps")
-    results_folder(results_dir)  # a path, checked like every path a user gives
+    try:  # an existing folder of valid records, else one line here, before any work
+        evidence.load(checked_results_folder(results_dir))
+    except RecordError as exc:
+        raise ConfigError(str(exc)) from None
     if cache_dir is not None:
         paths.output_folder(paths.input_path(cache_dir, "parameter cache_dir"), "parameter cache_dir")
     if data_dir is not None:
@@ -131,9 +135,14 @@ def cached_run(config: TrainConfig, cache_dir=None, *, data=None, verbose: bool 
     stem = folder / _cache_name(key)
     weights = stem.with_suffix(".pt")
     if stem.with_suffix(".json").is_file() and weights.is_file():
-        for record in load_records(folder, kind="train", status="complete"):
-            saved = {k: v for k, v in record["config"].items() if k != "device_requested"}
-            if saved == key and Path(record["_path"]) == stem.with_suffix(".json"):
+        try:  # a cached record of an older schema or a damaged one is trained again, not an error
+            cached = [read_record(stem.with_suffix(".json"))]
+        except RecordError:
+            cached = []
+        for record in cached:
+            record["_path"] = str(stem.with_suffix(".json"))
+            saved = {k: v for k, v in record["config"].items() if k not in ("device_requested", "framework")}
+            if saved == key and record["kind"] == "train" and record["status"] == "complete":
                 model = LeNet5(config.variant)
                 try:  # its digest checked, read without running code (hdr_lib.checkpoint)
                     model.load_state_dict(checkpoint.load(weights))

@@ -6,25 +6,23 @@ from __future__ import annotations
 from hdr_lib import paper
 from hdr_lib.measure import queries
 from hdr_lib.measure.queries import NOT_MEASURED, machine
-from hdr_lib.measure.records import is_paper_config, session_of
+from hdr_lib.book import evidence
+from hdr_lib.book.evidence import session as session_of
 from hdr_lib.measure.stats import summarize
 from hdr_lib.measure.flops import training_flops
 
 PAPER_CPU = f"{paper.CPU.name} with {paper.FRAMEWORK.split(' with ')[0]}"  # §3.4: the machine of the paper's CPU time
 
-_NAMES = {"torch": "PyTorch", "keras-tensorflow": "Keras/TensorFlow", "keras-jax": "Keras/JAX",
+_NAMES = {"pytorch": "PyTorch", "keras-tensorflow": "Keras/TensorFlow", "keras-jax": "Keras/JAX",
           "keras-torch": "Keras/PyTorch"}
 _WAYS = {"fit": "model.fit", "loop": "own loop", "fast": "fast path", "reference": "reference path"}
 _ORDER = ["keras-tensorflow fit", "keras-tensorflow loop", "keras-jax fit", "keras-jax loop", "keras-torch fit",
-          "keras-torch loop", "torch reference", "torch fast"]
+          "keras-torch loop", "pytorch reference", "pytorch fast"]
 
 
 def framework_of(record: dict) -> tuple[str, str]:
-    """(framework, way) of a training record: ("torch", "fast"|"reference") for the PyTorch runs, else the Keras
-    backend and way ("keras-tensorflow", "fit"), as hdr_lib.keras_lenet writes them."""
-    config = record.get("config", {})
-    framework = config.get("framework", "torch")
-    return framework, config.get("keras_way") if framework != "torch" else config.get("path", "?")
+    """(framework, way) of a training record (`evidence.framework_way`)."""
+    return evidence.framework_way(record)
 
 
 def label(framework: str, way: str) -> str:
@@ -35,53 +33,24 @@ def cpu_runs(results_dir=None) -> list[dict]:
     """Complete CPU records of the paper's configuration (every framework, PyTorch runs the default way). They may
     come from several machines: the chapter compares within one timing session (`comparison_session`), which ran
     on one machine, and shows the sessions apart."""
-    return one_process_cpu_runs(queries.recorded(results_dir, "train"))
-
-
-def one_process_cpu_runs(runs: list[dict]) -> list[dict]:
-    """The complete one-process CPU runs of the paper's configuration among `runs`, every framework."""
-    return [r for r in runs if r.get("kind", "train") == "train" and r.get("status") == "complete"
-            and r["config"].get("device") == "cpu" and is_paper_config(r) and not r["config"].get("compile", False)
-            and r.get("distributed") is None]  # one process: the data-parallel runs are chapter 11's
+    return evidence.comparison_runs(evidence.load(results_dir))
 
 
 def comparison_session(results_dir=None) -> str | None:
-    """The timing session (records.session_of) that ran the most frameworks and ways, the latest of equals: the one
-    comparison whose times were all made back to back in the same state of the machine."""
-    return comparison_session_of(cpu_runs(results_dir))
-
-
-def comparison_session_of(runs: list[dict]) -> str | None:
-    """`comparison_session` among `runs` (one-process CPU runs of the paper's configuration)."""
-    covered: dict[str, set] = {}
-    latest: dict[str, str] = {}
-    for r in runs:
-        session = session_of(r)
-        covered.setdefault(session, set()).add(framework_of(r))
-        latest[session] = max(latest.get(session, ""), r["environment"].get("created_at", ""))
-    if not covered:
-        return None
-    return max(covered, key=lambda name: (len(covered[name]), latest[name]))
+    """`evidence.comparison_session`: the session that ran the most frameworks and ways, the latest of equals."""
+    return evidence.comparison_session(cpu_runs(results_dir))
 
 
 def sessions(results_dir=None) -> list[str]:
     """The timing sessions of the CPU records, oldest first."""
-    return _sessions_of(cpu_runs(results_dir))
-
-
-def _sessions_of(runs: list[dict]) -> list[str]:
-    first: dict[str, str] = {}
-    for r in runs:
-        name, created = session_of(r), r["environment"].get("created_at", "")
-        first[name] = min(first.get(name, created), created)
-    return sorted(first, key=lambda name: (first[name], name))
+    return evidence.sessions(cpu_runs(results_dir))
 
 
 def rows_by_session(results_dir=None) -> list[dict]:
     """`rows` of each timing session in turn, oldest first: every session apart, none pooled (the records are
     read once)."""
     runs = cpu_runs(results_dir)
-    return [row for name in _sessions_of(runs) for row in _rows([r for r in runs if session_of(r) == name])]
+    return [row for name in evidence.sessions(runs) for row in _rows([r for r in runs if session_of(r) == name])]
 
 
 def rows(results_dir=None, session: str | None = None) -> list[dict]:
@@ -106,7 +75,7 @@ def _rows(runs_in: list[dict]) -> list[dict]:
         loads = [r["environment"]["load_average"][0] for r in runs if r["environment"].get("load_average")]
         env = runs[0]["environment"]
         version = (f"keras {env.get('keras')}, {env.get('keras_backend')} {env.get('backend_version')}"
-                   if framework != "torch" else f"torch {env.get('torch')}")
+                   if framework != "pytorch" else f"torch {env.get('torch')}")
         out.append({"key": key, "framework": framework, "way": way, "label": label(framework, way), "n": len(runs),
                     "seconds_per_epoch": per_epoch,
                     "total_seconds": summarize([r["total_train_seconds"] for r in runs]),
@@ -161,7 +130,7 @@ def figure(table: list[dict]):
         lo = [(s["mean"] - s["ci95_low"]) if s["ci95_low"] is not None else 0 for s in stats]
         fig.add_bar(x=[s["mean"] for s in stats], y=labels, orientation="h", showlegend=False,
                     text=[f"n = {row['n']}" for row in table], textposition="inside",
-                    marker_color=["#1f77b4" if row["framework"] != "torch" else "#7f7f7f" for row in table],
+                    marker_color=["#1f77b4" if row["framework"] != "pytorch" else "#7f7f7f" for row in table],
                     error_x=dict(type="data", array=hi, arrayminus=lo, visible=True), row=1, col=col)
     if table:
         accs = [row["accuracy"] for row in table]
@@ -197,7 +166,7 @@ def paper_time_markdown(table: list[dict]) -> str:
     if tf["load_average"] is not None and tf["load_average"] > 2:
         text += (f" These runs shared the 2 cores with other work ({_load_text(tf)}, mean over runs): they had a "
                  f"fraction of the machine, so the factor is a lower bound for our CPU, not its measure.")
-    others = [row for row in table if row["key"] in ("torch fast", "torch reference")]
+    others = [row for row in table if row["key"] in ("pytorch fast", "pytorch reference")]
     if others:
         one_session = len({name for row in table for name in row["sessions"]}) == 1
         text += (" In the same session, on the same CPU: " if one_session else " On the same CPU: ") + "; ".join(

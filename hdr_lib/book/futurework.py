@@ -12,18 +12,13 @@ from hdr_lib.measure.flops import training_flops
 from hdr_lib.model import ResNet, LeNet5, count_parameters
 from hdr_lib.measure import queries
 from hdr_lib.measure.queries import NOT_MEASURED
-from hdr_lib.measure.records import is_default_run, one_machine, processor, session_of
+from hdr_lib.book import evidence
+from hdr_lib.book.evidence import is_default_way, processor, session as session_of
 
 
 
 def _train_records(results_dir, status="complete") -> list[dict]:
     return queries.recorded(results_dir, "train", status=status)
-
-
-def amp_mode(record: dict) -> str:
-    """A record's mixed precision: "off", "bf16" or "fp16" (records made when amp was a boolean hold false/true)."""
-    amp = record.get("config", {}).get("amp", False)
-    return {False: "off", True: "bf16", None: "off"}.get(amp, amp) if not isinstance(amp, str) else amp
 
 
 def model_name(record: dict) -> str:
@@ -33,14 +28,6 @@ def model_name(record: dict) -> str:
 def world_size(record: dict) -> int | None:
     """The number of processes of a run under torchrun; None for a plain one-process run."""
     return (record.get("distributed") or {}).get("world_size")
-
-
-def _plain(record: dict, device: str, path: str = "fast") -> bool:
-    """One process, the paper's LeNet-5 and settings apart from mixed precision, run the default way."""
-    config = record.get("config", {})
-    deviations = {k: v for k, v in record.get("deviations_from_paper", {}).items() if k != "amp"}
-    return (config.get("device") == device and config.get("path") == path and world_size(record) is None
-            and model_name(record) == "lenet5" and not deviations and is_default_run(record))
 
 
 def seconds_per_epoch(record: dict) -> float:
@@ -70,41 +57,9 @@ def _sessions_note(records: list[dict]) -> str:
     return ", ".join(f"session {s} ({n} run{'s' if n > 1 else ''})" for s, n in sorted(counts.items()))
 
 
-def _future_work(record: dict) -> bool:
-    return amp_mode(record) != "off" or model_name(record) != "lenet5" or world_size(record) is not None
-
-
 def cpu_processor(results_dir=None) -> str | None:
-    """The processor of this chapter's CPU rows: the one that ran the most CPU runs of the future work (mixed
-    precision, the residual network, runs under torchrun), whatever their threads; None without such a run.
-    Every CPU row is of this one processor, so no ratio or difference here is taken between two machines (the
-    float32 fast path ran 6x apart on two virtual machines that both say "AMD EPYC")."""
-    counts = Counter(processor(r) for r in _train_records(results_dir, status=None)
-                     if r.get("config", {}).get("device") == "cpu" and _future_work(r))
-    return max(sorted(counts), key=counts.get) if counts else None
-
-
-def _cpu_runs(runs: list[dict], cpu: str | None) -> list[dict]:
-    """The runs of processor `cpu` (`cpu_processor`) with the threads most of them ran (a mean of 1-thread and
-    2-thread runs is neither's time); without a processor, the runs of the machine with the most."""
-    return one_machine([r for r in runs if processor(r) == cpu] if cpu else runs)
-
-
-def cpu_scope_note(results_dir=None) -> str:
-    """Which processor the CPU rows are of, and how many CPU records of other processors they leave out."""
-    cpu = cpu_processor(results_dir)
-    if cpu is None:
-        return "CPU rows: the machine with the most runs of each row (no CPU run of the future work is recorded)."
-    left = Counter(processor(r) for r in _train_records(results_dir)
-                   if r["config"].get("device") == "cpu" and processor(r) != cpu)
-    text = (f"Every CPU row of this chapter is of one processor, {cpu}, the one that ran the future work's CPU "
-            "runs, so that no ratio or difference is taken between two machines.")
-    for name, n in sorted(left.items()):
-        unnamed = ", AVX" not in name  # records made before they named the processor's vector instructions
-        text += (f" Left out: {n} complete CPU record{'s' if n > 1 else ''} of {name}"
-                 + (" (made before records named the vector instructions, so not known to be this processor)."
-                    if unnamed else "."))
-    return text
+    """The processor of this chapter's CPU rows: the scored CPU machine's (`evidence.scored_cpu_processor`)."""
+    return evidence.scored_cpu_processor(evidence.load(results_dir))
 
 
 # --- mixed precision -----------------------------------------------------------------------------------------------
@@ -114,10 +69,10 @@ def precision_groups(results_dir=None) -> dict:
     groups = {}
     for record in _train_records(results_dir):
         for device in ("cpu", "cuda"):
-            if _plain(record, device):
-                groups.setdefault((device, amp_mode(record)), []).append(record)
+            if evidence.is_future_work_base(record, device):
+                groups.setdefault((device, record["config"]["amp"]), []).append(record)
     cpu = cpu_processor(results_dir)
-    return {key: _cpu_runs(runs, cpu) if key[0] == "cpu" else one_machine(runs) for key, runs in groups.items()}
+    return {key: evidence.on_processor(runs, cpu) if key[0] == "cpu" else evidence.on_machine(runs, None) for key, runs in groups.items()}
 
 
 def compared_epoch(groups: dict, device: str = "cpu") -> int:
@@ -142,7 +97,8 @@ def precision_rows(results_dir=None) -> list[dict]:
                 continue  # float16 runs on CUDA only (hdr_lib.train refuses it on the CPU)
             runs = [r for r in groups.get((device, mode), []) if len(r["epochs"]) >= epoch]
             rows.append({"device": device, "amp": mode, "runs": runs, "epoch": epoch,
-                         "accuracy": stats.summarize([_accuracy_at(r, epoch) for r in runs]),
+                         # one accuracy per seed (a rerun is a timing sample); every run's time
+                         "accuracy": stats.summarize([_accuracy_at(r, epoch) for r in evidence.one_per_seed(runs)]),
                          "seconds_per_epoch": stats.summarize([seconds_per_epoch(r) for r in runs]),
                          "step": (runs[0]["execution"].get("amp_step") or runs[0]["execution"].get("cpu_step")
                                   if runs else None)})
@@ -167,8 +123,9 @@ def precision_markdown(results_dir=None) -> str:
         return text
     epoch = b16["epoch"]
     text += "\n\n"
-    base = {r["config"]["seed"]: _accuracy_at(r, epoch) for r in f32["runs"]}
-    pairs = [(_accuracy_at(r, epoch), base[r["config"]["seed"]]) for r in b16["runs"] if r["config"]["seed"] in base]
+    base = {r["config"]["seed"]: _accuracy_at(r, epoch) for r in evidence.one_per_seed(f32["runs"])}
+    pairs = [(_accuracy_at(r, epoch), base[r["config"]["seed"]]) for r in evidence.one_per_seed(b16["runs"])
+             if r["config"]["seed"] in base]
     if epoch < 20:
         first = "the first epoch" if epoch == 1 else f"the first {epoch} epochs"
         text += (f"The bfloat16 runs are {epoch} epoch{'s' if epoch > 1 else ''} long; with the same lr schedule "
@@ -278,14 +235,14 @@ def ddp_rows(results_dir=None) -> list[dict]:
     records = [r for r in _train_records(results_dir, status=None)
                if r["status"] == "complete" or (r.get("max_steps") is not None and r["epochs"])]
     cpu = cpu_processor(results_dir)
-    plain = {r["config"]["seed"]: r for r in _cpu_runs([r for r in records if _plain(r, "cpu") and amp_mode(r) == "off"
+    plain = {r["config"]["seed"]: r for r in evidence.on_processor([r for r in records if evidence.is_future_work_base(r, "cpu") and r["config"]["amp"] == "off"
                                                         and r["status"] == "complete" and r["config"]["epochs"] == 20],
                                                        cpu)}
     groups = {}
     for r in records:  # a rank's threads differ with the world size: the processor alone says "same machine"
         config = r["config"]
         if (world_size(r) is not None and config["device"] == "cpu" and (cpu is None or processor(r) == cpu)
-                and model_name(r) == "lenet5" and amp_mode(r) == "off"
+                and model_name(r) == "lenet5" and r["config"]["amp"] == "off"
                 and config["epochs"] == 20 and r["deviations_from_paper"] == {}
                 and r["execution"].get("steps_per_epoch") == 938):
             key = (session_of(r), world_size(r), r["distributed"].get("threads_per_rank"), queries.step_key(r, "cpu"))
@@ -395,11 +352,11 @@ def network_rows(results_dir=None, matmul_gflops: float | None = None) -> list[d
     for device in ("cpu", "cuda"):
         for model, path in (("lenet5", "fast"), ("lenet5", "reference"), ("resnet", "fast"), ("resnet", "reference")):
             runs = [r for r in records if r["config"]["device"] == device and r["config"]["path"] == path
-                    and model_name(r) == model and amp_mode(r) == "off" and world_size(r) is None
-                    and is_default_run(r) and r["epochs"]
+                    and model_name(r) == model and r["config"]["amp"] == "off" and world_size(r) is None
+                    and is_default_way(r) and r["epochs"]
                     and (r["status"] == "complete" or r.get("max_steps") is not None)
                     and set(r["deviations_from_paper"]) <= {"model", "epochs"}]
-            runs = _cpu_runs(runs, cpu) if device == "cpu" else one_machine(runs)
+            runs = evidence.on_processor(runs, cpu) if device == "cpu" else evidence.on_machine(runs, None)
             if not runs and (model, path) in (("lenet5", "reference"), ("resnet", "reference")):
                 continue  # shown where measured only
             per_epoch = [sum(e["train_seconds"] for e in r["epochs"]) / sum(e["steps"] for e in r["epochs"])
@@ -411,6 +368,7 @@ def network_rows(results_dir=None, matmul_gflops: float | None = None) -> list[d
                          "share_of_matmul": gflops / matmul_gflops if gflops and matmul_gflops and device == "cpu"
                          else None,
                          "steps_timed": sum(sum(e["steps"] for e in r["epochs"]) for r in runs),
+                         "seeds": len({r["config"]["seed"] for r in runs}),
                          "epochs": sorted({r["config"]["epochs"] for r in runs})})
     return rows
 
@@ -436,7 +394,7 @@ def network_markdown(results_dir=None) -> str:
         share = f"{100 * row['share_of_matmul']:.1f} %" if row["share_of_matmul"] else (
             NOT_MEASURED if row["device"] == "cuda" else "-")
         lines.append(f"| {row['device']} | {row['model']} | {row['path']} | {row['parameters']:,} | "
-                     f"{row['train_flops_per_epoch'] / 1e9:,.0f} | {s['n']} | {_fmt_summary(s, 1, ' s')} | "
+                     f"{row['train_flops_per_epoch'] / 1e9:,.0f} | {row['seeds']} | {_fmt_summary(s, 1, ' s')} | "
                      f"{row['gflops']:.1f} |" if s["n"] else
                      f"| {row['device']} | {row['model']} | {row['path']} | {row['parameters']:,} | "
                      f"{row['train_flops_per_epoch'] / 1e9:,.0f} | 0 | {NOT_MEASURED} | {NOT_MEASURED} |")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from hdr_lib.measure.records import session_of
 
 # The commit and the date come right after the record's name, where a narrow screen still shows them.
 COLUMNS = ("Record", "Commit", "Created (UTC)", "Session", "Kind", "Status", "Device", "Path", "Epochs", "Seed",
@@ -33,7 +32,7 @@ def provenance_rows(records: list[dict], root: str | Path | None = None) -> list
         gpu, stack = _gpu(env)
         commit = str(env.get("git_commit") or "?")
         rows.append((str(name), commit[:12] + ("+dirty" if commit.endswith("+dirty") else ""),
-                     str(env.get("created_at", "?")), session_of(r), str(r.get("kind", "train")),
+                     str(env.get("created_at", "?")), str(env.get("session", "?")), str(r.get("kind", "train")),
                      str(r.get("status", "?")), str(config.get("device", "?")),
                      str(config.get("path", "-")), str(config.get("epochs", "-")), str(config.get("seed", "-")),
                      f"{env.get('cpu', '?')} ({env.get('threads', '?')})", gpu, stack, str(env.get("python", "?")),

@@ -3,8 +3,8 @@
 This one table is what the landing page, chapter 08, the scorecard page and `python -m hdr_lib scorecard` show.
 The rules, in one place (each `Claim` names its rule; `verdict_for` applies it):
 
-- Only complete training records of the paper's configuration count (§3.4: 20 epochs, batch 64, lr 0.01
-  with our documented step decay, momentum 0.9; `deviations_from_paper` empty), run the default way.
+- Which runs count (the headline runs, the one CPU machine, one run per seed for accuracy, one host for a speedup)
+  is decided in one place, hdr_lib.book.evidence; its docstring states the rules.
 - The headline column is the **reference path** (the plain PyTorch loop: a DataLoader, one operator at a
   time), because the paper's comparison is the same software on both devices, run the way its framework
   runs. The **fast path** (our own training step) is a second column of the same row, scored by the same
@@ -17,7 +17,7 @@ The rules, in one place (each `Claim` names its rule; `verdict_for` applies it):
 - "time" (§4.1, the CPU's and the GPU's 20 epochs): the paper's times belong to its hardware and software
   (`hdr_lib.paper.CPU`, `GPU`, `FRAMEWORK`), which we do not have: "not comparable", with our time as a
   multiple of the paper's.
-- "speedup" (§4.1): mean CPU time / mean GPU time of **one host** (`environment.hostname_hash`) that
+- "speedup" (§4.1): mean CPU time / mean GPU time of **one host** (`evidence.same_host_pair`) that
   has at least MIN_RUNS (2) runs on each device; its interval is the conservative ratio of the two
   means' 95 % intervals. "reproduced" when that interval contains the paper's speedup, else "differs" (above or below).
   CPU and GPU runs of different hosts are never divided.
@@ -26,22 +26,18 @@ The rules, in one place (each `Claim` names its rule; `verdict_for` applies it):
   is fixed; the page beside the table gives it in units of our measured seed-to-seed standard deviation.
 - "accuracy_gap" (§4.2, "comparable" accuracy, the GPU slightly higher): "reproduced" when our GPU minus CPU
   mean accuracy is within ACCURACY_MARGIN_PP of zero, else "differs".
-- Accuracies count once per seed (the latest record of a seed): a seed rerun in another session is the same
-  training again, so it adds a time but not a second accuracy.
+- Accuracies count once per seed (`evidence.one_per_seed`); times count every run.
 - "utilisation" (§4.3, "consistently above" the paper's percentage): "consistently" is read as "in nine samples of ten":
   the 10th percentile of the NVML utilisation samples taken every 50 ms during training
-  (`utilisation.gpu.utilisation_p10_percent`, averaged over runs) must be above the paper's percentage. Records made
-  before the samples' percentile was kept are "not yet measured" for this rule (their mean is in the note).
+  (`utilisation.gpu.utilisation_p10_percent`, averaged over runs) must be above the paper's percentage.
 - "memory" (§4.3, "averaged around" the paper's gigabytes): like with like, an average: the mean over training of the
   device memory in use as NVML (and so nvidia-smi) reports it, CUDA context included
   (`utilisation.gpu.memory_used_mean_bytes`); "reproduced" within a factor MEMORY_FACTOR (1.5) of the paper's,
   else "differs". The peak and PyTorch's own reservation are in the note.
-- Runs are pooled over timing sessions (`records.session_of`) of the same machine; each cell says how many
+- Runs are pooled over the sessions (`environment.session`) of the same machine; each cell says how many
   sessions, and an interval from one session is labelled "within one session".
-- Every CPU cell (time and accuracy, both paths) comes from one machine (`cpu_machine`): the CPU of chapter 10's
-  comparison session, where the paper's own framework was timed beside ours, if it also ran scored runs of both
-  paths, so the Keras/TensorFlow time beside the CPU-time row is the same CPU's; else the machine with the most CPU
-  runs. Chapter 05's path ratio and chapter 06's seed spread take the same machine (`scored_cpu_machine`).
+- Every CPU cell (time and accuracy, both paths) comes from one machine (`evidence.scored_cpu_machine`), every GPU
+  cell from one GPU machine (`evidence.scored_gpu_machine`).
 """
 
 from __future__ import annotations
@@ -51,9 +47,11 @@ import math
 from dataclasses import dataclass, field
 
 from hdr_lib import paper
-from hdr_lib.measure import queries, records
+from hdr_lib.book import evidence
+from hdr_lib.book.evidence import MIN_RUNS, one_per_seed
+from hdr_lib.measure import queries
 from hdr_lib.measure.queries import NOT_MEASURED
-from hdr_lib.measure.records import is_finite, is_headline_run, one_machine, same_host_pair, session_of
+from hdr_lib.measure.records import is_finite
 from hdr_lib.measure.stats import summarize, welch
 from hdr_lib.paper import CLAIMS, Claim
 
@@ -63,7 +61,6 @@ NOT_COMPARABLE = "not comparable"
 VERDICTS = (REPRODUCED, HIGHER, LOWER, NOT_COMPARABLE, NOT_MEASURED)
 HEADLINE_PATH, SECOND_PATH = "reference", "fast"
 PATHS = (HEADLINE_PATH, SECOND_PATH)
-MIN_RUNS = 2  # runs per device on one host before a speedup is given
 ACCURACY_MARGIN_PP = 0.3  # percentage points between our mean accuracy and the claim
 UTILISATION_PERCENTILE = 10  # "consistently above": nine samples in ten
 MEMORY_FACTOR = 1.5  # "around": within a factor 1.5 of the paper's memory, either way
@@ -92,6 +89,7 @@ class Row:
     claim: Claim
     cells: dict = field(default_factory=dict)  # path -> Cell
     beside: dict | None = None  # CPU time: the paper's framework (Keras/TensorFlow) on the same CPU, not scored
+    source: str = "results/"  # the folder the records came from, as a page shows it
 
     @property
     def headline(self) -> Cell:
@@ -118,18 +116,8 @@ def _hardware(runs) -> str:
     return queries.machines(runs, versions=True)
 
 
-def one_per_seed(runs: list[dict]) -> list[dict]:
-    """The latest record of each seed. A seed rerun in another timing session trains the same network on the same
-    batches (its accuracy is the same run's again): a time per run, but an accuracy per seed."""
-    latest: dict = {}
-    for r in sorted(runs, key=lambda r: str(r.get("environment", {}).get("created_at", ""))):
-        config = r.get("config", {})
-        latest[(config.get("device"), config.get("path"), queries.machine(r), config.get("seed"))] = r
-    return sorted(latest.values(), key=lambda r: r.get("_path", ""))
-
-
 def _sessions(runs) -> int:
-    return len({session_of(r) for r in runs})
+    return len(evidence.sessions(runs))
 
 
 def _differs(value: float, low: float, high: float) -> str:
@@ -194,13 +182,13 @@ def _times(cpu_or_gpu_over_paper: float) -> str:
             f"ours takes {ratio:.1f}x the paper's time") + "; training only, on other hardware and software"
 
 
-def _measure(claim: Claim, cpu_all: list[dict], gpu_all: list[dict], path: str, cpu_name: str | None = None) -> Cell:
-    """Our cell for one claim on one path, with a note on what was measured (or why nothing was). The CPU cells take
-    the runs of `cpu_name` (`cpu_machine`); a speedup pairs the runs of one host among all of them."""
+def _measure(claim: Claim, ev: evidence.Evidence, path: str) -> Cell:
+    """Our cell for one claim on one path, with a note on what was measured (or why nothing was). The CPU and GPU
+    cells take the scored machine's runs (`evidence.scored_runs`); a speedup pairs the runs of one host."""
     time = lambda r: r["total_train_seconds"]  # noqa: E731
     accuracy = lambda r: r["test_accuracy"]  # noqa: E731
-    cpu = [r for r in cpu_all if records.machine(r) == cpu_name] if cpu_name else one_machine(cpu_all)
-    gpu = one_machine(gpu_all)
+    cpu, gpu = evidence.scored_runs(ev, "cpu", path), evidence.scored_runs(ev, "cuda", path)
+    cpu_all, gpu_all = evidence.headline_runs(ev, "cpu", path), evidence.headline_runs(ev, "cuda", path)
 
     def cell(measured, note, runs, device):
         hardware = _hardware(runs) if device in ("cpu", "cuda") else "-"
@@ -221,7 +209,7 @@ def _measure(claim: Claim, cpu_all: list[dict], gpu_all: list[dict], path: str, 
             note = f"{measured['mean'] - claim.value:+.2f} pp from the paper's"
         return cell(measured, note, runs, claim.device)
     if claim.key in ("speedup", "accuracy_gap"):
-        pair = same_host_pair(cpu_all, gpu_all, MIN_RUNS)
+        pair = evidence.same_host_pair(cpu_all, gpu_all, MIN_RUNS)
         if pair is None:
             have = f"{len(cpu_all)} CPU and {len(gpu_all)} GPU run(s) of the {path} path"
             return cell(None, f"needs one host with at least {MIN_RUNS} CPU and {MIN_RUNS} GPU runs; the records "
@@ -241,9 +229,6 @@ def _measure(claim: Claim, cpu_all: list[dict], gpu_all: list[dict], path: str, 
         if not p10:
             if not gpu:
                 return cell(None, f"no GPU run of the {path} path in the records", gpu, "cuda")
-            if means:
-                return cell(None, f"the records keep no {UTILISATION_PERCENTILE}th percentile of the samples; "
-                                  f"their mean is {summarize(means)['mean']:.1f} %", gpu, "cuda")
             reasons = {str((r.get("utilisation", {}).get("gpu") or {}).get("reason")) for r in gpu}
             return cell(None, "NVML gave no samples: " + "; ".join(sorted(reasons)), gpu, "cuda")
         note = f"{UTILISATION_PERCENTILE}th percentile of NVML samples every 50 ms during training"
@@ -267,42 +252,26 @@ def _measure(claim: Claim, cpu_all: list[dict], gpu_all: list[dict], path: str, 
     raise ValueError(f"no measurement defined for claim {claim.key}")
 
 
-def tensorflow_beside(runs: list[dict]) -> dict | None:
+def tensorflow_beside(runs: list[dict] | None = None, results_dir=None) -> dict | None:
     """The paper's own framework on our CPU (hdr_lib.keras_lenet: Keras/TensorFlow, `model.fit`, the paper's
-    configuration) in chapter 10's comparison session: summarize() of its 20-epoch times with its hardware, session
-    and load, or None. Shown beside the
-    CPU-time row, never scored: the verdict stays PyTorch's."""
-    from hdr_lib.book import frameworks
+    configuration) in chapter 10's comparison session (`evidence.comparison_session`): summarize() of its 20-epoch
+    times with its machine, session and load, or None. Shown beside the CPU-time row, never scored."""
+    return _beside(evidence.of(runs, results_dir))
 
-    cpu = frameworks.one_process_cpu_runs(runs)
-    session = frameworks.comparison_session_of(cpu)  # chapter 10's comparison: one session, one machine
-    tf = [r for r in cpu if records.session_of(r) == session and frameworks.framework_of(r) == ("keras-tensorflow", "fit")]
+
+def _beside(ev: evidence.Evidence) -> dict | None:
+    cpu = evidence.comparison_runs(ev)
+    session = evidence.comparison_session(cpu)
+    tf = [r for r in cpu if evidence.session(r) == session
+          and evidence.framework_way(r) == ("keras-tensorflow", "fit")]
     values = _values(tf, lambda r: r["total_train_seconds"])
     if not values:
         return None
-    env = tf[0].get("environment", {})
-    loads = [r["environment"]["load_average"][0] for r in tf if r.get("environment", {}).get("load_average")]
-    return {**summarize(values), "hardware": queries.machine(tf[0]), "session": session,
+    env = tf[0]["environment"]
+    loads = [r["environment"]["load_average"][0] for r in tf if r["environment"].get("load_average")]
+    return {**summarize(values), "hardware": evidence.machine(tf[0]), "session": session,
             "versions": f"keras {env.get('keras', '?')}, tensorflow {env.get('backend_version', '?')}",
             "load_average": sum(loads) / len(loads) if loads else None}
-
-
-def cpu_machine(cpu_runs: list[dict], beside: dict | None) -> str | None:
-    """The one machine of every CPU cell: the CPU of chapter 10's comparison (`beside["hardware"]`) where it ran
-    `cpu_runs` (the scored CPU runs) of every path, else the machine with the most of them; None for none."""
-    if beside is not None and all(any(records.machine(r) == beside["hardware"] and r["config"].get("path") == path
-                                      for r in cpu_runs) for path in PATHS):
-        return beside["hardware"]
-    most = one_machine(cpu_runs)
-    return records.machine(most[0]) if most else None
-
-
-def scored_cpu_machine(runs: list[dict] | None = None, results_dir=None) -> str | None:
-    """`cpu_machine` of the records (default: those in `results_dir`): the CPU every scored CPU number comes from,
-    for the pages that explain the scorecard's CPU cells."""
-    every = queries.recorded_runs(results_dir) if runs is None else runs
-    return cpu_machine([r for r in every if is_headline_run(r) and r["config"].get("device") == "cpu"],
-                       tensorflow_beside(every))
 
 
 def beside_note(beside: dict) -> str:
@@ -319,23 +288,17 @@ def beside_note(beside: dict) -> str:
 
 def scorecard(runs: list[dict] | None = None, results_dir=None) -> list[Row]:
     """One row per claim of the paper (hdr_lib.paper.CLAIMS), with a cell per training path (reference first: the
-    headline), from the training records `runs` (default: every complete one in `queries.results_folder(results_dir)`).
-    Only the headline runs (`records.is_headline_run`) are scored; the CPU-time row also carries the Keras/TensorFlow
-    time from the same records in `beside`. Every page that shows verdicts calls this."""
-    every = queries.recorded_runs(results_dir) if runs is None else runs
-    beside = tensorflow_beside(every)
-    runs = [r for r in every if is_headline_run(r)]
-    cpu_name = cpu_machine([r for r in runs if r["config"].get("device") == "cpu"], beside)
-    rows = [Row(claim) for claim in CLAIMS]
+    headline), from the records `runs` (default: every record in `queries.results_folder(results_dir)`, read once
+    by `evidence.load`). The runs each cell takes are `evidence`'s; the CPU-time row also carries the
+    Keras/TensorFlow time in `beside`. Every page that shows verdicts calls this."""
+    ev = evidence.of(runs, results_dir)
+    rows = [Row(claim, source=evidence.shown_folder(ev)) for claim in CLAIMS]
     for path in PATHS:
-        on_path = [r for r in runs if r["config"].get("path") == path]
-        cpu = [r for r in on_path if r["config"].get("device") == "cpu"]
-        gpu = [r for r in on_path if r["config"].get("device") == "cuda"]
         for row in rows:
-            row.cells[path] = _measure(row.claim, cpu, gpu, path, cpu_name)
+            row.cells[path] = _measure(row.claim, ev, path)
     for row in rows:
         if row.claim.key == "cpu_time":
-            row.beside = beside
+            row.beside = _beside(ev)
     return rows
 
 
@@ -477,7 +440,8 @@ def verdict_paragraph(chapter: str, rows: list[Row] | None = None, results_dir=N
     reason where there is no record."""
     rows = scorecard(results_dir=results_dir) if rows is None else rows
     wanted = CHAPTER_CLAIMS[chapter]
-    lines = ["**Verdict, from the records in `results/`** (the same rules and rows as the scorecard):", ""]
+    where = rows[0].source if rows else queries.shown(queries.results_folder(results_dir))
+    lines = [f"**Verdict, from the records in `{where}`** (the same rules and rows as the scorecard):", ""]
     for row in (r for r in rows if r.claim.key in wanted):
         ref, fast = row.cells[HEADLINE_PATH], row.cells[SECOND_PATH]
         lines.append(f"- {row.claim.text} ({row.claim.section}): paper {paper_value(row.claim)}; reference path "
@@ -488,15 +452,11 @@ def verdict_paragraph(chapter: str, rows: list[Row] | None = None, results_dir=N
 def accuracy_spread(runs: list[dict] | None = None, results_dir=None) -> list[dict]:
     """Seed-to-seed spread of test accuracy per (device, path) group of one machine: n, mean, SD, and the
     accuracy margin and the paper's GPU-CPU gap in units of that SD."""
-    every = queries.recorded_runs(results_dir) if runs is None else runs
-    runs = [r for r in every if is_headline_run(r)]
-    cpu_name = scored_cpu_machine(every)  # the CPU of the scorecard's CPU cells
+    ev = evidence.of(runs, results_dir)
     out = []
     for device in ("cpu", "cuda"):
         for path in PATHS:
-            on_path = [r for r in runs if r["config"].get("device") == device and r["config"].get("path") == path]
-            group = one_per_seed([r for r in on_path if records.machine(r) == cpu_name]
-                                 if device == "cpu" and cpu_name else one_machine(on_path))
+            group = one_per_seed(evidence.scored_runs(ev, device, path))  # the scorecard's machine, once per seed
             values = _values(group, lambda r: r["test_accuracy"])
             if len(values) < 2:
                 continue

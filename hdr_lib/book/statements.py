@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from hdr_lib.measure import queries
 from hdr_lib.measure.queries import NOT_MEASURED, machine
-from hdr_lib.measure.records import one_machine, session_of
+from hdr_lib.book import evidence
+from hdr_lib.book.evidence import session as session_of
 from hdr_lib.measure.stats import summarize
 
 
@@ -62,17 +63,10 @@ def sessions_markdown(results_dir=None) -> str:
 def path_ratio_markdown(results_dir=None) -> str:
     """The fast path's speed over the reference path's from the 20-epoch records (one machine), beside the
     one-epoch benchmark's ratio with its per-round range, and what differs between the two measurements."""
-    from hdr_lib.book.scorecard import scored_cpu_machine
-
     parts = []
-    cpu_name = scored_cpu_machine(results_dir=results_dir)  # the CPU of the scorecard's CPU cells
+    ev = evidence.load(results_dir)
     for device in ("cpu", "cuda"):
-        ref, fast = (queries.paper_runs(results_dir, device=device, path=path) for path in ("reference", "fast"))
-        if device == "cpu" and cpu_name:
-            ref, fast = ([r for r in runs if machine(r) == cpu_name] for runs in (ref, fast))
-        else:
-            ref = one_machine(ref)
-            fast = [r for r in one_machine(fast) if not ref or machine(r) == machine(ref[0])]
+        ref, fast = (evidence.scored_runs(ev, device, path) for path in ("reference", "fast"))  # the scorecard's
         if not ref or not fast:
             continue
         mr, mf = (summarize([r["total_train_seconds"] for r in runs])["mean"] for runs in (ref, fast))
@@ -104,7 +98,7 @@ def path_ratio_markdown(results_dir=None) -> str:
 def expected_live_minutes(results_dir=None, path: str = "fast") -> dict | None:
     """The mean 20-epoch training time of the recorded CPU runs of `path` (of the machine with the most of them),
     with that machine's name: what the live run is expected to take on this kind of machine."""
-    runs = one_machine(queries.paper_runs(results_dir, device="cpu", path=path))
+    runs = evidence.scored_runs(evidence.load(results_dir), "cpu", path)  # the scorecard's CPU machine
     if not runs:
         return None
     seconds = summarize([r["total_train_seconds"] for r in runs])

@@ -136,11 +136,7 @@ def ceiling_markdown(results_dir=None) -> str:
         return f"**{NOT_MEASURED}:** no benchmark record under `{queries.shown(queries.results_folder(results_dir))}`."
     parts = []
     for r in found:
-        c = r.get("ceiling")
-        if not c:
-            parts.append(f"{provenance(r)}: this record has no matrix-product ceiling (made before "
-                         "`hdr_lib.measure.bench` measured one).")
-            continue
+        c = r["ceiling"]
         n, per_round = c["matmul"]["n"], c["matmul"]["gflops_per_round"]
         lines = [f"{provenance(r)}: a {n} x {n} float32 matrix product (`torch.mm`) runs at "
                  f"**{c['matmul']['gflops']:,.0f} GFLOP/s** (the median of {len(per_round)} rounds, "

@@ -81,7 +81,7 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
         "kind": "bench",
         # Each round times one epoch per path: the record says so, whatever `config.epochs` was.
         "config": {**config.as_dict(), "epochs": 1, "device": device.type, "device_requested": config.device,
-                   "path": "both", "rounds": rounds, "variants": list(variants), "framework": framework,
+                   "path": "both", "rounds": rounds, "variants": list(variants), "framework": "pytorch" if framework == "torch" else framework,
                    "keras_ways": list(keras_ways)},
         "environment": environment(device),
         "epochs": [],

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from hdr_lib.measure.stats import percentile
 from hdr_lib.validation import ConfigError
 
 
@@ -238,3 +237,37 @@ class NvmlSampler:
             "sample_count": n,
             "reason": self.error,
         }
+
+
+def percentile(values: list, q: float) -> float:
+    """The q-th percentile (0..100) of `values`, linear between the two nearest ranks (numpy's default)."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+UNRECORDED = "instructions not recorded"
+
+
+def vector_isa(flags: dict | None) -> str:
+    """The widest vector instructions of `environment.cpu_flags`: "AVX-512", "AVX2", "no AVX2", or UNRECORDED for
+    a record that kept no flags (never guessed: two virtual machines that both say "AMD EPYC" ran 6x apart)."""
+    if not flags:
+        return UNRECORDED
+    return "AVX-512" if flags.get("avx512f") else "AVX2" if flags.get("avx2") else "no AVX2"
+
+
+def machine_label(record: dict) -> str:
+    """The one label of the machine a record ran on, the same on every page: the CPU model, its vector
+    instructions and the threads it ran with; on CUDA the GPU's name and its host CPU; in a browser the framework
+    and the browser's hardware concurrency. Records without flags are their own machine ("instructions not
+    recorded"), never merged with one that has them."""
+    env, config = record["environment"], record["config"]
+    cpu = env.get("cpu") or "unknown CPU"
+    if str(config.get("framework", "")).startswith("tfjs"):
+        return f"browser, {config['framework']} ({env.get('hardware_concurrency', '?')} threads)"
+    if config.get("device") == "cuda":
+        return f"{(env.get('gpu') or {}).get('name', 'unknown GPU')} (host {cpu})"
+    return f"{cpu}, {vector_isa(env.get('cpu_flags'))} ({env.get('threads', '?')} threads)"

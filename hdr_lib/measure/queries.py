@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hdr_lib import paths
 from hdr_lib.paths import REPOSITORY
-from hdr_lib.measure import records
+from hdr_lib.measure.machine import machine_label
 from hdr_lib.measure.records import RecordError, load_records
 
 NOT_MEASURED = "not yet measured"  # what every page and table says where the records hold nothing
@@ -23,12 +23,25 @@ def results_folder(results_dir=None, label: str = "parameter results_dir") -> Pa
     return Path(os.environ.get(RESULTS_ENV_VAR) or REPOSITORY / "results")
 
 
+def checked_results_folder(results_dir=None, label: str = "parameter results_dir") -> Path:
+    """`results_folder`, refused (one RecordError line naming where the folder came from: `label`, or
+    $HDR_RESULTS_DIR) when it is not an existing folder: a missing folder or a file is a mistake, never "no
+    records". The check cells of the chapters and `python -m hdr_lib scorecard` call this before any work."""
+    folder = results_folder(results_dir, label)
+    where = label if results_dir is not None else (f"${RESULTS_ENV_VAR}" if os.environ.get(RESULTS_ENV_VAR)
+                                                   else "the repository's results folder")
+    if not folder.is_dir():
+        what = "is not a folder" if os.path.lexists(folder) else "does not exist"
+        raise RecordError(f"{where} {folder} {what}; give a folder of run records")
+    return folder
+
+
 def shown(folder: str | os.PathLike) -> str:
     """A folder as a page shows it: relative to the repository where it lies inside it (no build-machine paths)."""
     try:
         return f"{Path(folder).resolve().relative_to(REPOSITORY)}/"
     except ValueError:
-        return os.fspath(folder)
+        return f"{os.fspath(folder).rstrip('/')}/"
 
 
 def recorded(results_dir=None, kind: str = "train", status: str | None = "complete", **config_filters) -> list[dict]:
@@ -47,15 +60,17 @@ def recorded_runs(results_dir=None, device: str | None = None, **config_filters)
 
 
 def paper_runs(results_dir=None, device: str | None = None, path: str | None = None) -> list[dict]:
-    """Complete training records of exactly the paper's configuration, run the default way
-    (`records.is_headline_run`), optionally of one device ("cpu", "cuda") and one path ("fast", "reference")."""
-    return records.paper_runs(results_folder(results_dir), device, path)
+    """The headline runs (hdr_lib.book.evidence.is_headline: the paper's configuration, run the default way) of
+    every machine, optionally of one device ("cpu", "cuda") and one path ("fast", "reference")."""
+    from hdr_lib.book import evidence
+
+    return evidence.headline_runs(evidence.load(results_dir), device, path)
 
 
 def machine(record: dict, versions: bool = False) -> str:
-    """The processor a record's time belongs to (`records.machine`: the GPU for CUDA runs, else the CPU and its
-    threads); with `versions`, also the torch (and CUDA) it ran with."""
-    name = records.machine(record)
+    """The machine a record ran on (`machine_label`: one label, the same on every page); with `versions`, also the
+    torch (and CUDA) it ran with."""
+    name = machine_label(record)
     if not versions:
         return name
     env = record.get("environment", {})
@@ -79,9 +94,8 @@ def provenance(record: dict) -> str:
 
 def step_key(record: dict, device: str) -> str | None:
     """Which step the fast path ran, as a short key: on "cpu" `execution.cpu_step` (native, explicit, forward,
-    compiled, module), on "cuda" `execution.cuda_kernels` (triton, aten); records.step_key also reads the sentences
-    older records stored in their place. None when the record names none or one unknown here."""
-    return records.step_key(record, "cpu_step" if device == "cpu" else "cuda_kernels")
+    compiled, module), on "cuda" `execution.cuda_kernels` (triton, aten); None when the record names none."""
+    return (record.get("execution") or {}).get("cpu_step" if device == "cpu" else "cuda_kernels")
 
 
 def cuda_way(record: dict) -> str:
@@ -101,7 +115,7 @@ def cuda_ways(results_dir=None) -> list[dict]:
     PyTorch's kernels, compiled or not; graphs or eager): one row each with the runs' seconds and accuracies."""
     groups: dict[tuple, list[dict]] = {}
     for r in recorded_runs(results_dir, "cuda", path="fast"):
-        if records.is_paper_config(r):
+        if not r["deviations_from_paper"]:
             groups.setdefault((cuda_way(r), machine(r)), []).append(r)
     return [{"way": way, "hardware": gpu, "seconds": [r["total_train_seconds"] for r in runs],
              "accuracy": [r["test_accuracy"] for r in runs],
@@ -112,11 +126,9 @@ def cuda_ways(results_dir=None) -> list[dict]:
 
 def bench_rows(results_dir=None) -> list[dict]:
     """Per-epoch seconds of each path from bench records (`hdr_lib.measure.bench`): rows of device, path, seconds,
-    images per second and hardware. A bench record without `runs` is reported as damaged, never skipped."""
+    images per second and hardware (the schema requires a bench record's `runs`, `summary` and `ceiling`)."""
     rows = []
     for r in recorded(results_dir, "bench"):
-        if not isinstance(r.get("runs"), dict):
-            raise RecordError(f"bench record {r['_path']} has no 'runs'; it was not written by hdr_lib.measure.bench")
         for name, items in r["runs"].items():
             summary = r["summary"][name]
             rows.append({"device": r["config"]["device"], "path": name,

@@ -1,15 +1,17 @@
-"""Run records: one JSON file per run, written atomically, read back with a clear error when damaged."""
+"""Run records: one JSON file per run, written atomically (no validator imported: the training side writes them),
+read back checked against the hdr-run/2 schema, with one line naming the file and the field when damaged."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-SCHEMA = "hdr-run/1"
-REQUIRED = ("schema", "config", "environment", "epochs", "status")
+SCHEMA = "hdr-run/2"  # hdr_lib/measure/hdr-run-2.schema.json; scripts/migrate_records_v2.py moved hdr-run/1 here
 
 
 class RecordError(ValueError):
@@ -92,43 +94,112 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def read_record(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise RecordError(f"run record {path} cannot be read: {exc}") from exc
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RecordError(f"run record {path} is corrupt or truncated (invalid JSON at line {exc.lineno}, "
-                          f"column {exc.colno}); delete it or restore it from git") from exc
+MAX_BYTES = 64 * 2**20  # a run record is a few kB; a larger file under results/ is not one
+SCHEMA_FILE = Path(__file__).with_name("hdr-run-2.schema.json")
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is beyond a float")
+    return value
+
+
+def _validator():
+    """The hdr-run/2 validator (jsonschema, imported here: the training side writes records without it)."""
+    global _VALIDATOR
+    if _VALIDATOR is None:
+        import jsonschema
+
+        _VALIDATOR = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    return _VALIDATOR
+
+
+_VALIDATOR = None
+
+
+def check_record(record, path) -> dict:
+    """`record` when it is an hdr-run/2 record, else a RecordError naming the file and the first bad field."""
     if not isinstance(record, dict):
         raise RecordError(f"run record {path} is not a JSON object")
-    missing = [key for key in REQUIRED if key not in record]
-    if missing:
-        raise RecordError(f"run record {path} lacks {', '.join(missing)}; it is not a complete {SCHEMA} record")
-    if record["schema"] != SCHEMA:
-        raise RecordError(f"run record {path} has schema {record['schema']!r}, expected {SCHEMA!r}")
+    if record.get("schema") != SCHEMA:
+        hint = " (written before the migration: run scripts/migrate_records_v2.py)" if record.get("schema") == \
+            "hdr-run/1" else ""
+        raise RecordError(f"run record {path}: field schema is {str(record.get('schema'))[:40]!r}, expected "
+                          f"{SCHEMA!r}{hint}")
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(record))
+    if error is not None:
+        where, message = [str(part) for part in error.absolute_path], " ".join(error.message.split())[:160]
+        if error.validator == "required":  # name the missing field itself, not the object that lacks it
+            where, message = where + [message.split("'")[1]], "missing"
+        raise RecordError(f"run record {path}: field {'.'.join(where) or '(the record)'}: {message}")
     return record
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of a record file: a regular file of at most MAX_BYTES (a FIFO or a device is refused, never
+    opened, so nothing hangs), else a RecordError naming it."""
+    path = Path(path)
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise RecordError(f"run record {path} is not a regular file")
+        if info.st_size > MAX_BYTES:
+            raise RecordError(f"run record {path} is {info.st_size} bytes, more than a record ({MAX_BYTES})")
+        return path.read_bytes()
+    except OSError as exc:
+        raise RecordError(f"run record {path} cannot be read: {exc.strerror or exc}") from exc
+
+
+def parse_record(data: bytes, path) -> dict:
+    """A record's bytes as a checked hdr-run/2 record; any damage is one RecordError naming `path`."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"run record {path} is not UTF-8 text (byte {exc.start}); restore it from git") from None
+    try:
+        record = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"run record {path} is corrupt or truncated (invalid JSON at line {exc.lineno}, "
+                          f"column {exc.colno}); delete it or restore it from git") from None
+    except (ValueError, RecursionError) as exc:  # NaN, 1e999, a 5,000-digit integer, 100,000 nested brackets
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0][:100]
+        raise RecordError(f"run record {path} is not a record's JSON: {reason}") from None
+    return check_record(record, path)
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    return parse_record(read_bytes(path), path)
 
 
 def load_records(folder: str | os.PathLike, *, kind: str | None = None, status: str | None = "complete",
                  **config_filters) -> list[dict]:
     """Every record under `folder` (recursively), each with its `_path`; filtered by kind, status and config.
 
-    A damaged file raises RecordError naming it: nothing is skipped in silence.
+    A damaged file raises RecordError naming it: nothing is skipped in silence. A byte-identical copy of a record
+    (a backup in a subfolder) is one run: the first path in order is kept, the copies listed in its `_copies`.
     """
     folder = Path(folder)
-    out = []
+    out, seen = [], {}
     for path in sorted(folder.rglob("*.json")):
-        record = read_record(path)
-        if kind is not None and record.get("kind", "train") != kind:
+        data = read_bytes(path)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in seen:
+            seen[digest].setdefault("_copies", []).append(str(path))
             continue
-        if status is not None and record.get("status") != status:
+        record = parse_record(data, path)
+        seen[digest] = record
+        if kind is not None and record["kind"] != kind:
             continue
-        config = record.get("config", {})
-        if any(config.get(key) != value for key, value in config_filters.items()):
+        if status is not None and record["status"] != status:
+            continue
+        if any(record["config"].get(key) != value for key, value in config_filters.items()):
             continue
         record["_path"] = str(path)
         out.append(record)
@@ -137,117 +208,3 @@ def load_records(folder: str | os.PathLike, *, kind: str | None = None, status: 
 
 def is_finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def is_paper_config(record: dict) -> bool:
-    """A record of exactly the paper's settings (§3.3, §3.4): nothing in `deviations_from_paper`."""
-    return record.get("deviations_from_paper") == {}
-
-
-def is_default_run(record: dict) -> bool:
-    """Run the default way: in PyTorch, in one process not started by torchrun, not compiled, and on CUDA with its
-    graphs and Triton step (records made before these switches existed ran the default way). Runs with another way
-    switched on are comparisons, not the headline."""
-    config = record.get("config", {})
-    on_cuda = config.get("device") == "cuda"
-    if record.get("distributed") is not None:  # under torchrun (hdr_lib.distributed): a comparison, not the headline
-        return False
-    return (config.get("framework", "torch") == "torch"  # the Keras runs (hdr_lib.keras_lenet) are shown beside
-            and not config.get("compile", False)
-            and not (on_cuda and (config.get("cuda_graph", True) is False or config.get("triton", True) is False)))
-
-
-def is_headline_run(record: dict) -> bool:
-    """A run the paper's numbers are compared with: the paper's configuration, run the default way."""
-    return is_paper_config(record) and is_default_run(record)
-
-
-def processor(record: dict) -> str:
-    """The processor a record ran on, whatever threads it used: the GPU's name for CUDA runs, else the CPU model
-    and its widest vector instructions where the record names them (`environment.cpu_flags`: two virtual machines
-    that both say "AMD EPYC" ran the fast path 6x apart, one with AVX-512, one with AVX2 only)."""
-    env = record.get("environment", {})
-    if record.get("config", {}).get("device") == "cuda":
-        return (env.get("gpu") or {}).get("name", "unknown GPU")
-    flags = env.get("cpu_flags") or {}
-    vectors = ", AVX-512" if flags.get("avx512f") else ", AVX2" if flags.get("avx2") else ""
-    return f"{env.get('cpu', 'unknown CPU')}{vectors}"
-
-
-def machine(record: dict) -> str:
-    """The processor a record's time belongs to (`processor`) and, on the CPU, the threads it ran with."""
-    if record.get("config", {}).get("device") == "cuda":
-        return processor(record)
-    return f"{processor(record)} ({record.get('environment', {}).get('threads', '?')} threads)"
-
-
-def one_machine(runs: list[dict]) -> list[dict]:
-    """The runs of the machine with the most of them (ties: the first name in order). A mean of times from two
-    machines is neither machine's time: the GPU machine's own CPU run, say, is shown beside, not pooled in."""
-    groups: dict[str, list[dict]] = {}
-    for r in runs:
-        groups.setdefault(machine(r), []).append(r)
-    if not groups:
-        return []
-    return max(sorted(groups.items()), key=lambda item: len(item[1]))[1]
-
-
-def paper_runs(folder: str | os.PathLike, device: str | None = None, path: str | None = None) -> list[dict]:
-    """Complete training records of the paper's configuration, run the default way (`is_default_run`), under
-    `folder`, optionally of one device ("cpu", "cuda") and one training path ("fast", "reference"); [] when the
-    folder does not exist."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    filters = {key: value for key, value in (("device", device), ("path", path)) if value is not None}
-    return [r for r in load_records(folder, kind="train", status="complete", **filters) if is_headline_run(r)]
-
-
-def session_of(record: dict) -> str:
-    """The timing session a record belongs to: `environment.session` (the invocation that made it: one
-    `replicate`, one `bench`, or $HDR_SESSION for a script's several commands), else, for records made before
-    sessions were kept, its commit and date."""
-    env = record.get("environment", {})
-    if env.get("session"):
-        return str(env["session"])
-    commit = str(env.get("git_commit") or "unknown commit")[:7]
-    return f"commit {commit}, {str(env.get('created_at', '?'))[:10]}"
-
-
-def host_of(record: dict) -> str:
-    """The host a record was made on (`environment.hostname_hash`), '?' when the record does not say."""
-    return str(record.get("environment", {}).get("hostname_hash") or "?")
-
-
-def same_host_pair(cpu_runs: list[dict], gpu_runs: list[dict], min_runs: int = 2):
-    """(host, its CPU runs, its GPU runs) of the host with at least `min_runs` runs on each device (the most
-    runs wins; ties: the first host in order), or None. A speedup divides times of one host only: never one
-    machine's CPU time by another host's GPU time. Records that do not name their host pair with nothing."""
-    best = None
-    for host in sorted({host_of(r) for r in cpu_runs} - {"?"}):
-        cpu = one_machine([r for r in cpu_runs if host_of(r) == host])
-        gpu = one_machine([r for r in gpu_runs if host_of(r) == host])
-        if len(cpu) >= min_runs and len(gpu) >= min_runs:
-            if best is None or min(len(cpu), len(gpu)) > min(len(best[1]), len(best[2])):
-                best = (host, cpu, gpu)
-    return best
-
-
-# How records made before the short keys named their step, by a phrase of the prose they stored (module names
-# as they were then: hdr_lib.native, hdr_lib.fastcpu, hdr_lib.tritonstep, and as they are now).
-_OLD_CPU_STEPS = (("native:", "native"), ("train_step:", "explicit"), ("torch.compile", "compiled"),
-                  (".forward with autograd", "forward"), ("the module's forward with autograd", "module"))
-_OLD_CUDA_KERNELS = (("Triton kernels", "triton"), ("PyTorch's own CUDA kernels", "aten"))
-
-
-def step_key(record: dict, part: str = "cpu_step") -> str | None:
-    """The short key (`hdr_lib.fast.CPU_STEPS` / `CUDA_KERNELS`) of a record's `execution.cpu_step` (or, with
-    part="cuda_kernels", `execution.cuda_kernels`), for records that store the key and for older ones that stored
-    the description in prose; None where the record names none (the reference path, a Keras run)."""
-    value = (record.get("execution") or {}).get(part)
-    if not isinstance(value, str) or not value:
-        return None
-    if " " not in value:
-        return value
-    table = _OLD_CPU_STEPS if part == "cpu_step" else _OLD_CUDA_KERNELS
-    return next((key for phrase, key in table if phrase in value), None)

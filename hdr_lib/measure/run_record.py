@@ -31,6 +31,7 @@ class Run:
         config = self.config.as_dict()
         config["device_requested"] = config["device"]
         config["device"] = self.device.type
+        config.setdefault("framework", "pytorch")  # hdr-run/2 names every run's framework; Keras runs set theirs
         done = bool(self.epochs)
         return {
             "schema": SCHEMA,
