@@ -130,6 +130,10 @@ def _check_record(record: dict, backend: str, reference: list[float], tmp_path: 
     assert env["tfjs"]["@tensorflow/tfjs"] == "4.22.0" and env["tfjs_backend"] == backend
     assert 9 < record["test_accuracy"] <= 100 and record["total_train_seconds"] > 0
     assert record["execution"]["seconds_per_step"] > 0
+    from hdr_lib.book.provenance import provenance_rows
+
+    row = provenance_rows([record])[0]  # the Machines page's row: the browser and the GPU it reported
+    assert env["browser"] in row[10] and str(env["gpu_renderer"] or "not given") in row[11] and "4.22.0" in row[14]
     folder = tmp_path / "results"
     folder.mkdir()
     (folder / f"browser-{backend}.json").write_text(json.dumps(record))

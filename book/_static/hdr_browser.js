@@ -313,7 +313,9 @@
     function draw(force) {
       if (!window.Plotly || (!force && performance.now() - lastDraw < 300)) return;
       lastDraw = performance.now();
-      const data = Object.entries(traces).map(([name, ys]) => ({x: ys.map((_, i) => i + 1), y: ys, name: name, mode: 'lines', type: 'scatter'}));
+      const dash = {cpu: 'solid', webgl: 'dash', webgpu: 'dot'};  // equal losses draw one over the other
+      const data = Object.entries(traces).map(([name, ys]) => ({x: ys.map((_, i) => i + 1), y: ys, name: name, mode: 'lines',
+        type: 'scatter', line: {dash: dash[name], width: name === 'cpu' ? 4 : 2}}));
       window.Plotly.react(plot, data, {title: {text: 'training loss per step (your browser)'}, xaxis: {title: {text: 'step'}},
         yaxis: {title: {text: 'cross-entropy'}}, margin: {l: 60, r: 20, t: 40, b: 50}, height: 320}, {displayModeBar: false, responsive: true});
     }
