@@ -186,6 +186,9 @@
     const o = check(options);
     const reason = unavailable(o.backend);
     if (reason) throw new Error(o.backend + ' unavailable: ' + reason);
+    if (o.backend === 'webgpu' && !(await navigator.gpu.requestAdapter().catch(() => null))) {
+      throw new Error('webgpu unavailable: the browser has WebGPU but gives no adapter (no usable GPU, or WebGPU is off)');
+    }
     const tf = await loadTf(o.backend);
     let ok = false;
     try { ok = await tf.setBackend(o.backend); } catch (e) { throw new Error(o.backend + ' failed to start: ' + e.message); }

@@ -99,14 +99,14 @@ def write_assets(static: Path, *, data_root=None, node_modules: Path = REPOSITOR
     tf-backend-webgpu.min.js, and hdr-browser/ (MNIST .gz and .gz.js, seed<N>.js, versions.js). Returns hdr-browser/."""
     from hdr_lib import mnist_files
 
+    versions = tfjs_versions(node_modules)  # everything checked before anything is written
+    raw = mnist_files.raw_folder(mnist_files.ensure_mnist(data_root, download=False))
     static = Path(static)
     folder = static / "hdr-browser"
     folder.mkdir(parents=True, exist_ok=True)
-    versions = tfjs_versions(node_modules)
     for target, source in TFJS_FILES.items():
         shutil.copyfile(node_modules / source, static / target)
     shutil.copyfile(PAGE_SCRIPT, static / PAGE_SCRIPT.name)
-    raw = mnist_files.raw_folder(mnist_files.ensure_mnist(data_root, download=False))
     for name in MNIST_NAMES:
         gz = gzip.compress((raw / name).read_bytes(), compresslevel=9, mtime=0)
         (folder / f"{name}.gz").write_bytes(gz)
@@ -121,12 +121,14 @@ def main(argv=None) -> int:
     import argparse
     import sys
 
+    from hdr_lib.mnist_files import DataError
+
     parser = argparse.ArgumentParser(description="write the page 'On your machine''s assets into a _static folder")
     parser.add_argument("static", help="the folder to write into (the site's _static)")
     args = parser.parse_args(argv)
     try:
         print(write_assets(Path(args.static)))
-    except AssetError as exc:
+    except (AssetError, DataError) as exc:
         print(exc, file=sys.stderr)
         return 2
     return 0
