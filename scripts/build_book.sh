@@ -12,6 +12,9 @@ cd "$(dirname "$0")/.."
 if [[ "${HDR_SKIP_INSTALL:-0}" != "1" ]]; then
     python -m pip install --quiet -r requirements.txt
     python -m pip install --quiet --no-deps -e .  # hdr_lib, importable from every chapter; `hdr` on PATH
+    # TensorFlow.js for the page "On your machine", exactly as package-lock.json pins it (copied into _static).
+    command -v npm >/dev/null || { echo "npm not found: install Node.js 20 (Debian: apt-get install nodejs npm)" >&2; exit 2; }
+    npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 fi
 # Where MNIST is, by the library's own rule, checked before any notebook starts: one line and exit 2 if absent.
 python -m hdr_lib data

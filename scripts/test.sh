@@ -7,6 +7,9 @@ if [[ -n "${HDR_DATA_DIR:-}" && "$HDR_DATA_DIR" != /* ]]; then export HDR_DATA_D
 cd "$(dirname "$0")/.."
 python3 -m pip install -q -r requirements.txt
 python3 -m pip install -q --no-deps -e .
+# TensorFlow.js for the page "On your machine" and its browser test, exactly as package-lock.json pins it.
+command -v npm >/dev/null || { echo "npm not found: install Node.js 20 (Debian: apt-get install nodejs npm)" >&2; exit 2; }
+npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 bash scripts/install_browser.sh
 # The browser test reads the built book: build it unless a build is already there.
 [ -f _build/html/index.html ] || HDR_SKIP_INSTALL=1 bash scripts/build_book.sh

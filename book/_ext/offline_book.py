@@ -8,6 +8,9 @@
   (it would load from a CDN), so its configuration and loader are left out of the pages.
 - Every run record (results/**/*.json) is copied into the site as records/... (not results/: Sphinx skips extra
   files that match exclude_patterns, which names results), so the Reproduce page links each one for download.
+- The page "On your machine" (book/on_your_machine.md) gets its TensorFlow.js (from node_modules: `npm ci`), MNIST
+  as gzipped IDX and each seed's initial weights and batch order, all written into the same static folder by
+  hdr_lib.book.browser_export: the page loads nothing from the network.
 - The kernels that execute the notebooks inherit HDR_BOOK_BUILD=1 (hdr_lib.book.render then emits a div and a
   Plotly.newPlot call instead of the plotly mime type the book cannot show) and HDR_PROGRESS=0 (no
   progress-bar widgets in static pages), and find hdr_lib through PYTHONPATH wherever the notebook lies.
@@ -41,6 +44,15 @@ def _vendor_plotly(app) -> None:
     shutil.copyfile(source, folder / "plotly.min.js")
     app.config.html_static_path.append(str(folder))
     app.config.html_static_path.append(str(ROOT / "book" / "_static"))  # hdr.css: the book's own styles
+
+
+def _browser_assets(app) -> None:
+    """TF.js, MNIST and the seeds' starts for the page "On your machine", into the static folder _vendor_plotly made."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from hdr_lib.book.browser_export import write_assets
+
+    write_assets(Path(app.doctreedir).parent / "offline-static")
 
 
 def _copy_records(app) -> None:
@@ -79,6 +91,7 @@ def _one_copy_of_each_script(app, pagename, templatename, context, doctree) -> N
 def setup(app):
     _kernel_environment()  # before any notebook runs: execution happens while Sphinx reads the sources
     app.connect("builder-inited", _vendor_plotly)
+    app.connect("builder-inited", _browser_assets)  # after _vendor_plotly: same folder
     app.connect("builder-inited", _copy_records)
     app.add_css_file("hdr.css")
     app.connect("html-page-context", _one_copy_of_each_script, priority=900)  # after the themes' handlers

@@ -18,6 +18,15 @@ def _gpu(env: dict) -> tuple[str, str]:
     return str(gpu.get("name", "?")), f"{gpu.get('driver') or '?'} / {gpu.get('cuda') or '?'} / {gpu.get('cudnn') or '?'}"
 
 
+def _browser_columns(env: dict, config: dict) -> tuple[str, str, str, str, str]:
+    """A record the page "On your machine" made (path "tfjs"): the browser and its logical CPUs, the GPU's renderer
+    string where the browser gave it, and TensorFlow.js's version and backend in place of Python's and torch's."""
+    tfjs = (env.get("tfjs") or {}).get("@tensorflow/tfjs") or (env.get("tfjs") or {}).get("tfjs", "?")
+    return (f"{env.get('browser', '?')} ({env.get('hardware_concurrency', '?')} logical CPUs)",
+            str(env.get("gpu_renderer") or "not given by the browser"), "-", "-",
+            f"TensorFlow.js {tfjs} ({config.get('backend', config.get('framework', '?'))})")
+
+
 def provenance_rows(records: list[dict], root: str | Path | None = None) -> list[tuple[str, ...]]:
     """One row per record: where and with what it was made (from its `environment` and `config`)."""
     rows = []
@@ -30,13 +39,16 @@ def provenance_rows(records: list[dict], root: str | Path | None = None) -> list
             except ValueError:
                 pass
         gpu, stack = _gpu(env)
+        cpu, python, software = f"{env.get('cpu', '?')} ({env.get('threads', '?')})", str(env.get("python", "?")), \
+            f"{env.get('torch', '?')} / {env.get('torchvision', '?')}"
+        if config.get("path") == "tfjs":
+            cpu, gpu, stack, python, software = _browser_columns(env, config)
         commit = str(env.get("git_commit") or "?")
         rows.append((str(name), commit[:12] + ("+dirty" if commit.endswith("+dirty") else ""),
                      str(env.get("created_at", "?")), str(env.get("session", "?")), str(r.get("kind", "train")),
                      str(r.get("status", "?")), str(config.get("device", "?")),
                      str(config.get("path", "-")), str(config.get("epochs", "-")), str(config.get("seed", "-")),
-                     f"{env.get('cpu', '?')} ({env.get('threads', '?')})", gpu, stack, str(env.get("python", "?")),
-                     f"{env.get('torch', '?')} / {env.get('torchvision', '?')}"))
+                     cpu, gpu, stack, python, software))
     return rows
 
 

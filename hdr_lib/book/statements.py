@@ -173,3 +173,20 @@ def path_speedups_markdown(rows=None, results_dir=None) -> str:
         parts.append(f"the {path} path: " + (f"**{NOT_MEASURED}** ({cell.note})" if cell.measured is None else
                                             f"{scorecard.format_cell(cell, 'x')}, {cell.verdict}"))
     return "Speedup of the GPU over the CPU on one host, " + "; ".join(parts) + "."
+
+
+def pytorch_cpu_step_markdown(results_dir=None) -> str:
+    """The book's own PyTorch seconds per training step of 64 on the CPU (each path, its most-run machine), for the
+    page "On your machine" to set beside TensorFlow.js's JavaScript CPU backend."""
+    lines = []
+    for path in ("reference", "fast"):
+        runs = one_machine(queries.paper_runs(results_dir, device="cpu", path=path))
+        per_step = [e["train_seconds"] / e["steps"] for r in runs for e in r["epochs"] if e.get("steps")]
+        if per_step:
+            per_step.sort()
+            median = per_step[len(per_step) // 2]
+            lines.append(f"- PyTorch, {path} path: **{1000 * median:.1f} ms per step** of 64 (median of {len(per_step)} "
+                         f"epochs in {len(runs)} records, on {machine(runs[0])})")
+        else:
+            lines.append(f"- PyTorch, {path} path on the CPU: {NOT_MEASURED}")
+    return "\n".join(lines)
