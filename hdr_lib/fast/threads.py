@@ -26,14 +26,18 @@ from collections import Counter
 
 import torch
 
-BLOCK = 8            # steps timed together: a decision compares blocks' median step times
-FIRST_PROBE = 32     # steps before the other counts are first tried
-MAX_INTERVAL = 1024  # a count that keeps losing is still tried this often (in steps)
-SLOWDOWN = 1.5       # the current count's block this much slower than its best: look at the others again
-REASON = (f"threads revised during the run: most steps run with whichever of 1 and the process's CPUs (affinity) "
-          f"gave the shortest median step time over its last {BLOCK} steps; the others are tried for {BLOCK} steps "
-          f"every {FIRST_PROBE} to {MAX_INTERVAL} steps (less often as they keep losing), and at once when the "
-          f"current count slows by {SLOWDOWN}x; an epoch is listed with the count that ran most of its steps")
+BLOCK = 8           # steps timed together: a decision compares blocks' median step times
+FIRST_PROBE = 8     # steps before the other counts are first tried, and after a count wins
+GROWTH = 4          # a count that loses is tried this many times less often...
+MAX_INTERVAL = 256  # ...but at least every this many steps
+SLOWDOWN = 1.5      # the current count's block this much slower than its best: look at the others again
+ABORT = 3.0         # a probe's step this much slower than the current count's median ends the probe at once
+REASON = (f"threads revised during the run: it starts with 1 thread; most steps run with whichever of 1 and the "
+          f"process's CPUs (affinity) gave the shortest median step time over its last {BLOCK} steps; the other is "
+          f"tried for up to {BLOCK} steps (ended after one step {ABORT:g}x slower) every {FIRST_PROBE} to "
+          f"{MAX_INTERVAL} steps ({GROWTH}x less often each time it loses), and when the current count slows by "
+          f"{SLOWDOWN}x (at most every {FIRST_PROBE} steps); an epoch is listed with the count that ran most of "
+          f"its steps")
 
 
 def available_threads() -> int:
@@ -50,13 +54,16 @@ class Governor:
 
     def __init__(self, max_threads: int | None = None):
         top = available_threads() if max_threads is None else max(1, max_threads)
-        self.counts = sorted({top, 1}, reverse=True)  # the first is where a run starts
-        self.current = self.counts[0]
+        self.counts = sorted({top, 1}, reverse=True)
+        # One thread first: if a core is taken, all threads would wait at every barrier from the first step; if
+        # the machine is quiet, the probe of all of them comes after FIRST_PROBE steps.
+        self.current = 1
         self.times: dict[int, list[float]] = {c: [] for c in self.counts}  # the last block's step times per count
         self.best: dict[int, float] = {}  # each count's best block median so far
         self.interval = {c: FIRST_PROBE for c in self.counts}
         self.next_probe = {c: FIRST_PROBE for c in self.counts}
         self.probing: int | None = None
+        self.last_probe = 0
         self.steps, self.epoch_counts, self._start = 0, Counter(), 0.0
         self.per_epoch: list[int] = []        # threads_per_epoch: filled as epochs end
         self.steps_per_epoch: list[dict] = []  # {threads: steps} per epoch
@@ -82,6 +89,10 @@ class Governor:
         threads = self.probing or self.current
         block = self.times[threads]
         block.append(seconds)
+        if self.probing is not None and seconds > ABORT * getattr(self, "_current_median", float("inf")):
+            block.clear()
+            self._decide(self.probing, float("inf"))
+            return
         if len(block) < BLOCK:
             return
         median = statistics.median(block)
@@ -91,7 +102,9 @@ class Governor:
             self._decide(self.probing, median)
             return
         self._current_median = median
-        slowed = median > SLOWDOWN * self.best[threads]
+        # A slowdown looks again, but not more often than every FIRST_PROBE steps: on a machine whose load comes and
+        # goes, each probe of a losing count costs a block of slow steps.
+        slowed = median > SLOWDOWN * self.best[threads] and self.steps >= self.last_probe + FIRST_PROBE
         for other in self.counts:
             if other != self.current and (slowed or self.steps >= self.next_probe[other]):
                 self.probing = other
@@ -101,11 +114,12 @@ class Governor:
         """After a probe of `probed`: switch to it where it was faster than the current count's last block."""
         current_median = getattr(self, "_current_median", float("inf"))
         self.probing = None
+        self.last_probe = self.steps
         if median < current_median:
             loser, self.current = self.current, probed
         else:
             loser = probed
-        self.interval[loser] = min(MAX_INTERVAL, 2 * self.interval[loser])
+        self.interval[loser] = min(MAX_INTERVAL, GROWTH * self.interval[loser])
         self.interval[self.current] = FIRST_PROBE
         self.next_probe[loser] = self.steps + self.interval[loser]
         # Forget the loser's best: the machine it was measured on may be gone.

@@ -228,3 +228,43 @@ def quick_comparison(config: TrainConfig, data, steps: int = 100, rounds: int = 
             record = train(config.replace(path=path, epochs=1), data=data, max_steps=steps, progress=False)
             seconds[path].append(record["total_train_seconds"])
     return [{"device": device, "path": path, "seconds": s, "hardware": ""} for path, s in seconds.items()]
+
+
+# The records of the robustness benchmark (issue 32), by the CPU limits they ran under; chapter 09 shows them.
+ROBUSTNESS_RECORDS = {"bench-cpu-contention.json": "this CPU's full instruction set",
+                      "bench-cpu-avx2.json": "AVX2 limits (ATEN_CPU_CAPABILITY=avx2, oneDNN and MKL likewise)"}
+
+
+def robustness_markdown(results_dir=None) -> str:
+    """A table per robustness record (`ROBUSTNESS_RECORDS`): each way's median seconds per epoch and its share of
+    the same run's torch.mm rate, quiet and with one core busy, and the instruction set and threads of the fast
+    path's native step; "not yet measured", once, where no record exists."""
+    import json
+
+    from hdr_lib.measure import queries
+
+    folder = queries.results_folder(results_dir)
+    parts = []
+    for name, limits in ROBUSTNESS_RECORDS.items():
+        path = folder / name
+        if not path.exists():
+            continue
+        record = json.loads(path.read_text())
+        summary, shares = record["summary"], record["ceiling"]["fraction_of_matmul"]
+        fast = record["runs"]["fast"][0]["execution"]
+        parts.append(f"**{queries.machine(record)}, {limits}** (`{name}`; torch.mm "
+                     f"{record['ceiling']['matmul']['gflops']:,.0f} GFLOP/s; the fast path's step: "
+                     f"{fast.get('cpu_step')}, {fast.get('isa') or 'no native build'})\n")
+        parts.append("| way | quiet: s/epoch | % of torch.mm | one core busy: s/epoch | busy / quiet |")
+        parts.append("| --- | --- | --- | --- | --- |")
+        for way in (w for w in summary if not w.endswith(" busy")):
+            busy = summary.get(f"{way} busy")
+            parts.append(f"| {way} | {summary[way]['seconds_per_epoch_median']:.2f} | {100 * shares[way]:.1f} | "
+                         + (f"{busy['seconds_per_epoch_median']:.2f} | "
+                            f"{busy['seconds_per_epoch_median'] / summary[way]['seconds_per_epoch_median']:.2f}x |"
+                            if busy else "- | - |"))
+        parts.append("")
+    if not parts:
+        return (f"No robustness benchmark under {queries.shown(folder)} ({', '.join(ROBUSTNESS_RECORDS)}): "
+                "not yet measured.")
+    return "\n".join(parts)
