@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=_number("rounds"), default=3, help="epochs timed per path (default %(default)s)")
     p.add_argument("--fast-variant", action="append", default=[], choices=["no-triton", "no-cuda-graph", "compile"],
                    help="also time the fast path run this way (repeatable), alternating with the others")
+    p.add_argument("--loop", action="append", default=[], choices=["tight", "canonical"],
+                   help="also time a loop written without the library (repeatable): tight (MNIST in one tensor) or "
+                        "canonical (torchvision dataset + DataLoader)")
+    p.add_argument("--contention", action="store_true",
+                   help="time every way again with one core made busy by the benchmark (a spinning process)")
     p.add_argument("--out", default=None, help="benchmark record file (default: results/bench-<device>.json; "
                                                "with a Keras --framework, results/bench-<device>-<framework>.json)")
 
@@ -289,7 +294,8 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
         out = Path(args.out) if args.out is not None else Path("results") / f"bench-{device.type}{suffix}.json"
         bench(config, rounds=args.rounds, out=out, data_root=args.data_dir, progress=progress,
               variants=tuple(args.fast_variant), max_steps=args.max_steps, framework=args.framework,
-              keras_ways=(args.keras_way,) if args.keras_way else None)
+              keras_ways=(args.keras_way,) if args.keras_way else None, loops=tuple(args.loop),
+              contention=args.contention)
         return 0
     raise AssertionError(args.command)
 

@@ -88,22 +88,66 @@ def test_wrong_inputs_get_a_clear_error_not_a_crash(mnist):
 
 
 @pytest.mark.slow  # builds or trains
-@pytest.mark.parametrize("flags, forced, used", [("fma avx2 avx512f avx512bw", "", True),
-                                                 ("fma avx2", "", False), ("fma avx2", "1", True)])
-def test_the_fast_path_runs_the_native_step_where_the_cpu_has_avx512_and_says_so(mnist, monkeypatch, flags, forced,
-                                                                                   used):
-    # Which step runs depends on the CPU's vector registers (native.NEEDS), not on the machine the test runs on.
+@pytest.mark.parametrize("flags, capability, forced, isa", [
+    ("fma avx2 avx512f avx512bw", "", "", "avx512"), ("fma avx2", "", "", None), ("fma avx2", "", "1", "avx2"),
+    ("fma avx2 avx512f avx512bw", "avx2", "1", "avx2"), ("fma avx2 avx512f avx512bw", "avx2", "", None),
+    ("fma avx2 avx512f", "default", "", None), ("sse4_2", "", "", None), ("sse4_2", "", "1", "avx512")])
+def test_the_fast_path_runs_the_native_build_for_the_cpus_vectors_and_says_which(mnist, monkeypatch, flags,
+                                                                                  capability, forced, isa):
+    # Which build runs depends on the CPU's vector registers (its flags) and on PyTorch's own limit
+    # (ATEN_CPU_CAPABILITY), not on the machine the test runs on; HDR_NATIVE=1 runs it on any CPU. The AVX2 build
+    # is not yet faster than the explicit step, so it runs only with HDR_NATIVE=1 (native.SLOWER_THAN_EXPLICIT).
     monkeypatch.setattr(native, "_cpu_flags", lambda: f"flags\t\t: {flags}")
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", capability)
     monkeypatch.setenv("HDR_NATIVE", forced)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. the LR scheduler's, were optimizer.step() never called
         record = train(PAPER.replace(device="cpu", epochs=2), data=mnist, progress=False, max_steps=5)
-    assert record["execution"]["cpu_step"] == ("native" if used else "explicit")
-    if used:
-        assert record["execution"]["native_unavailable"] is None
+    execution = record["execution"]
+    assert execution["cpu_step"] == ("native" if isa else "explicit")
+    assert execution["isa"] == isa
+    if isa:
+        assert execution["native_unavailable"] is None and isa in execution["step_reason"]
         assert "native_cpu_step" in record["setup_seconds"]  # the one-time load (or build), apart from training
     else:
-        assert "avx512f" in record["execution"]["native_unavailable"]
+        assert ("neither AVX-512 nor AVX2" in execution["native_unavailable"]
+                or "AVX2 build" in execution["native_unavailable"])
+    # The threads each epoch ran with, and why (hdr_lib.fast.threads): here 5 steps, all in the first epoch.
+    assert len(execution["threads_per_epoch"]) == 1 and execution["threads_per_epoch"][0] >= 1
+    assert sum(execution["thread_steps_per_epoch"][0].values()) == 5 and execution["thread_reason"]
+
+
+def test_the_avx2_build_computes_the_same_bits_as_this_cpus(mnist):
+    # Built with -mno-avx512f, the AVX2 build keeps fewer sums in registers at a time, but adds the same terms in
+    # the same order: the same loss and gradients, bit for bit, as the AVX-512 build (ties and an uneven last
+    # batch included). Against autograd both are checked in tests/test_torch_cpu.py.
+    for isa in ("avx512", "avx2"):
+        assert native.load_isa(isa) is None, native.load_isa(isa)
+    torch.manual_seed(3)
+    params = [p.detach() for p in LeNet5().parameters()]
+    for n, start in ((64, 0), (32, 640), (7, 99)):
+        x, y = _batch(mnist, n, start=start)
+        wide = native.ops("avx512").loss_and_gradients(x, y, *params)
+        narrow = native.ops("avx2").loss_and_gradients(x, y, *params)
+        assert all(torch.equal(a, b) for a, b in zip(wide, narrow)), n
+
+
+def test_the_native_step_computes_the_same_whatever_the_thread_count(mnist):
+    # hdr_lib.fast.threads changes the thread count during a run: the sums must not depend on it.
+    x, y = _batch(mnist, 64, start=128)
+    torch.manual_seed(5)
+    params = [p.detach() for p in LeNet5().parameters()]
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(native.ops().loss_and_gradients(x, y, *params))
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
 
 
 def test_switched_off_the_fast_path_runs_the_explicit_step_and_says_why(mnist, monkeypatch):

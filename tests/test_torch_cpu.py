@@ -86,13 +86,24 @@ def test_the_1998_variant_runs_as_the_module_does(mnist):
         assert torch.equal(torch_cpu.forward(model, x), model(x))
 
 
-# The fast path's two CPU steps: the Python one here, and the native one (hdr_lib.fast.native, which must build here).
-GRADIENTS = {"explicit": torch_cpu.loss_and_gradients, "native": native.loss_and_gradients}
+# The fast path's CPU steps: the Python one here, and the native one (hdr_lib.fast.native, which must build here),
+# in both of its builds: for this CPU, and for AVX2 (compiled with -mno-avx512f: AVX2's 16 registers, whatever
+# this CPU has), which an AVX2-only CPU runs.
+def _native_avx2(model, x, y):
+    out = native.ops("avx2").loss_and_gradients(x.contiguous(), y, *[p.detach() for p in model.parameters()])
+    return out[0], list(out[1:])
+
+
+GRADIENTS = {"explicit": torch_cpu.loss_and_gradients, "native": native.loss_and_gradients,
+             "native-avx2": _native_avx2}
 STEPS = {"explicit": torch_cpu.train_step, "native": native.train_step}
 
 
 def _ready(kind):
     assert kind != "native" or native.load(), native.reason()
+    if kind == "native-avx2":
+        why = native.load_isa("avx2")
+        assert why is None, why
 
 
 def _assert_same_as_autograd(kind, model, x, y):

@@ -61,7 +61,8 @@ def choose(config, model, optimizer, x_all, y_all, *, batch_size: int, total_ste
     if use_native:
         setup["native_cpu_step"] = sw.seconds
         step, key, reason = steps.NativeStep(*args, dist_ctx=dist_ctx, **kwargs), "native", (
-            "the paper's LeNet-5 in float32 on a CPU where hdr_lib.fast.native builds and runs fastest")
+            f"the paper's LeNet-5 in float32 on a CPU with {native.loaded_isa()}, where hdr_lib.fast.native "
+            "builds")
     elif plain and dist_ctx is None:
         step, key, reason = steps.ExplicitStep(*args, **kwargs), "explicit", f"the native step is not used: " \
             f"{native_unavailable}"
@@ -85,7 +86,8 @@ def choose(config, model, optimizer, x_all, y_all, *, batch_size: int, total_ste
             setup["compile"] = sw_compile.seconds
     step.how = {"cpu_step": None if on_cuda else key, "native_unavailable": native_unavailable,
                 "cuda_kernels": ("triton" if kernels is not None else "aten") if on_cuda else None,
-                "triton_unavailable": triton_unavailable if on_cuda else None, "cuda_graph": False}
+                "triton_unavailable": triton_unavailable if on_cuda else None, "cuda_graph": False,
+                "isa": native.loaded_isa() if use_native else None, **step.thread_record()}
     if on_cuda:
         use_graph = config.cuda_graph and config.amp != "fp16" and dist_ctx is None
         steps_per_epoch = step.steps_per_epoch

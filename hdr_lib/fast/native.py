@@ -11,6 +11,11 @@ an autograd graph) in one C++ operator, `torch.ops.hdr_lenet5.loss_and_gradients
 - nothing returns to Python between operators; `TrainStep` then updates the weights with the fused SGD kernel
   that optimizer.step() calls, on the optimiser's own state.
 
+It is built for one of two instruction sets (`ISAS`), chosen at run time from the CPU's flags (`isa()`): AVX-512
+(32 vector registers of 16 floats) or AVX2 with FMA (16 of 8; the source keeps fewer sums in registers at a time,
+and is compiled with -mno-avx512f). PyTorch's own switch ATEN_CPU_CAPABILITY=avx2 (or default) is honoured as a
+limit, so that an AVX2 machine can be imitated on an AVX-512 one; the record names the set used (`execution.isa`).
+
 The build needs a C++ compiler with OpenMP and ninja (torch.utils.cpp_extension); it takes about 15 s once and is
 kept under ~/.cache/hdr_lib/native (HDR_NATIVE_CACHE), one build per source, flags, torch version and CPU. Where
 it cannot be built (no compiler, another platform) or HDR_NATIVE=0, `load()` says why (`reason()`) and the fast
@@ -36,22 +41,43 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "lenet5_cpu.cpp"
 NAME = "hdr_lenet5_cpu"
 CFLAGS = ("-O3", "-march=native", "-fopenmp")  # -march=native: the build is for this CPU, hence cached per CPU
 LDFLAGS = ("-fopenmp",)
+# Per instruction set: the flags the CPU needs, the extra compiler flags, the operators' namespace (torch.ops.<ns>).
+ISAS = {
+    "avx512": {"needs": ("avx512f",), "cflags": (), "namespace": "hdr_lenet5", "name": NAME},
+    "avx2": {"needs": ("avx2", "fma"), "cflags": ("-mno-avx512f", "-DHDR_AVX2=1"), "namespace": "hdr_lenet5_avx2",
+             "name": f"{NAME}_avx2"},
+}
+# ATEN_CPU_CAPABILITY's values, and the widest of our sets each allows.
+CAPABILITY_LIMIT = {"avx512": "avx512", "avx2": "avx2", "default": None}
 
-_state: dict = {}  # "ok": bool, "reason": str | None; filled by the first load()
+_state: dict = {}  # "ok": bool, "reason": str | None, "isa": str; filled by the first load()
+_namespaces: dict = {}  # operator namespace -> the library file that registered it
+_loaded: dict = {}  # library file -> None (loaded) or the reason it could not be (load_isa)
 STALE_LOCK_SECONDS = 180  # a build lock this old was left by a build that died: a build takes about 15 s
 
 
-def _cpu_flags() -> str:
+def _flags_line() -> str:
     try:
         return next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
         return ""
 
 
-def build_directory() -> Path:
-    """Where this source, built with these flags against this torch for this CPU, is kept."""
+def _cpu_flags() -> str:
+    """The CPU's flags, as the choice of build reads them (the tests put others in)."""
+    return _flags_line()
+
+
+def _cflags(isa_name: str) -> tuple[str, ...]:
+    return CFLAGS + ISAS[isa_name]["cflags"]
+
+
+def build_directory(isa_name: str | None = None) -> Path:
+    """Where this source, built with these flags against this torch for this CPU, is kept (for the instruction set
+    `isa_name`, by default this process's, `isa()`)."""
+    flags = _cflags(isa_name or isa() or "avx512")
     key = hashlib.sha256(b"\0".join(s.encode() for s in [
-        SOURCE.read_text(), " ".join(CFLAGS + LDFLAGS), torch.__version__, cpu_model(), _cpu_flags()])).hexdigest()
+        SOURCE.read_text(), " ".join(flags + LDFLAGS), torch.__version__, cpu_model(), _flags_line()])).hexdigest()
     base = Path(os.environ.get("HDR_NATIVE_CACHE") or Path.home() / ".cache" / "hdr_lib" / "native")
     return base / key[:16]
 
@@ -64,26 +90,59 @@ def _forced() -> bool:
     return os.environ.get("HDR_NATIVE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-# The operator keeps up to 24 sums of 16 floats in vector registers: AVX-512's 32 registers hold them, AVX2's 16
-# (of 8 floats) do not, and the sums spill to memory. Measured on a 2-core AMD EPYC with AVX2 and no AVX-512
-# (scripts/ab_cpu_step.py, results/ab-cpu-step.json), the native step took longer than torch_cpu.train_step.
-NEEDS = "avx512f"
+# Builds that are not yet faster than torch_cpu.train_step, and so not chosen unless HDR_NATIVE=1. The AVX2 build
+# computes the same bits as the AVX-512 one, but GCC builds some of its 16-lane vectors (broadcasts, shuffles)
+# through memory without AVX-512: measured on this project's 2-core Xeon under ATEN_CPU_CAPABILITY=avx2 (a loaded
+# machine), its step took about 4x the AVX-512 build's, near the explicit step's time.
+SLOWER_THAN_EXPLICIT = {
+    "avx2": "the AVX2 build of the native step is not yet faster than the PyTorch fallback here (its 16-lane "
+            "broadcasts and shuffles go through memory without AVX-512); HDR_NATIVE=1 uses it anyway",
+}
+
+
+def capability_limit() -> str | None:
+    """The widest instruction set ATEN_CPU_CAPABILITY allows (None: no limit set, or an unknown value)."""
+    value = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    return CAPABILITY_LIMIT.get(value, "avx512") if value else "avx512"
+
+
+def isa() -> str | None:
+    """The instruction set the native step is built for in this process: the widest of `ISAS` that this CPU has
+    (its flags) and ATEN_CPU_CAPABILITY allows; None where none fits (then the step is not used)."""
+    flags = set(_cpu_flags().split())
+    limit = capability_limit()
+    order = list(ISAS)  # widest first
+    allowed = order[order.index(limit):] if limit in order else []
+    return next((name for name in allowed if all(f in flags for f in ISAS[name]["needs"])), None)
+
+
+def loaded_isa() -> str | None:
+    """The instruction set of the build `load()` loaded (None before, or where it failed)."""
+    return _state.get("isa") if _state.get("ok") else None
+
+
+def ops(isa_name: str | None = None):
+    """The operators of the build for `isa_name` (by default this process's): torch.ops.<namespace>."""
+    return getattr(torch.ops, ISAS[isa_name or _state.get("isa") or isa() or "avx512"]["namespace"])
 
 
 def use() -> bool:
-    """Whether the CPU fast path should run the native step here: it loads (`load()`) and this CPU has AVX-512
-    (`NEEDS`), where it is the fastest step; else `reason()` says why not. HDR_NATIVE=1 uses it on any CPU that
-    builds it, HDR_NATIVE=0 on none."""
-    if not load():
+    """Whether the CPU fast path should run the native step here: this CPU has AVX-512 or AVX2 with FMA (`isa()`)
+    and the build for it loads (`load()`); else `reason()` says why not. HDR_NATIVE=1 uses it on any CPU that
+    builds it (the AVX-512 source, compiled for the CPU), HDR_NATIVE=0 on none."""
+    if _disabled() or _forced():
+        return load()
+    if isa() is None:
+        _state.update(ok=False, reason="this CPU has neither AVX-512 nor AVX2 with FMA (or ATEN_CPU_CAPABILITY="
+                      f"{os.environ.get('ATEN_CPU_CAPABILITY')} allows neither), which the native step is written for")
         return False
-    if _forced() or NEEDS in _cpu_flags().split():
-        return True
-    _state["reason"] = (f"this CPU has no AVX-512 ({NEEDS}), where the native step is slower than the PyTorch "
-                        "fallback (scripts/ab_cpu_step.py); HDR_NATIVE=1 uses it anyway")
-    return False
+    if isa() in SLOWER_THAN_EXPLICIT:
+        _state.update(ok=False, isa=None, reason=SLOWER_THAN_EXPLICIT[isa()])
+        return False
+    return load()
 
 
-def _build(folder: Path) -> None:
+def _build(folder: Path, isa_name: str = "avx512") -> None:
     # torch.utils.cpp_extension logs, on import, that it found no CUDA; this build needs none.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
@@ -102,36 +161,52 @@ def _build(folder: Path) -> None:
             break
         time.sleep(1.0)
     # Copies of the flags: cpp_extension appends its own to the lists it is given.
-    cpp_extension.load(NAME, [str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
+    cpp_extension.load(ISAS[isa_name]["name"], [str(SOURCE)], extra_cflags=list(_cflags(isa_name)),
+                       extra_ldflags=list(LDFLAGS),
                        build_directory=str(folder), is_python_module=False, verbose=False)
 
 
 def load(verbose: bool = True) -> bool:
-    """Build (once per machine) and load the operator; False, with `reason()`, where that is not possible.
-    Loads at most once per process; a later call returns the first answer."""
+    """Build (once per machine) and load the operator for this process's instruction set (`isa()`; AVX-512 where
+    none fits, for HDR_NATIVE=1 or a direct call); False, with `reason()`, where that is not possible. Loads at
+    most once per process; a later call returns the first answer."""
     if _disabled():  # read on every call, so that a test or a notebook can switch it off for a while
         return False
     if _state:
         return _state["ok"]
-    folder = build_directory()
-    library = folder / f"{NAME}.so"
+    name = isa() or "avx512"
+    why = load_isa(name, verbose)
+    _state.update(ok=why is None, reason=why, isa=name)
+    return why is None
+
+
+def load_isa(isa_name: str, verbose: bool = True) -> str | None:
+    """Build (once per machine) and load the build for `isa_name` (a key of `ISAS`), beside any other; None when its
+    operators are ready (`ops(isa_name)`), else why not. The tests load both builds to compare them."""
+    folder = build_directory(isa_name)
+    library = folder / f"{ISAS[isa_name]['name']}.so"
+    if str(library) in _loaded:
+        return _loaded[str(library)]
     must_build = not library.exists()
     try:
         if must_build:
             if verbose:
-                print(f"hdr_lib: compiling the native CPU training step for this machine (once, about 15 s) in "
-                      f"{folder}", file=sys.stderr, flush=True)
-            _build(folder)
-        torch.ops.load_library(str(library))
-        torch.ops.hdr_lenet5.loss_and_gradients  # noqa: B018 (raises if the library registered nothing)
+                print(f"hdr_lib: compiling the native CPU training step ({isa_name}) for this machine (once, about "
+                      f"15 s) in {folder}", file=sys.stderr, flush=True)
+            _build(folder, isa_name)
+        # A second library with the same operators would abort the process: one per namespace (a test that
+        # points the cache elsewhere builds another copy of the same source).
+        if _namespaces.setdefault(ISAS[isa_name]["namespace"], str(library)) == str(library):
+            torch.ops.load_library(str(library))
+        ops(isa_name).loss_and_gradients  # noqa: B018 (raises if the library registered nothing)
     except Exception as error:  # a compiler, ninja or OpenMP missing, a read-only cache: say why, fall back
         lines = str(error).strip().splitlines()
         first = lines[0] if lines else type(error).__name__
         what = "build" if must_build else "load"
-        _state.update(ok=False, reason=f"could not {what} {SOURCE.name}: {first[:300]}")
-        return False
-    _state.update(ok=True, reason=None)
-    return True
+        _loaded[str(library)] = f"could not {what} {SOURCE.name}: {first[:300]}"
+        return _loaded[str(library)]
+    _loaded[str(library)] = None
+    return None
 
 
 def reason() -> str | None:
@@ -147,7 +222,7 @@ def applies(model: LeNet5, x: torch.Tensor) -> bool:
 
 def loss_and_gradients(model: LeNet5, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """What `torch_cpu.loss_and_gradients` returns, from the native operator (`load()` first)."""
-    out = torch.ops.hdr_lenet5.loss_and_gradients(x.contiguous(), y, *[p.detach() for p in model.parameters()])
+    out = ops().loss_and_gradients(x.contiguous(), y, *[p.detach() for p in model.parameters()])
     return out[0], list(out[1:])
 
 
@@ -167,9 +242,10 @@ class TrainStep:
         self.grads = [torch.zeros_like(p) for p in self.params]
         self.optimizer = optimizer
         self.direct = direct_update and _plain_fused_sgd(optimizer, self.params)
+        self.ops = ops()
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = torch.ops.hdr_lenet5.gradients_into(x, y, self.weights, self.grads)
+        loss = self.ops.gradients_into(x, y, self.weights, self.grads)
         for p, g in zip(self.params, self.grads):
             if p.grad is not g:  # the first step, or after something set the gradients to None
                 p.grad = g

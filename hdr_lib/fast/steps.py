@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from hdr_lib import distributed
-from hdr_lib.fast import cuda_graphs, native, torch_cpu
+from hdr_lib.fast import cuda_graphs, native, threads, torch_cpu
 from hdr_lib.steps import Step, autocast
 
 
@@ -26,6 +26,8 @@ class FastStep(Step):
         self.steps_per_epoch = math.ceil(self.n / batch_size)
         self.setup_seconds, self.how = {}, {}
         self.captured = False  # set by cuda_graphs.Graphed once a graph holds this step's tensors
+        # On the CPU, the thread count is chosen from the CPU time actually available, step by step (threads.py).
+        self.governor = threads.Governor() if self.device.type == "cpu" else None
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -47,10 +49,31 @@ class FastStep(Step):
     def run_epoch(self, order, limit, on_step):
         order = order.to(self.device, non_blocking=True)
         losses = torch.empty(limit, device=self.device)
-        for i, idx in enumerate(cuda_graphs.batches(order, self.batch_size, limit)):
-            losses[i] = self.train_on(idx)
-            on_step(1)
+        governor = self.governor
+        if governor is None:
+            for i, idx in enumerate(cuda_graphs.batches(order, self.batch_size, limit)):
+                losses[i] = self.train_on(idx)
+                on_step(1)
+            return losses, self.weights(limit)
+        threads_before = torch.get_num_threads()
+        try:
+            for i, idx in enumerate(cuda_graphs.batches(order, self.batch_size, limit)):
+                governor.before_step()
+                losses[i] = self.train_on(idx)
+                governor.after_step()
+                on_step(1)
+        finally:
+            torch.set_num_threads(threads_before)  # whatever runs next in the process (evaluation) gets them all
+            governor.end_epoch()
         return losses, self.weights(limit)
+
+    def thread_record(self) -> dict:
+        """The record's view of the thread counts (`execution`): per epoch, and why; lists filled as epochs end."""
+        if self.governor is None:
+            return {}
+        reason = threads.REASON if self.governor.active else "one thread: the process may use one CPU"
+        return {"threads_per_epoch": self.governor.per_epoch, "thread_reason": reason,
+                "thread_steps_per_epoch": self.governor.steps_per_epoch}
 
 
 class NativeStep(FastStep):

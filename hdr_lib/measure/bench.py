@@ -3,12 +3,13 @@ Keras framework, that framework's ways (model.fit, own loop) alternate with them
 
 from __future__ import annotations
 
+import os
 import statistics
 from functools import partial
 from pathlib import Path
 
 from hdr_lib import data as mnist, paths
-from hdr_lib.measure import ceiling
+from hdr_lib.measure import baselines, ceiling
 from hdr_lib.config import TrainConfig
 from hdr_lib.validation import ConfigError, check
 from hdr_lib.measure.machine import environment, resolve_device
@@ -23,7 +24,8 @@ VARIANTS = {"no-triton": {"triton": False}, "no-cuda-graph": {"cuda_graph": Fals
 
 def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None, data_root=None,
           progress: bool | None = None, variants: tuple[str, ...] = (), max_steps: int | None = None,
-          framework: str = "torch", keras_ways: tuple[str, ...] | None = None) -> dict:
+          framework: str = "torch", keras_ways: tuple[str, ...] | None = None, loops: tuple[str, ...] = (),
+          contention: bool = False) -> dict:
     """Time one epoch of each path `rounds` times, alternating, so both see the same machine state: round 1 runs
     (reference, fast), round 2 (fast, reference), and so on, so that neither path always runs second in a
     process that may slow down as it goes. Every epoch starts from the same seed: the same work, the same accuracy.
@@ -39,11 +41,21 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     `ceiling` puts each way's sustained rate (the epoch's FLOPs, hdr_lib.measure.flops.training_flops, over its median
     time) beside the rate of a large float32 matrix product on the same device (hdr_lib.measure.ceiling), measured after
     every round and taken as the median of the rounds, as the paths' times are.
+
+    `loops` (hdr_lib.measure.baselines.LOOPS) adds loops written without the library: "tight" (MNIST in one tensor,
+    batches by index) and "canonical" (torchvision's dataset and a DataLoader). `contention` times every way a
+    second time, as "<way> busy", with one core made busy by the benchmark itself (baselines.busy_core, for that
+    epoch only), in the same rotation; the record's `contention` compares each way's busy and quiet medians and
+    the fast path with the canonical loop under the same load. The CPU's limits in force (ATEN_CPU_CAPABILITY,
+    ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS, set before the process starts) are kept in `config`.
     """
     config.validate()
     rounds = check("rounds", rounds)
     if max_steps is not None:
         max_steps = check("max_steps", max_steps)
+    unknown = [loop for loop in loops if loop not in baselines.LOOPS]
+    if unknown:
+        raise ConfigError(f"unknown loop {unknown[0]!r}; choose from {', '.join(baselines.LOOPS)}")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
@@ -63,6 +75,10 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
 
         ways.update({f"{framework} {way}": partial(keras_lenet.train, config.replace(path="fast", epochs=1),
                                                    framework, way) for way in keras_ways})
+    for loop in loops:
+        ways[loop] = partial(_loop, loop, config)
+    if contention:
+        ways.update({f"{name} busy": partial(_busy, way) for name, way in list(ways.items())})
     names = list(ways)
     runs, products = _alternate(ways, rounds, data, device, progress, max_steps)
     summary = {path: _summary(items, n_images) for path, items in runs.items()}
@@ -81,8 +97,10 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
         "kind": "bench",
         # Each round times one epoch per path: the record says so, whatever `config.epochs` was.
         "config": {**config.as_dict(), "epochs": 1, "device": device.type, "device_requested": config.device,
-                   "path": "both", "rounds": rounds, "variants": list(variants), "framework": "pytorch" if framework == "torch" else framework,
-                   "keras_ways": list(keras_ways)},
+                   "path": "both", "rounds": rounds, "variants": list(variants),
+                   "framework": "pytorch" if framework == "torch" else framework,
+                   "keras_ways": list(keras_ways), "loops": list(loops), "contention": contention,
+                   "cpu_limits": {k: os.environ.get(k) for k in CPU_LIMITS}},
         "environment": environment(device),
         "epochs": [],
         "runs": runs,
@@ -94,14 +112,45 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
         "speedup_over_reference": {name: summary["reference"]["seconds_per_epoch_median"]
                                    / summary[name]["seconds_per_epoch_median"] for name in names[1:]},
         "ceiling": {"matmul": matmul, "train_flops_per_epoch": flops, "gflops": rates, "fraction_of_matmul": shares},
+        "contention": _contention(summary, names) if contention else None,
         "status": "complete" if max_steps is None else "incomplete",
         "max_steps": max_steps,
     }
     _print_summary(record, names)
+    if contention:
+        for line in record["contention"]["lines"]:
+            print(line)
     if out is not None:
         write_json_atomic(out, record)
         print(f"-> {out}")
     return record
+
+
+CPU_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "HDR_NATIVE")
+
+
+def _loop(name: str, config: TrainConfig, *, data, progress=None, max_steps=None) -> dict:
+    return baselines.run_loop(name, config, data, max_steps=max_steps)
+
+
+def _busy(way, **kwargs) -> dict:
+    """`way`'s epoch with one core made busy by a spinning process, for that epoch only."""
+    with baselines.busy_core():
+        return way(**kwargs)
+
+
+def _contention(summary: dict, names: list[str]) -> dict:
+    """Each way's busy median over its quiet one, and the fast path against the canonical loop under load."""
+    slowdown = {name: summary[f"{name} busy"]["seconds_per_epoch_median"] / summary[name]["seconds_per_epoch_median"]
+                for name in names if f"{name} busy" in summary}
+    lines = [f"one core busy: {name} takes {factor:.2f}x its quiet time "
+             f"({summary[f'{name} busy']['seconds_per_epoch_median']:.3f} s/epoch)" for name, factor in slowdown.items()]
+    fast_vs_canonical = None
+    if "canonical busy" in summary:
+        fast_vs_canonical = (summary["canonical busy"]["seconds_per_epoch_median"]
+                             / summary["fast busy"]["seconds_per_epoch_median"])
+        lines.append(f"one core busy: fast is {fast_vs_canonical:.2f}x the canonical loop")
+    return {"slowdown_busy_over_quiet": slowdown, "fast_over_canonical_busy": fast_vs_canonical, "lines": lines}
 
 
 def _check_keras(config: TrainConfig, framework: str, keras_ways: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -134,8 +183,10 @@ def _alternate(ways: dict, rounds: int, data, device, progress, max_steps) -> tu
             runs[name].append({"round": round_ + 1, "train_seconds": epoch["train_seconds"],
                                "test_accuracy": epoch["test_accuracy"], "train_loss": epoch["train_loss"],
                                "setup_seconds": record["setup_seconds"], "execution": record["execution"]})
-            print(f"round {round_ + 1}/{rounds} {name:>9}: {epoch['train_seconds']:.2f} s/epoch, "
-                  f"test accuracy {epoch['test_accuracy']:.2f} %", flush=True)
+            threads = record["execution"].get("threads_per_epoch")
+            print(f"round {round_ + 1}/{rounds} {name:>14}: {epoch['train_seconds']:.2f} s/epoch, "
+                  f"test accuracy {epoch['test_accuracy']:.2f} %"
+                  + (f", threads {threads[0]}" if threads else ""), flush=True)
         products.append(ceiling.matmul_rate(device))
     return runs, products
 
@@ -178,3 +229,43 @@ def quick_comparison(config: TrainConfig, data, steps: int = 100, rounds: int = 
             record = train(config.replace(path=path, epochs=1), data=data, max_steps=steps, progress=False)
             seconds[path].append(record["total_train_seconds"])
     return [{"device": device, "path": path, "seconds": s, "hardware": ""} for path, s in seconds.items()]
+
+
+# The records of the robustness benchmark (issue 32), by the CPU limits they ran under; chapter 09 shows them.
+ROBUSTNESS_RECORDS = {"bench-cpu-contention.json": "this CPU's full instruction set",
+                      "bench-cpu-avx2.json": "AVX2 limits (ATEN_CPU_CAPABILITY=avx2, oneDNN and MKL likewise)"}
+
+
+def robustness_markdown(results_dir=None) -> str:
+    """A table per robustness record (`ROBUSTNESS_RECORDS`): each way's median seconds per epoch and its share of
+    the same run's torch.mm rate, quiet and with one core busy, and the instruction set and threads of the fast
+    path's native step; "not yet measured", once, where no record exists."""
+    import json
+
+    from hdr_lib.measure import queries
+
+    folder = queries.results_folder(results_dir)
+    parts = []
+    for name, limits in ROBUSTNESS_RECORDS.items():
+        path = folder / name
+        if not path.exists():
+            continue
+        record = json.loads(path.read_text())
+        summary, shares = record["summary"], record["ceiling"]["fraction_of_matmul"]
+        fast = record["runs"]["fast"][0]["execution"]
+        parts.append(f"**{queries.machine(record)}, {limits}** (`{name}`; torch.mm "
+                     f"{record['ceiling']['matmul']['gflops']:,.0f} GFLOP/s; the fast path's step: "
+                     f"{fast.get('cpu_step')}, {fast.get('isa') or 'no native build'})\n")
+        parts.append("| way | quiet: s/epoch | % of torch.mm | one core busy: s/epoch | busy / quiet |")
+        parts.append("| --- | --- | --- | --- | --- |")
+        for way in (w for w in summary if not w.endswith(" busy")):
+            busy = summary.get(f"{way} busy")
+            parts.append(f"| {way} | {summary[way]['seconds_per_epoch_median']:.2f} | {100 * shares[way]:.1f} | "
+                         + (f"{busy['seconds_per_epoch_median']:.2f} | "
+                            f"{busy['seconds_per_epoch_median'] / summary[way]['seconds_per_epoch_median']:.2f}x |"
+                            if busy else "- | - |"))
+        parts.append("")
+    if not parts:
+        return (f"No robustness benchmark under {queries.shown(folder)} ({', '.join(ROBUSTNESS_RECORDS)}): "
+                "not yet measured.")
+    return "\n".join(parts)

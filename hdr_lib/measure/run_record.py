@@ -95,7 +95,11 @@ def execution(config, device: torch.device, step, reason: str | None, steps_per_
             "cuda_graph_error": how.get("cuda_graph_error") if cuda else None,
             "cuda_kernels": how.get("cuda_kernels"), "triton_unavailable": how.get("triton_unavailable"),
             "amp_bfloat16": config.amp == "bf16", "amp": config.amp, "amp_step": amp_note(config, device),
-            "model": config.model}
+            "model": config.model,
+            # The CPU fast path: the native step's instruction set, and the thread counts per epoch and why
+            # (hdr_lib.fast.threads; the lists are the step's own, filled as epochs end).
+            "isa": how.get("isa"), "threads_per_epoch": how.get("threads_per_epoch"),
+            "thread_reason": how.get("thread_reason"), "thread_steps_per_epoch": how.get("thread_steps_per_epoch")}
 
 
 class Meters:
