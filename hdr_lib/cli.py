@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time the fast path run this way (repeatable), alternating with the others")
     p.add_argument("--out", default=None, help="benchmark record file (default: <records>/bench-<device>.json; "
                                                "with a Keras --framework, <records>/bench-<device>-<framework>.json; "
-                                               "<records>: see below)")
+                                               "-steps<N> before .json with --max-steps; <records>: see below)")
 
     p = sub.add_parser("replicate", help="run the paper's configuration for several seeds, one record each; run "
                                          "again, it skips the seeds whose record is complete and reruns the rest",
@@ -313,8 +313,9 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
         config = _config_from(args)
         device = resolve_device(config.device)
         suffix = "" if args.framework == "torch" else f"-{args.framework}"  # never over the PyTorch bench's record
+        steps = f"-steps{args.max_steps}" if args.max_steps is not None else ""  # a quick check: its own name
         out = (Path(args.out) if args.out is not None
-               else paths.output_file(settings.results_dir() / f"bench-{device.type}{suffix}.json",
+               else paths.output_file(settings.results_dir() / f"bench-{device.type}{suffix}{steps}.json",
                                       "the default record", kind="bench"))
         with paths.WriteLock(out, "record"):
             bench(config, rounds=args.rounds, out=out, data_root=args.data_dir, progress=progress,

@@ -17,7 +17,6 @@ SWITCHES = {  # name: what it switches
     "HDR_NATIVE": "the fast path's native CPU step (1: use it on any CPU that builds it, 0: never)",
     "HDR_PROGRESS": "progress bars (0: none)",
     "HDR_BOOK_BUILD": "set by the book build",
-    "HDR_SKIP_INSTALL": "scripts: skip installing requirements",
 }
 NUMBERS = {"HDR_DIST_TIMEOUT": "seconds a data-parallel rank waits for the others"}
 PATHS = {"HDR_DATA_DIR": "MNIST root holding MNIST/raw", "HDR_RESULTS_DIR": "folder of run records",

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from hdr_lib import checkpoint, distributed, fast, paths
+from hdr_lib import checkpoint, distributed, fast, paths, settings
 from hdr_lib import data as mnist
 from hdr_lib.config import TrainConfig
 from hdr_lib.validation import ConfigError, check
@@ -236,6 +236,7 @@ def _check(config: TrainConfig, out, checkpoint_dir, resume: bool, max_steps, di
     """The settings, the device and the output paths, before any work: (device, out, checkpoint folder, max_steps).
     Under data parallelism the batch must split into equal shards, and only rank 0 writes."""
     config.validate()
+    settings.check_environment()  # HDR_NATIVE, HDR_PROGRESS, ...: one rule, from the API as from the command line
     max_steps = check("max_steps", max_steps) if max_steps is not None else None
     device = resolve_device(config.device)
     if config.amp == "fp16" and device.type != "cuda":

@@ -147,6 +147,10 @@ def cached_run(config: TrainConfig, cache_dir=None, *, data=None, verbose: bool 
                 return record, model.to(key["device"])
     from hdr_lib.train import train_model
 
+    paths.output_folder(folder, "parameter cache_dir")  # named by the parameter, as in chapter 08's check cell
+    stem.with_suffix(".json").unlink(missing_ok=True)  # a cache entry that cannot be reused (a run never replaces a
+    # finished record: this one is the cache's own, made again now)
+
     def report(entry, _record):
         if verbose:
             print(f"epoch {entry['epoch']:>2}/{config.epochs}: loss {entry['train_loss']:.4f}, test accuracy "
