@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from hdr_lib import paths
+from hdr_lib import paths, settings
 from hdr_lib.config import PAPER
 from hdr_lib.validation import RANGES, ConfigError, check
 from hdr_lib.mnist_files import DataError
@@ -78,20 +78,38 @@ def _add_run_options(p: argparse.ArgumentParser, *, seed: bool = True, both_ways
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+WHERE_RECORDS_GO = (
+    "Records: written by default to, and read by scorecard from, one folder: $HDR_RESULTS_DIR when set, else "
+    "results/ of the checkout that hdr_lib runs from, whichever folder the command is started in (--out and "
+    "--out-dir choose another; a relative one is taken from the current folder). A run never replaces a finished "
+    "record or another kind's: it is kept and the run refused; only an incomplete record of the same kind is "
+    "rewritten. A record being written is locked: a second writer of it is refused. HDR_* variables are checked "
+    "before any work (switches take 1/true/yes/on or 0/false/no/off).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m hdr_lib",
-                                     description="Replicate the paper's LeNet-5 MNIST training on CPU and CUDA.")
+                     description="Replicate the paper's LeNet-5 MNIST training on CPU and CUDA.",
+                     epilog=WHERE_RECORDS_GO)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train once and write one JSON record")
+    p = sub.add_parser("train", help="train once and write one JSON record", epilog=WHERE_RECORDS_GO)
     _add_run_options(p)
     p.add_argument("--path", choices=["fast", "reference"], default=PAPER.path, help="default %(default)s")
-    p.add_argument("--out", default=None, help="record file (default: results/<device>-<path>-seed<seed>.json)")
+    p.add_argument("--out", default=None,
+                   help="record file (default: <records>/<device>-<path>-e<epochs>-b<batch>[-<option>...]"
+                        "[-steps<N>]-seed<seed>.json, e.g. cpu-fast-e20-b64-seed0.json; -steps<N> with "
+                        "--max-steps, so a quick check never takes a paper run's name; <records>: see below)")
     p.add_argument("--checkpoint-dir", default=None, help="save model/optimiser/scheduler/RNG after every epoch")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --checkpoint-dir (only from an epoch's end: one cut short "
+                        "by --max-steps is refused)")
+    p.add_argument("--overwrite-checkpoint", action="store_true",
+                   help="start afresh in a --checkpoint-dir that holds another run's checkpoint, replacing it "
+                        "(without it, such a folder is refused)")
 
     p = sub.add_parser("bench", help="time the fast and reference paths in one process, alternating (with a Keras "
-                                     "--framework, its ways too)")
+                                     "--framework, its ways too)", epilog=WHERE_RECORDS_GO)
     _add_run_options(p, both_ways=True)
     p.add_argument("--rounds", type=_number("rounds"), default=3, help="epochs timed per path (default %(default)s)")
     p.add_argument("--fast-variant", action="append", default=[], choices=["no-triton", "no-cuda-graph", "compile"],
@@ -101,22 +119,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "canonical (torchvision dataset + DataLoader)")
     p.add_argument("--contention", action="store_true",
                    help="time every way again with one core made busy by the benchmark (a spinning process)")
-    p.add_argument("--out", default=None, help="benchmark record file (default: results/bench-<device>.json; "
-                                               "with a Keras --framework, results/bench-<device>-<framework>.json)")
+    p.add_argument("--out", default=None, help="benchmark record file (default: <records>/bench-<device>.json; "
+                                               "with a Keras --framework, <records>/bench-<device>-<framework>.json; "
+                                               "-steps<N> before .json with --max-steps; <records>: see below)")
 
-    p = sub.add_parser("replicate", help="run the paper's configuration for several seeds, one record each")
+    p = sub.add_parser("replicate", help="run the paper's configuration for several seeds, one record each; run "
+                                         "again, it skips the seeds whose record is complete and reruns the rest",
+                       epilog=WHERE_RECORDS_GO)
     _add_run_options(p, seed=False)
     p.add_argument("--path", choices=["fast", "reference"], default=PAPER.path)
     p.add_argument("--seeds", type=_number("seeds"), default=5, help="number of seeds, 0..N-1 (default %(default)s)")
     p.add_argument("--first-seed", type=_number("first_seed"), default=0)
-    p.add_argument("--out-dir", default="results", help="folder for the records (default %(default)s)")
+    p.add_argument("--out-dir", default=None,
+                   help="folder for the records, named as train names them (default: <records>, see below); "
+                        "locked while replicate runs")
 
     sub.add_parser("info", help="print the hardware and versions a record would hold")
     p = sub.add_parser("data", help="say where MNIST is found (and why there) and check its four files")
     p.add_argument("--data-dir", default=None, help="MNIST root holding MNIST/raw (default: as for train)")
     p = sub.add_parser("scorecard", help="the verdict table: each claim of the paper beside ours, from run records")
     p.add_argument("--results", default=None,
-                   help="folder of run records (default: results/ of the repository, or $HDR_RESULTS_DIR)")
+                   help="folder of run records (default: $HDR_RESULTS_DIR when set, else results/ of the checkout)")
     p.add_argument("--json", action="store_true", help="print the table as JSON instead of text")
     sub.add_parser("native", help="build the fast path's native CPU step for this machine (once), say if it is used")
     return parser
@@ -151,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     written = _Written(getattr(args, "out", None) if args.command == "train" else None)
     dist_ctx = None
     try:
+        settings.check_environment()  # every HDR_* variable, one rule, before any work
         dist_ctx = distributed.from_environment()  # started by torchrun (or with its variables): data-parallel
         if dist_ctx is not None and args.command not in ("train", "replicate"):
             raise ConfigError(f"'{args.command}' runs in one process; under torchrun use train or replicate")
@@ -211,7 +235,8 @@ def _interrupted(args, written: _Written) -> str:
         parts.append(f"rerun with --resume and --checkpoint-dir {args.checkpoint_dir} to continue from its last "
                      f"checkpoint")
     elif args.command == "replicate":
-        parts.append(f"the records of the seeds that finished are in {args.out_dir}")
+        parts.append(f"the records of the seeds that finished are in {args.out_dir or settings.results_dir()}; "
+                     f"the same command again skips them and reruns the rest")
     return "; ".join(parts)
 
 
@@ -220,7 +245,7 @@ def _check_paths(args) -> None:
     if getattr(args, "data_dir", None) is not None:
         paths.input_path(args.data_dir, "--data-dir")
     if getattr(args, "out", None) is not None:
-        paths.output_file(args.out, "--out")
+        paths.output_file(args.out, "--out", kind="bench" if args.command == "bench" else "train")
     if getattr(args, "checkpoint_dir", None) is not None:
         paths.output_folder(args.checkpoint_dir, "--checkpoint-dir")
     if getattr(args, "out_dir", None) is not None:
@@ -251,20 +276,22 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
         from hdr_lib.measure.replicate import record_name, train_any
 
         config = _config_from(args)
-        if args.framework != "torch" and (args.checkpoint_dir or args.resume):
-            raise ConfigError("--checkpoint-dir and --resume apply to the PyTorch runs only; drop them with "
-                              f"--framework {args.framework}")
+        if args.framework != "torch" and (args.checkpoint_dir or args.resume or args.overwrite_checkpoint):
+            raise ConfigError("--checkpoint-dir, --resume and --overwrite-checkpoint apply to the PyTorch runs "
+                              f"only; drop them with --framework {args.framework}")
         keras_check(config, args)
         device = resolve_device(config.device)
         if args.out is None:
-            out = paths.output_file(Path("results") / record_name(config, device.type, args.framework, args.keras_way,
-                                                                  world_size=world), "the default record")
+            out = paths.output_file(settings.results_dir() / record_name(
+                config, device.type, args.framework, args.keras_way, world_size=world, max_steps=args.max_steps),
+                "the default record", kind="train")
             written.set(out)
         else:
             out = Path(args.out)
         record = train_any(config, args.framework, args.keras_way, data_root=args.data_dir, out=out,
                            checkpoint_dir=args.checkpoint_dir, resume=args.resume, progress=progress,
-                           max_steps=args.max_steps, dist_ctx=dist_ctx)
+                           max_steps=args.max_steps, dist_ctx=dist_ctx,
+                           **({"overwrite_checkpoint": True} if args.overwrite_checkpoint else {}))
         if dist_ctx is not None and not dist_ctx.is_writer:  # rank 0 reports (and writes)
             return 0 if record["status"] == "complete" or args.max_steps is not None else 1
         accuracy = record["test_accuracy"]
@@ -291,11 +318,15 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
         config = _config_from(args)
         device = resolve_device(config.device)
         suffix = "" if args.framework == "torch" else f"-{args.framework}"  # never over the PyTorch bench's record
-        out = Path(args.out) if args.out is not None else Path("results") / f"bench-{device.type}{suffix}.json"
-        bench(config, rounds=args.rounds, out=out, data_root=args.data_dir, progress=progress,
-              variants=tuple(args.fast_variant), max_steps=args.max_steps, framework=args.framework,
-              keras_ways=(args.keras_way,) if args.keras_way else None, loops=tuple(args.loop),
-              contention=args.contention)
+        steps = f"-steps{args.max_steps}" if args.max_steps is not None else ""  # a quick check: its own name
+        out = (Path(args.out) if args.out is not None
+               else paths.output_file(settings.results_dir() / f"bench-{device.type}{suffix}{steps}.json",
+                                      "the default record", kind="bench"))
+        with paths.WriteLock(out, "record"):
+            bench(config, rounds=args.rounds, out=out, data_root=args.data_dir, progress=progress,
+                  variants=tuple(args.fast_variant), max_steps=args.max_steps, framework=args.framework,
+                  keras_ways=(args.keras_way,) if args.keras_way else None, loops=tuple(args.loop),
+                  contention=args.contention)
         return 0
     raise AssertionError(args.command)
 

@@ -79,9 +79,11 @@ def _check_folder_chain(folder: Path, label: str, shown: Path | None = None) -> 
                         f"folder you can write to") from exc
 
 
-def output_file(value, label: str) -> Path:
+def output_file(value, label: str, kind: str | None = None) -> Path:
     """A file the run will write (a record): refused now if it is empty, a folder, lies under a file, has a
-    name too long, sits where nothing can be written, or is an existing file that is not a run record."""
+    name too long, sits where nothing can be written, or is an existing file that is not a run record. An existing
+    record is replaced only when it is an unfinished one ("incomplete") of the same `kind` ("train", "bench"; any
+    kind when None): a finished record, or another kind's, is kept and the run refused (`kept_record`)."""
     path = Path(_text(value, label))
     _check_lengths(path, label, spare=16)  # the temporary file beside it has a longer name
     if path.is_dir():
@@ -99,7 +101,30 @@ def output_file(value, label: str) -> Path:
         except (RecordError, OSError):
             raise PathError(f"{label} {path} exists and is not a run record; it would be overwritten: choose a new "
                             f"name, or delete it first") from None
+        kept = kept_record(path, kind)
+        if kept:
+            raise PathError(f"{label} {path} holds {kept}; it was kept, nothing ran: choose another file name "
+                            f"(--out), or delete it first to make it again")
     return path
+
+
+def kept_record(path: Path, kind: str | None = None) -> str | None:
+    """Why the record at `path` must not be replaced by a run of `kind` (a phrase: "a complete train record
+    (test accuracy 99.10 %)"), or None where it may be: an incomplete record of the same kind, or no record."""
+    from hdr_lib.measure.records import RecordError, read_record
+
+    try:
+        record = read_record(path)
+    except (RecordError, OSError):
+        return None
+    status, found = record.get("status"), record.get("kind")
+    accuracy = record.get("test_accuracy")
+    detail = f" (test accuracy {accuracy:.2f} %)" if isinstance(accuracy, (int, float)) else ""
+    if kind is not None and found != kind:
+        return f"a {status} {found} record, not a {kind} record{detail}"
+    if status != "incomplete":
+        return f"a {status} {found} record{detail}"
+    return None
 
 
 def output_folder(value, label: str) -> Path:
@@ -160,6 +185,75 @@ class FolderLock:
         if self.fd is not None:
             os.close(self.fd)  # closing the only descriptor drops the flock
             self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+_HELD: dict[str, list] = {}  # lock file -> [fd, count]: a process that holds a lock may take it again
+
+
+class WriteLock:
+    """An exclusive lock on what a run writes (a record, an output folder): fcntl.flock on a hidden lock file
+    beside it (`.<name>.lock`, in a folder `.hdr-folder.lock`), taken without waiting. A second writer is refused
+    with one line naming the process that holds it; the lock goes with the process, however it ends, and its file
+    is removed on release. The same process may take it again (a replicate's folder, then each record in it)."""
+
+    def __init__(self, target: str | os.PathLike, what: str, folder: bool = False):
+        target = Path(target)
+        self.file = target / ".hdr-folder.lock" if folder else target.parent / f".{target.name}.lock"
+        self.target, self.what, self.key, self.held = target, what, None, False
+
+    def acquire(self) -> "WriteLock":
+        if self.held or fcntl is None:
+            return self
+        self.key = os.path.abspath(self.file)
+        if self.key in _HELD:
+            _HELD[self.key][1] += 1
+            self.held = True
+            return self
+        while True:
+            try:
+                self.file.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise PathError(os_error(exc, self.target, f"lock {self.what}", "choose another place")) from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise PathError(f"{self.what} {self.target} is being written by another run (pid {owner}); wait "
+                                f"for it to end, or choose another name") from None
+            try:  # the file may have been removed by its last holder between our open and our lock: take it anew
+                same = os.fstat(fd).st_ino == os.stat(self.file).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _HELD[self.key] = [fd, 1]
+        self.held = True
+        return self
+
+    def release(self) -> None:
+        if not self.held or self.key is None:
+            return
+        self.held = False
+        entry = _HELD[self.key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _HELD[self.key]
+            try:
+                os.unlink(self.file)  # while still locked: a waiter that opened it sees another inode and retries
+            except OSError:
+                pass
+            os.close(entry[0])
 
     def __enter__(self):
         return self.acquire()

@@ -6,11 +6,12 @@ Each epoch runs through one `hdr_lib.steps.Step`: the reference path's plain PyT
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable
 
 import torch
 
-from hdr_lib import checkpoint, distributed, fast, paths
+from hdr_lib import checkpoint, distributed, fast, paths, settings
 from hdr_lib import data as mnist
 from hdr_lib.config import TrainConfig
 from hdr_lib.validation import ConfigError, check
@@ -84,18 +85,29 @@ def train(config: TrainConfig, **kwargs) -> dict:
 def train_model(config: TrainConfig, *, data: mnist.MNISTTensors | None = None, data_root=None, out=None,
                 checkpoint_dir=None, resume: bool = False, progress: bool | None = None,
                 on_epoch: Callable[[dict, dict], None] | None = None, max_steps: int | None = None,
-                keep_step_losses: bool = False, dist_ctx: distributed.Context | None = None):
+                keep_step_losses: bool = False, dist_ctx: distributed.Context | None = None,
+                overwrite_checkpoint: bool = False):
     """Train the paper's CNN; return its record and the trained model. Bad settings are refused before any work.
     Each epoch's entry: train loss, training seconds (no evaluation, no data loading), test accuracy, evaluation
-    seconds. `out` is rewritten after every epoch; `checkpoint_dir` is locked, checkpointed, and `resume`d from."""
-    device, out, folder, max_steps = _check(config, out, checkpoint_dir, resume, max_steps, dist_ctx)
+    seconds. `out` is locked for this run and rewritten after every epoch; it never replaces a finished record or
+    another kind's (`hdr_lib.paths.output_file`). `checkpoint_dir` is locked, checkpointed, and `resume`d from
+    (only at an epoch's end: a checkpoint of an epoch cut short by `max_steps` is refused, as its batch order
+    cannot be continued); a checkpoint there is replaced by a new run only with `overwrite_checkpoint`. A run
+    stopped by `max_steps` is never complete, and says so in `max_steps` and `deviations_from_paper`."""
+    device, out, folder, max_steps = _check(config, out, checkpoint_dir, resume, max_steps, dist_ctx,
+                                            overwrite_checkpoint)
     lock = paths.FolderLock(folder) if folder is not None and (dist_ctx is None or dist_ctx.is_writer) else None
+    out_lock = paths.WriteLock(out, "record") if out is not None else None
     try:
+        if out_lock is not None:
+            out_lock.acquire()  # a second writer of the same record is refused, not interleaved
         if lock is not None and folder.is_dir():
             lock.acquire()  # before reading its checkpoint: no other run may be writing it
         state = checkpoint.load_train_state(folder, config) if resume else None
         run = run_record.Run(config=config, device=device, env=environment(device))
         run.extra["numerics"] = run_record.numerics(config, device)
+        if max_steps is not None:
+            run.extra["max_steps"] = max_steps
         train_set, x_test, y_test = _data(config, data, data_root, device, run.setup_seconds)
         if dist_ctx is not None:
             run.setup_seconds["process_group"] = dist_ctx.start(device)
@@ -107,6 +119,8 @@ def train_model(config: TrainConfig, *, data: mnist.MNISTTensors | None = None, 
         lr_tensors = [group["lr"] for group in optimizer.param_groups]
         n_train = len(train_set[0]) if on_fast else len(train_set)
         steps_per_epoch = math.ceil(n_train / config.batch_size)
+        if state is not None:
+            _check_resumable(state, steps_per_epoch, folder)
         total = min((config.epochs - start + 1) * steps_per_epoch, max_steps or math.inf)
         local_batch = config.batch_size // (dist_ctx.world_size if dist_ctx is not None else 1)
         step, why = fast.choose(config, model, optimizer, *train_set, batch_size=local_batch, total_steps=total,
@@ -145,18 +159,20 @@ def train_model(config: TrainConfig, *, data: mnist.MNISTTensors | None = None, 
                     epoch_bar.set_postfix(loss=f"{entry['train_loss']:.4f}", acc=f"{accuracy:.2f}%")
                     if on_epoch is not None:
                         on_epoch(entry, run.record())
-            complete = len(run.epochs) == config.epochs and "diverged" not in run.extra and max_steps is None
+            whole = all(e.get("steps", steps_per_epoch) == steps_per_epoch for e in run.epochs)
+            complete = (len(run.epochs) == config.epochs and whole and "diverged" not in run.extra
+                        and max_steps is None)
             run.status = "complete" if complete else "incomplete"
         finally:
             epoch_bar.close()
             meters.into(run)
-            if max_steps is not None:
-                run.extra["max_steps"] = max_steps
             _write(out, run)
     finally:
         if lock is not None:
             lock.release()
-    record = run.record()
+        if out_lock is not None:
+            out_lock.release()
+    record = _record(run)
     if keep_step_losses:
         record["step_losses"] = torch.cat(step_losses).tolist() if step_losses else []
     return record, model
@@ -185,15 +201,42 @@ def _resume(run: run_record.Run, state: dict, model, optimizer, scheduler, folde
     return state["epoch"] + 1
 
 
+def _check_resumable(state: dict, steps_per_epoch: int, folder) -> None:
+    """A checkpoint is resumed only from the end of a whole epoch: one written after an epoch cut short (by
+    --max-steps) would continue with the next epoch's batches and leave the short one in the record."""
+    for entry in state["epochs"]:
+        steps = entry.get("steps", steps_per_epoch) if isinstance(entry, dict) else steps_per_epoch
+        if steps != steps_per_epoch:
+            raise ConfigError(f"checkpoint {folder / checkpoint.NAME} holds epoch {entry.get('epoch')} stopped after "
+                              f"{steps} of its {steps_per_epoch} steps (--max-steps); a run resumes only from an "
+                              f"epoch's end, so it was not resumed: run without --resume and with "
+                              f"--overwrite-checkpoint to start afresh, or choose another --checkpoint-dir")
+
+
+def _record(run: run_record.Run) -> dict:
+    """The run's record; a run stopped by max_steps names that among its deviations from the paper."""
+    record = run.record()
+    max_steps = run.extra.get("max_steps")
+    if max_steps is not None:
+        deviations = record["deviations_from_paper"]
+        if isinstance(deviations, dict):
+            deviations["max_steps"] = max_steps
+        elif isinstance(deviations, list):
+            deviations.append(f"stopped after {max_steps} optimiser steps (--max-steps)")
+    return record
+
+
 def _write(out, run: run_record.Run) -> None:
     if out is not None:
-        write_json_atomic(out, run.record())
+        write_json_atomic(out, _record(run))
 
 
-def _check(config: TrainConfig, out, checkpoint_dir, resume: bool, max_steps, dist_ctx):
+def _check(config: TrainConfig, out, checkpoint_dir, resume: bool, max_steps, dist_ctx,
+           overwrite_checkpoint: bool = False):
     """The settings, the device and the output paths, before any work: (device, out, checkpoint folder, max_steps).
     Under data parallelism the batch must split into equal shards, and only rank 0 writes."""
     config.validate()
+    settings.check_environment()  # HDR_NATIVE, HDR_PROGRESS, ...: one rule, from the API as from the command line
     max_steps = check("max_steps", max_steps) if max_steps is not None else None
     device = resolve_device(config.device)
     if config.amp == "fp16" and device.type != "cuda":
@@ -201,10 +244,16 @@ def _check(config: TrainConfig, out, checkpoint_dir, resume: bool, max_steps, di
     if dist_ctx is not None:
         dist_ctx.check(config.batch_size)
         out = out if dist_ctx.is_writer else None
-    out = paths.output_file(out, "out") if out is not None else None
+    out = paths.output_file(out, "out", kind="train") if out is not None else None
     folder = paths.output_folder(checkpoint_dir, "checkpoint_dir") if checkpoint_dir is not None else None
     if resume and folder is None:
         raise ConfigError("resume needs a checkpoint directory (--checkpoint-dir)")
+    if resume and overwrite_checkpoint:
+        raise ConfigError("--resume continues the checkpoint that --overwrite-checkpoint would replace; give one")
+    if folder is not None and not resume and not overwrite_checkpoint and os.path.lexists(folder / checkpoint.NAME):
+        raise ConfigError(f"checkpoint folder {folder} holds another run's checkpoint ({checkpoint.NAME}); it was "
+                          f"kept, nothing ran: continue it with --resume, replace it with --overwrite-checkpoint, "
+                          f"or choose another --checkpoint-dir")
     return device, out, folder, max_steps
 
 

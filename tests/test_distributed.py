@@ -139,7 +139,9 @@ def test_a_killed_rank_makes_the_other_exit_with_a_clear_message_within_the_time
 def test_torchrun_writes_one_record_from_rank_zero(tmp_path):
     # Big batches keep it short: 60 steps of 1000 images, 500 per rank.
     done = subprocess.run(["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "hdr_lib", "train",
-                           "--device", "cpu", "--epochs", "1", "--batch-size", "1000", "--lr", "0.1", "--quiet"], env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
+                           "--device", "cpu", "--epochs", "1", "--batch-size", "1000", "--lr", "0.1", "--quiet"],
+                          env={**os.environ, "PYTHONPATH": str(REPO), "HDR_RESULTS_DIR": str(tmp_path / "results")},
+                          cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     (name,) = [p.name for p in (tmp_path / "results").iterdir()]

@@ -147,14 +147,18 @@ def cached_run(config: TrainConfig, cache_dir=None, *, data=None, verbose: bool 
                 try:  # its digest checked, read without running code (hdr_lib.checkpoint)
                     model.load_state_dict(checkpoint.load(weights))
                 except (checkpoint.CheckpointError, RuntimeError, TypeError) as exc:
-                    print(f"the cached weights {shown(folder)}{weights.name} cannot be used ({exc}); training "
+                    print(f"the cached weights {os.path.join(shown(folder), weights.name)} cannot be used ({exc}); training "
                           f"again")
                     break
                 if verbose:
                     print(f"reusing the live run recorded {record['environment']['created_at']} in "
-                          f"{shown(folder)}{stem.name}.json")
+                          f"{os.path.join(shown(folder), stem.name + '.json')}")
                 return record, model.to(key["device"])
     from hdr_lib.train import train_model
+
+    paths.output_folder(folder, "parameter cache_dir")  # named by the parameter, as in chapter 08's check cell
+    stem.with_suffix(".json").unlink(missing_ok=True)  # a cache entry that cannot be reused (a run never replaces a
+    # finished record: this one is the cache's own, made again now)
 
     def report(entry, _record):
         if verbose:

@@ -24,11 +24,11 @@ path runs `torch_cpu.train_step` instead; its records name the step that ran (`e
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -53,7 +53,7 @@ CAPABILITY_LIMIT = {"avx512": "avx512", "avx2": "avx2", "default": None}
 _state: dict = {}  # "ok": bool, "reason": str | None, "isa": str; filled by the first load()
 _namespaces: dict = {}  # operator namespace -> the library file that registered it
 _loaded: dict = {}  # library file -> None (loaded) or the reason it could not be (load_isa)
-STALE_LOCK_SECONDS = 180  # a build lock this old was left by a build that died: a build takes about 15 s
+BUILD_LOCK = "build.flock"  # an flock held while a build runs: it dies with its process
 
 
 def _flags_line() -> str:
@@ -148,18 +148,29 @@ def _build(folder: Path, isa_name: str = "avx512") -> None:
     from torch.utils import cpp_extension
 
     folder.mkdir(parents=True, exist_ok=True)
-    # cpp_extension waits, without end, while another build's lock file exists; one that a killed build left
-    # behind would hang every later run. Wait for a build that may still be running, then take the lock over.
-    lock = folder / "lock"
-    while lock.exists() and not (folder / f"{NAME}.so").exists():
+    # cpp_extension waits, without end, while another build's lock file ("lock") exists; one that a killed build
+    # left behind would hang every later run. Builds here take an flock first, which dies with its process: while
+    # another live process holds it, wait for that build (and say so); once held, no build of ours is running, so
+    # a "lock" file still there was left by a dead one and is removed.
+    with open(folder / BUILD_LOCK, "a+") as handle:
         try:
-            age = time.time() - lock.stat().st_mtime
-        except FileNotFoundError:
-            break
-        if age > STALE_LOCK_SECONDS:
-            lock.unlink(missing_ok=True)
-            break
-        time.sleep(1.0)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "?"
+            print(f"hdr_lib: waiting for another process (pid {owner}) that is compiling the native CPU step in "
+                  f"{folder}; it ends when that build does", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        if (folder / f"{ISAS[isa_name]['name']}.so").exists():
+            return  # the process waited for built it
+        (folder / "lock").unlink(missing_ok=True)
+        _compile(folder, cpp_extension, isa_name)
+
+
+def _compile(folder: Path, cpp_extension, isa_name: str) -> None:
     # Copies of the flags: cpp_extension appends its own to the lists it is given.
     cpp_extension.load(ISAS[isa_name]["name"], [str(SOURCE)], extra_cflags=list(_cflags(isa_name)),
                        extra_ldflags=list(LDFLAGS),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import secrets
 import platform
 import resource
 import subprocess
@@ -138,7 +139,9 @@ def environment(device: torch.device | None = None) -> dict:
     }
 
 
-SESSION = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")  # when this process started
+# When this process started, its pid and a random part: two invocations started in the same second are two sessions.
+SESSION = (f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}-pid{os.getpid()}-"
+           f"{secrets.token_hex(3)}")
 
 
 def _host_hash() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hdr_lib import paths
+from hdr_lib import paths, settings
 from hdr_lib.paths import REPOSITORY
 from hdr_lib.measure.machine import machine_label
 from hdr_lib.measure.records import RecordError, load_records
@@ -20,7 +20,7 @@ def results_folder(results_dir=None, label: str = "parameter results_dir") -> Pa
     else results/ of the repository."""
     if results_dir is not None:
         return paths.input_path(results_dir, label)
-    return Path(os.environ.get(RESULTS_ENV_VAR) or REPOSITORY / "results")
+    return settings.results_dir()  # the one rule, shared with the writers
 
 
 def checked_results_folder(results_dir=None, label: str = "parameter results_dir") -> Path:
