@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from hdr_lib import checkpoint, distributed, fast, paths
+from hdr_lib import checkpoint, distributed, fast, paths, weights
 from hdr_lib import data as mnist
 from hdr_lib.config import TrainConfig
 from hdr_lib.validation import ConfigError, check
@@ -84,11 +84,15 @@ def train(config: TrainConfig, **kwargs) -> dict:
 def train_model(config: TrainConfig, *, data: mnist.MNISTTensors | None = None, data_root=None, out=None,
                 checkpoint_dir=None, resume: bool = False, progress: bool | None = None,
                 on_epoch: Callable[[dict, dict], None] | None = None, max_steps: int | None = None,
-                keep_step_losses: bool = False, dist_ctx: distributed.Context | None = None):
+                keep_step_losses: bool = False, dist_ctx: distributed.Context | None = None,
+                weights_out=None):
     """Train the paper's CNN; return its record and the trained model. Bad settings are refused before any work.
     Each epoch's entry: train loss, training seconds (no evaluation, no data loading), test accuracy, evaluation
-    seconds. `out` is rewritten after every epoch; `checkpoint_dir` is locked, checkpointed, and `resume`d from."""
+    seconds. `out` is rewritten after every epoch; `checkpoint_dir` is locked, checkpointed, and `resume`d from.
+    `weights_out`: the trained state dict is saved there at the end, and the record names it (`weights`)."""
     device, out, folder, max_steps = _check(config, out, checkpoint_dir, resume, max_steps, dist_ctx)
+    if weights_out is not None:
+        weights_out = paths.output_file(weights_out, "weights_out") if dist_ctx is None or dist_ctx.is_writer else None
     lock = paths.FolderLock(folder) if folder is not None and (dist_ctx is None or dist_ctx.is_writer) else None
     try:
         if lock is not None and folder.is_dir():
@@ -147,6 +151,8 @@ def train_model(config: TrainConfig, *, data: mnist.MNISTTensors | None = None, 
                         on_epoch(entry, run.record())
             complete = len(run.epochs) == config.epochs and "diverged" not in run.extra and max_steps is None
             run.status = "complete" if complete else "incomplete"
+            if weights_out is not None:  # the weights the record's last test accuracy was measured with
+                run.extra["weights"] = weights.save(model, weights_out)
         finally:
             epoch_bar.close()
             meters.into(run)
