@@ -106,3 +106,18 @@ def test_weights_out_is_refused_where_there_are_no_lenet_weights(tmp_path):
                "--weights-out", str(tmp_path / "w.pt"))
     assert proc.returncode == 2 and "--weights-out" in proc.stderr, proc.stderr
     assert not out.exists() and not (tmp_path / "w.pt").exists()
+
+
+@pytest.mark.slow
+def test_every_committed_weights_file_evaluates_to_its_records_accuracy():
+    # results/weights/*.pt (scripts/train_published_weights.sh): each named by exactly the records that state its
+    # accuracy, and that accuracy is what the file gives on the test set now. No stray file without a record.
+    from hdr_lib import weights
+
+    named = {r["weights"]["file"]: r for r in weights.published(REPO / "results")}
+    files = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "results").rglob("*.pt"))
+    assert sorted(named) == files, "every committed weights file needs the record that names it, and back"
+    for file, record in named.items():
+        assert weights.sha256_of(REPO / file) == record["weights"]["sha256"], file
+        model, _ = weights.load(REPO / file)
+        assert abs(weights.test_accuracy(model) - record["test_accuracy"]) <= weights.ACCURACY_TOLERANCE, file
