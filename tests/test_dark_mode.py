@@ -26,13 +26,14 @@ DRAWN = """(() => {
   const alpha = c => { const m = (c || '').match(/[\\d.]+/g); return m && m.length > 3 ? Number(m[3]) : 1; };
   return {figures: divs.length, drawn: divs.filter(d => d.querySelector('.main-svg')).length,
     themed: divs.filter(d => d.getAttribute('data-hdr-theme') === document.documentElement.getAttribute('data-theme')).length,
-    ticks: divs.map(d => { const t = d.querySelector('.xtick text, .ytick text'); return t ? lum(getComputedStyle(t).fill) : null; }),
+    ticks: divs.map(d => d.querySelector('.xtick text, .ytick text')).filter(t => t)  // image grids have none
+               .map(t => lum(getComputedStyle(t).fill)),
     bg_alpha: divs.map(d => alpha(getComputedStyle(d.querySelector('svg.main-svg')).backgroundColor)),
     ready: document.readyState};
 })()"""
 
 
-def _wait(tools, predicate, seconds=tb.PAGE_TIMEOUT_S) -> dict:
+def _wait(tools, predicate, seconds=tb.DRAW_TIMEOUT_S + 60) -> dict:
     deadline, state = time.monotonic() + seconds, {}
     while time.monotonic() < deadline:
         tools.pump(0.3)
@@ -54,7 +55,7 @@ def _both_themes(port: int, url: str) -> dict:
         for step, theme in enumerate(("light", "dark", "light")):
             tools.evaluate(f"document.documentElement.setAttribute('data-theme', '{theme}')")
             state = _wait(tools, lambda s: s.get("ready") == "complete" and s.get("figures", 0) > 0
-                          and s["drawn"] == s["figures"] == s["themed"] and None not in s["ticks"])
+                          and s["drawn"] == s["figures"] == s["themed"] and len(s["ticks"]) > 0)
             out[f"{step}-{theme}"] = state
         errors = [e for e in tools.events if e.get("method") == "Runtime.exceptionThrown"]
         out["errors"] = [e["params"]["exceptionDetails"].get("exception", {}).get("description") for e in errors]
@@ -70,6 +71,7 @@ def _assert_readable(seen: dict) -> None:
         if key == "errors":
             continue
         assert state.get("figures", 0) > 0 and state["drawn"] == state["figures"] == state["themed"], (key, state)
+        assert state["ticks"], f"no figure with tick labels drew: {state}"
         if key.endswith("dark"):
             assert all(t > 0.6 for t in state["ticks"]), f"dark page, dark tick labels: {state['ticks']}"
             assert all(a == 0 for a in state["bg_alpha"]), f"dark page, opaque figure background: {state['bg_alpha']}"
