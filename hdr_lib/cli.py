@@ -1,4 +1,4 @@
-"""The command line: `python -m hdr_lib train|bench|replicate|info|data|scorecard|native`; user errors exit 2 with one clear line."""
+"""The command line: `python -m hdr_lib train|bench|replicate|info|data|scorecard|native|evaluate`; user errors exit 2 with one clear line."""
 
 from __future__ import annotations
 
@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite-checkpoint", action="store_true",
                    help="start afresh in a --checkpoint-dir that holds another run's checkpoint, replacing it "
                         "(without it, such a folder is refused)")
+    p.add_argument("--weights-out", default=None, help="save the trained weights (a PyTorch state dict) to this file; "
+                                                       "the record names it with its SHA-256 (python -m hdr_lib evaluate)")
 
     p = sub.add_parser("bench", help="time the fast and reference paths in one process, alternating (with a Keras "
                                      "--framework, its ways too)", epilog=WHERE_RECORDS_GO)
@@ -142,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of run records (default: $HDR_RESULTS_DIR when set, else results/ of the checkout)")
     p.add_argument("--json", action="store_true", help="print the table as JSON instead of text")
     sub.add_parser("native", help="build the fast path's native CPU step for this machine (once), say if it is used")
+
+    p = sub.add_parser("evaluate", help="test accuracy of a trained weights file on MNIST's 10,000 test images, "
+                                        "checked against the record that names the file")
+    p.add_argument("--weights", required=True, help="a state dict saved by train --weights-out (loaded without "
+                                                    "running code)")
+    p.add_argument("--results", default=None, help="folder of run records to find the file's record in, by its "
+                                                    "SHA-256 (default: results/ of the repository, or $HDR_RESULTS_DIR)")
+    p.add_argument("--data-dir", default=None, help="MNIST root holding MNIST/raw (default: as for train)")
     return parser
 
 
@@ -250,6 +260,8 @@ def _check_paths(args) -> None:
         paths.output_folder(args.checkpoint_dir, "--checkpoint-dir")
     if getattr(args, "out_dir", None) is not None:
         paths.output_folder(args.out_dir, "--out-dir")
+    if getattr(args, "weights_out", None) is not None:
+        paths.output_file(args.weights_out, "--weights-out")
 
 
 def _dispatch(args, written: _Written, dist_ctx=None) -> int:
@@ -270,6 +282,8 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
         return 0
     if args.command in ("scorecard", "native"):
         return _scorecard(args) if args.command == "scorecard" else _native()
+    if args.command == "evaluate":
+        return _evaluate(args)
     progress = False if args.quiet or (dist_ctx is not None and not dist_ctx.is_writer) else None
     world = dist_ctx.world_size if dist_ctx is not None else None
     if args.command == "train":
@@ -280,6 +294,9 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
             raise ConfigError("--checkpoint-dir, --resume and --overwrite-checkpoint apply to the PyTorch runs "
                               f"only; drop them with --framework {args.framework}")
         keras_check(config, args)
+        if args.weights_out is not None and (args.framework != "torch" or config.model != "lenet5"):
+            raise ConfigError("--weights-out saves the PyTorch LeNet-5's weights; drop it with --framework "
+                              f"{args.framework} or --model {config.model}")
         device = resolve_device(config.device)
         if args.out is None:
             out = paths.output_file(settings.results_dir() / record_name(
@@ -291,7 +308,8 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
         record = train_any(config, args.framework, args.keras_way, data_root=args.data_dir, out=out,
                            checkpoint_dir=args.checkpoint_dir, resume=args.resume, progress=progress,
                            max_steps=args.max_steps, dist_ctx=dist_ctx,
-                           **({"overwrite_checkpoint": True} if args.overwrite_checkpoint else {}))
+                           **({"overwrite_checkpoint": True} if args.overwrite_checkpoint else {}),
+                           **({"weights_out": args.weights_out} if args.weights_out is not None else {}))
         if dist_ctx is not None and not dist_ctx.is_writer:  # rank 0 reports (and writes)
             return 0 if record["status"] == "complete" or args.max_steps is not None else 1
         accuracy = record["test_accuracy"]
@@ -364,3 +382,33 @@ def _native() -> int:
         print(f"native CPU step not available ({native.reason()}); the CPU fast path runs "
               "hdr_lib.fast.torch_cpu.train_step instead")
     return 0
+
+
+def _evaluate(args) -> int:
+    """`evaluate`: load a weights file (anything else: WeightsError, exit 2), measure it on the test set, and compare
+    with the record that names it by SHA-256: exit 1 when they disagree by more than one test image."""
+    from hdr_lib import weights
+    from hdr_lib.measure.queries import results_folder
+
+    path = paths.input_path(args.weights, "--weights")
+    try:
+        model, variant = weights.load(path)
+    except weights.WeightsError as exc:
+        raise ConfigError(str(exc)) from None
+    digest = weights.sha256_of(path)
+    records = weights.records_naming(digest, results_folder(args.results, "--results"))
+    accuracy = weights.test_accuracy(model, args.data_dir)
+    print(f"{path}: LeNet-5 ({variant}), SHA-256 {digest[:12]}..., test accuracy {accuracy:.2f} % on MNIST's "
+          f"10,000 test images (CPU)")
+    if not records:
+        print("no record under the results folder names this file (by SHA-256): nothing to compare with")
+        return 0
+    failed = False
+    for record in records:
+        stated = record.get("test_accuracy")
+        agrees = stated is not None and abs(stated - accuracy) <= weights.ACCURACY_TOLERANCE
+        failed |= not agrees
+        print(f"{'agrees with' if agrees else 'DIFFERS from'} its record {record['_path']}: "
+              f"{'-' if stated is None else f'{stated:.2f} %'} ({record.get('status')}, "
+              f"{record['config'].get('device')}, {record['config'].get('path')} path)")
+    return 1 if failed else 0

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from hdr_lib import checkpoint, distributed, fast, paths, settings
+from hdr_lib import checkpoint, distributed, fast, paths, settings, weights
 from hdr_lib import data as mnist
 from hdr_lib.config import TrainConfig
 from hdr_lib.validation import ConfigError, check
@@ -86,16 +86,19 @@ def train_model(config: TrainConfig, *, data: mnist.MNISTTensors | None = None, 
                 checkpoint_dir=None, resume: bool = False, progress: bool | None = None,
                 on_epoch: Callable[[dict, dict], None] | None = None, max_steps: int | None = None,
                 keep_step_losses: bool = False, dist_ctx: distributed.Context | None = None,
-                overwrite_checkpoint: bool = False):
+                overwrite_checkpoint: bool = False, weights_out=None):
     """Train the paper's CNN; return its record and the trained model. Bad settings are refused before any work.
     Each epoch's entry: train loss, training seconds (no evaluation, no data loading), test accuracy, evaluation
     seconds. `out` is locked for this run and rewritten after every epoch; it never replaces a finished record or
     another kind's (`hdr_lib.paths.output_file`). `checkpoint_dir` is locked, checkpointed, and `resume`d from
     (only at an epoch's end: a checkpoint of an epoch cut short by `max_steps` is refused, as its batch order
     cannot be continued); a checkpoint there is replaced by a new run only with `overwrite_checkpoint`. A run
-    stopped by `max_steps` is never complete, and says so in `max_steps` and `deviations_from_paper`."""
+    stopped by `max_steps` is never complete, and says so in `max_steps` and `deviations_from_paper`.
+    `weights_out`: the trained state dict is saved there at the end, and the record names it (`weights`)."""
     device, out, folder, max_steps = _check(config, out, checkpoint_dir, resume, max_steps, dist_ctx,
                                             overwrite_checkpoint)
+    if weights_out is not None:
+        weights_out = paths.output_file(weights_out, "weights_out") if dist_ctx is None or dist_ctx.is_writer else None
     lock = paths.FolderLock(folder) if folder is not None and (dist_ctx is None or dist_ctx.is_writer) else None
     out_lock = paths.WriteLock(out, "record") if out is not None else None
     try:
@@ -163,6 +166,8 @@ def train_model(config: TrainConfig, *, data: mnist.MNISTTensors | None = None, 
             complete = (len(run.epochs) == config.epochs and whole and "diverged" not in run.extra
                         and max_steps is None)
             run.status = "complete" if complete else "incomplete"
+            if weights_out is not None:  # the weights the record's last test accuracy was measured with
+                run.extra["weights"] = weights.save(model, weights_out)
         finally:
             epoch_bar.close()
             meters.into(run)
