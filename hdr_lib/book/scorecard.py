@@ -1,6 +1,6 @@
 """The scorecard: every number the paper claims beside ours from the run records, with a verdict by fixed rules.
 
-This one table is what the landing page, chapter 08, the scorecard page and `python -m hdr_lib scorecard` show.
+This one table is what the scorecard page, chapter 08 and `python -m hdr_lib scorecard` show.
 The rules, in one place (each `Claim` names its rule; `verdict_for` applies it):
 
 - Only complete training records of the paper's configuration count (§3.4: 20 epochs, batch 64, lr 0.01
@@ -190,8 +190,8 @@ def _gap(cpu_acc: list[float], gpu_acc: list[float]) -> dict | None:
 
 def _times(cpu_or_gpu_over_paper: float) -> str:
     ratio = cpu_or_gpu_over_paper
-    return (f"ours takes {1 / ratio:.1f}x less time than the paper's" if ratio < 1 else
-            f"ours takes {ratio:.1f}x the paper's time") + "; training only, on other hardware and software"
+    return (f"{1 / ratio:.1f}x less time than the paper's" if ratio < 1 else
+            f"{ratio:.1f}x the paper's time") + "; training only, other hardware and software"
 
 
 def _measure(claim: Claim, cpu_all: list[dict], gpu_all: list[dict], path: str, cpu_name: str | None = None) -> Cell:
@@ -223,9 +223,8 @@ def _measure(claim: Claim, cpu_all: list[dict], gpu_all: list[dict], path: str, 
     if claim.key in ("speedup", "accuracy_gap"):
         pair = same_host_pair(cpu_all, gpu_all, MIN_RUNS)
         if pair is None:
-            have = f"{len(cpu_all)} CPU and {len(gpu_all)} GPU run(s) of the {path} path"
-            return cell(None, f"needs one host with at least {MIN_RUNS} CPU and {MIN_RUNS} GPU runs; the records "
-                              f"have {have}, on no such host", [], "both")
+            return cell(None, f"needs {MIN_RUNS} CPU and {MIN_RUNS} GPU runs on one machine; the records have "
+                              f"{len(gpu_all)} GPU run(s)", [], "both")
         host, cpu_pair, gpu_pair = pair
         if claim.key == "speedup":
             measured = _speedup(_values(cpu_pair, time), _values(gpu_pair, time))
@@ -384,9 +383,14 @@ def _row_hardware(row: Row) -> str:
 
 
 def _row_note(row: Row) -> str:
-    ref, fast = row.cells[HEADLINE_PATH], row.cells[SECOND_PATH]
-    text = f"reference: {ref.note}. fast: {fast.note}."
-    return text + f" {beside_note(row.beside)}." if row.beside else text
+    """Both paths' notes, each thing said once (the Keras time beside the CPU row is a line below the table)."""
+    notes = [row.cells[p].note.replace(f"the {p} path", "either path") for p in PATHS]
+    if notes[0] == notes[1]:
+        return notes[0]
+    heads, tails = zip(*(n.partition("; ")[::2] for n in notes))
+    if tails[0] == tails[1] and tails[0]:
+        return f"reference: {heads[0]}; fast: {heads[1]}; {tails[0]}"
+    return f"reference: {notes[0]}; fast: {notes[1]}"
 
 
 def table_rows(rows: list[Row]) -> list[tuple[str, ...]]:
