@@ -36,7 +36,7 @@ def _write(folder, records):
 
 def test_empty_results_say_not_yet_measured(tmp_path):
     for text in (fw.precision_markdown(tmp_path), fw.ddp_markdown(tmp_path), fw.network_markdown(tmp_path),
-                 fw.ddp_verdict(tmp_path), fw.network_prediction(tmp_path), fw.amp_ab_markdown(tmp_path)):
+                 fw.amp_ab_markdown(tmp_path)):
         assert "not yet measured" in text
     assert "177.7 kB" in fw.ddp_markdown(tmp_path) and "44,426" in fw.ddp_markdown(tmp_path)
 
@@ -74,7 +74,9 @@ def test_ddp_rows_take_the_share_of_communication_from_the_records(tmp_path):
     assert rows[2]["comm_share"]["mean"] == pytest.approx(5.0 / 30.0)
     assert rows[2]["allreduce_ms"]["mean"] == pytest.approx(5000.0 / steps)
     assert rows[2]["plain_accuracy"] == {0: 98.9}
-    assert "1.00x the time per epoch" in fw.ddp_verdict(tmp_path)
+    two, one = fw.ddp_compared(tmp_path)
+    assert (two["world_size"], one["world_size"]) == (2, 1)
+    assert two["seconds_per_epoch"]["mean"] / one["seconds_per_epoch"]["mean"] == pytest.approx(1.0)
 
 
 def test_amp_is_a_string_and_old_booleans_keep_their_meaning():
@@ -138,5 +140,6 @@ def test_ddp_sessions_are_kept_apart_and_the_verdict_compares_within_one(tmp_pat
     rows = {(row["session"], row["world_size"]): row for row in fw.ddp_rows(tmp_path)}
     assert set(rows) == {("quiet", 1), ("quiet", 2), ("loaded", 2)}
     assert rows[("loaded", 2)]["seconds_per_epoch"]["mean"] == 60.0
-    verdict = fw.ddp_verdict(tmp_path)
-    assert "session quiet" in verdict and "1.50x the time per epoch" in verdict
+    two, one = fw.ddp_compared(tmp_path)  # the session that ran both, not the loaded one
+    assert two["session"] == one["session"] == "quiet"
+    assert two["seconds_per_epoch"]["mean"] / one["seconds_per_epoch"]["mean"] == pytest.approx(1.5)

@@ -338,9 +338,10 @@ def ddp_markdown(results_dir=None) -> str:
     return text
 
 
-def _verdict_session(rows: list[dict]) -> tuple[dict | None, dict | None]:
+def ddp_compared(results_dir=None) -> tuple[dict | None, dict | None]:
     """The rows the verdict compares: 2 processes and 1 process of one session (the latest that has both), else
     the latest session's 2-process row alone."""
+    rows = ddp_rows(results_dir)
     by = {(row["session"], row["world_size"]): row for row in rows}
     def newest(row: dict) -> str:
         return max(str(r["environment"].get("created_at", "")) for r in row["runs"])
@@ -351,31 +352,6 @@ def _verdict_session(rows: list[dict]) -> tuple[dict | None, dict | None]:
         return by[(latest, 2)], by[(latest, 1)]
     two = [row for row in rows if row["world_size"] == 2]
     return (max(two, key=newest) if two else None), None
-
-
-def ddp_verdict(results_dir=None) -> str:
-    """When data parallelism pays for a network this small: a step's compute against one all-reduce's latency."""
-    two, one = _verdict_session(ddp_rows(results_dir))
-    if two is None:
-        return f"Whether two processes beat one on this CPU: {NOT_MEASURED}."
-    compute, comm = two["compute_ms"]["mean"], two["allreduce_ms"]["mean"]
-    text = (f"In session {two['session']}, with 2 processes each rank computes half a batch in {compute:.3f} ms and "
-            f"then waits {comm:.3f} ms for the all-reduce. Splitting a batch over N ranks divides the first and adds "
-            "the second, so N ranks gain only while the compute saved, (1 - 1/N) x the whole batch's compute, "
-            "exceeds one all-reduce. ")
-    if one is not None:
-        ratio = two["seconds_per_epoch"]["mean"] / one["seconds_per_epoch"]["mean"]
-        text += (f"Measured in the same session, through the same code: 2 processes x 1 thread took {ratio:.2f}x the "
-                 f"time per epoch of 1 process x {one['threads_per_rank']} threads "
-                 f"({'faster' if ratio < 1 else 'slower'}). ")
-    else:
-        text += (f"1 process x 2 threads through the same code in the same session (torchrun --nproc-per-node 1): "
-                 f"{NOT_MEASURED}, so whether 2 processes beat it on this CPU is not yet measured either. ")
-    text += ("A network this small pays for data parallelism only where a step's compute is large against the "
-             "all-reduce's latency: larger batches per rank, or many more parameters' worth of work per gradient "
-             "byte. Across GPUs the same arithmetic holds with NCCL's latency; the multi-GPU cells are "
-             f"{NOT_MEASURED}.")
-    return text
 
 
 # --- a deeper network ----------------------------------------------------------------------------------------------
@@ -461,18 +437,3 @@ def network_markdown(results_dir=None) -> str:
                      f"{' or '.join(str(e) for e in row['epochs'])} epochs long, not the paper's 20{why}; their test "
                      f"accuracy after the last epoch: {accs}.")
     return text
-
-
-def network_prediction(results_dir=None) -> str:
-    rows = {(r["device"], r["model"], r["path"]): r for r in network_rows(results_dir)}
-    lenet, resnet = rows.get(("cpu", "lenet5", "fast")), rows.get(("cpu", "resnet", "fast"))
-    ratio = resnet["train_flops_per_epoch"] / lenet["train_flops_per_epoch"] if resnet and lenet else None
-    if not (lenet and resnet and lenet["gflops"] and resnet["gflops"]):
-        return f"The residual network against LeNet-5 on this CPU: {NOT_MEASURED}."
-    time_ratio = resnet["seconds_per_epoch"]["mean"] / lenet["seconds_per_epoch"]["mean"]
-    return (f"The residual network does {ratio:.0f}x LeNet-5's arithmetic per epoch and takes {time_ratio:.0f}x its "
-            f"time on this CPU, at {resnet['gflops']:.1f} against {lenet['gflops']:.1f} GFLOP/s. On a GPU a "
-            "LeNet-5 step at batch 64 is too small to fill the device (chapter 07), so the time per step there is "
-            "set by launches and synchronisation more than by arithmetic; a network with far more work per step "
-            "should fill more of it, and the GPU's advantage over the CPU is expected to grow with the work per "
-            f"step. The GPU cells are {NOT_MEASURED}: scripts/gpu_replication.sh has the stage that measures them.")
