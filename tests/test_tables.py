@@ -84,6 +84,9 @@ def test_memory_estimate_counts_weights_activations_and_the_data_set():
         == 2 * activations
 
 
-def test_memory_lines_say_n_a_where_a_reading_is_missing():
-    line, = tables.memory_lines([record("train", "cpu", memory={"peak_rss_bytes": 2**30}, utilisation={})])
-    assert "1,024 MiB" in line and NOT_MEASURED in line  # no CPU utilisation in this record
+def test_memory_table_labels_its_columns_and_says_what_a_record_lacks():
+    runs = [record("train", "cpu", memory={"peak_rss_bytes": 2**30}, utilisation={}),
+            record("train", "cpu", memory={"peak_rss_bytes": 3 * 2**30}, utilisation={})]
+    head, rule, row = tables.memory_markdown(runs).splitlines()
+    assert head.startswith("| device | machine | runs | peak RSS, MiB | CPU utilisation") and "CUDA" not in head
+    assert row.endswith("| 2 | 2,048 (1,024-3,072) | not recorded |")  # the median, its range; no CPU meter
