@@ -393,12 +393,17 @@ def _row_note(row: Row) -> str:
     return f"reference: {notes[0]}; fast: {notes[1]}"
 
 
+NO_RECORD = "no record"
+
+
 def table_rows(rows: list[Row]) -> list[tuple[str, ...]]:
     out = []
-    for r in rows:
+    for r in rows:  # "not yet measured" once a row, as its verdict; an empty cell says "no record"
         fast = r.cells[SECOND_PATH]
-        out.append((f"{r.claim.text} ({r.claim.section})", paper_value(r.claim), format_measured(r), r.verdict,
-                    f"{format_cell(fast, r.claim.unit)} [{fast.verdict}]", _row_hardware(r), _row_note(r)))
+        ours = format_measured(r) if r.headline.measured else NO_RECORD
+        fast_text = f"{format_cell(fast, r.claim.unit)} [{fast.verdict}]" if fast.measured else NO_RECORD
+        out.append((f"{r.claim.text} ({r.claim.section})", paper_value(r.claim), ours, r.verdict, fast_text,
+                    _row_hardware(r), _row_note(r)))
     return out
 
 
