@@ -35,9 +35,11 @@ def _write(folder, records):
 
 
 def test_empty_results_say_not_yet_measured(tmp_path):
-    for text in (fw.precision_markdown(tmp_path), fw.ddp_markdown(tmp_path), fw.network_markdown(tmp_path),
-                 fw.amp_ab_markdown(tmp_path)):
+    for text in (fw.ddp_markdown(tmp_path), fw.amp_ab_markdown(tmp_path)):
         assert "not yet measured" in text
+    for table in (fw.precision_markdown(tmp_path), fw.network_markdown(tmp_path)):  # the figure says it, once
+        assert "| 0 | 20 | no record |" in table or "| 0 | no record |" in table
+    assert fw.precision_comparison(tmp_path) is None
     assert "177.7 kB" in fw.ddp_markdown(tmp_path) and "44,426" in fw.ddp_markdown(tmp_path)
 
 
@@ -55,11 +57,11 @@ def test_precision_table_compares_bfloat16_with_float32_seed_for_seed(tmp_path):
     rows = {(r["device"], r["amp"]): r for r in fw.precision_rows(tmp_path)}
     assert rows[("cpu", "off")]["epoch"] == 1 and rows[("cpu", "off")]["accuracy"]["mean"] == pytest.approx(97.2)
     assert rows[("cpu", "bf16")]["accuracy"]["n"] == 3 and rows[("cuda", "fp16")]["accuracy"]["n"] == 0
-    text = fw.precision_markdown(tmp_path)
-    assert "+0.100 percentage points" in text and "over 3 seeds" in text  # differences 0.1, 0.0, 0.2
-    assert "standard deviation of 0.200" in text and "inside the seed-to-seed spread" in text
-    assert "4.0x as long" in text
-    assert "cuda | float16 autocast + gradient scaler | 0 | 20 | not yet measured" in text
+    c = fw.precision_comparison(tmp_path)
+    assert c["epoch"] == 1 and c["difference"]["n"] == 3  # seed for seed
+    assert c["difference"]["mean"] == pytest.approx(0.1)  # differences 0.1, 0.0, 0.2
+    assert c["sd"] == pytest.approx(0.2) and c["time_ratio"] == pytest.approx(4.0)
+    assert "| cuda | float16 autocast + gradient scaler | 0 | 20 | no record |" in fw.precision_markdown(tmp_path)
 
 
 def test_ddp_rows_take_the_share_of_communication_from_the_records(tmp_path):
@@ -109,7 +111,7 @@ def test_cpu_rows_are_of_the_processor_that_ran_the_future_work(tmp_path):
     assert fw.cpu_processor(tmp_path) == "AMD EPYC, AVX2"
     rows = {(r["device"], r["amp"]): r for r in fw.precision_rows(tmp_path)}
     assert rows[("cpu", "off")]["accuracy"]["n"] == 2 and rows[("cpu", "off")]["seconds_per_epoch"]["mean"] == 6.0
-    assert "5.0x as long" in fw.precision_markdown(tmp_path)
+    assert fw.precision_comparison(tmp_path)["time_ratio"] == pytest.approx(5.0)
     note = fw.cpu_scope_note(tmp_path)
     assert "AMD EPYC, AVX2" in note and "3 complete CPU records of AMD EPYC" in note
     network = {(r["device"], r["model"], r["path"]): r for r in fw.network_rows(tmp_path)}

@@ -386,8 +386,8 @@ def ddp_figure(rows: list[dict]) -> go.Figure:
     """Chapter 11: seconds per epoch of data-parallel CPU runs (`futurework.ddp_rows`), split into computing and
     the gradient all-reduce, one bar per session and number of processes."""
     fig = go.Figure()
-    sessions = {r["session"]: i + 1 for i, r in enumerate(sorted(rows, key=lambda r: str(r["session"])))}
-    labels = [f"session {sessions[r['session']]}: {r['world_size']} process{'es' if r['world_size'] > 1 else ''}"
+    sessions = {session: i + 1 for i, session in enumerate(sorted({str(r["session"]) for r in rows}))}  # as the table
+    labels = [f"session {sessions[str(r['session'])]}: {r['world_size']} process{'es' if r['world_size'] > 1 else ''}"
               f" x {r['threads_per_rank']} thread{'s' if r['threads_per_rank'] > 1 else ''}" for r in rows]
     epoch = [r["seconds_per_epoch"]["mean"] for r in rows]
     share = [r["comm_share"]["mean"] or 0 for r in rows]
