@@ -101,36 +101,6 @@ def path_ratio_markdown(results_dir=None) -> str:
     return "\n".join(parts)
 
 
-def expected_live_minutes(results_dir=None, path: str = "fast") -> dict | None:
-    """The mean 20-epoch training time of the recorded CPU runs of `path` (of the machine with the most of them),
-    with that machine's name: what the live run is expected to take on this kind of machine."""
-    runs = one_machine(queries.paper_runs(results_dir, device="cpu", path=path))
-    if not runs:
-        return None
-    seconds = summarize([r["total_train_seconds"] for r in runs])
-    evals = summarize([r.get("total_eval_seconds") or 0.0 for r in runs])
-    return {"machine": machine(runs[0]), "n": seconds["n"], "train_seconds": seconds["mean"],
-            "eval_seconds": evals["mean"], "min": seconds["min"], "max": seconds["max"]}
-
-
-def live_run_note(results_dir=None, epochs: int = 20) -> str:
-    """The note at the top of chapters 05-08: the live training run, how long the records say it takes, and how to
-    ask for a short one."""
-    expected = expected_live_minutes(results_dir)
-    if expected is None:
-        how_long = f"How long it takes on this machine is {NOT_MEASURED}: there is no recorded CPU run to go by."
-    else:
-        how_long = (f"On a machine like the one that made the records ({expected['machine']}), the committed "
-                    f"records of the paper's 20 epochs took {expected['train_seconds']:.0f} s of training on average "
-                    f"({expected['min']:.0f} to {expected['max']:.0f} s, n = {expected['n']}) plus "
-                    f"{expected['eval_seconds']:.0f} s of evaluation, on the fast path; a slower or busier machine "
-                    "takes longer.")
-    return (f"> **Note: a live training run.** The first of chapters 05 to 08 that runs in JupyterLab trains the "
-            f"paper's configuration live ({epochs} epoch{'s' if epochs != 1 else ''} with these parameters), once; the others reuse that run. "
-            f"{how_long} For a short run, set `epochs = 1` in the parameters cell (or `papermill ... -p epochs 1`): "
-            "every chapter then labels its live numbers with their number of epochs.")
-
-
 def machines_markdown(results_dir=None, live: dict | None = None) -> str:
     """Which processors the records and the live run come from, so that a reader sees why two CPU names appear."""
     names: dict[str, set] = {}
