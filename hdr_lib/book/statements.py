@@ -76,28 +76,17 @@ def path_ratio_markdown(results_dir=None) -> str:
         if not ref or not fast:
             continue
         mr, mf = (summarize([r["total_train_seconds"] for r in runs])["mean"] for runs in (ref, fast))
-        commits = sorted({str(r["environment"].get("git_commit"))[:7] for r in ref + fast})
-        dates = sorted({str(r["environment"].get("created_at"))[:10] for r in ref + fast})
         parts.append(f"- 20-epoch records, {device.upper()} ({machine(ref[0])}): reference mean {mr:.1f} s "
                      f"(n = {len(ref)}), fast mean {mf:.1f} s (n = {len(fast)}): the fast path takes "
-                     f"**{mr / mf:.1f}x** less time (means; commits {', '.join(commits)}; "
-                     f"{', '.join(dates)}).")
+                     f"**{mr / mf:.1f}x** less time.")
     benches = queries.recorded(results_dir, "bench")
     for b in benches:
         rounds = b.get("speedup_per_round") or []
-        env = b.get("environment", {})
         parts.append(f"- one-epoch benchmark, {b['config']['device'].upper()} ({machine(b)}): "
                      f"{b['speedup_fast_over_reference']:.1f}x (ratio of the median epochs; {len(rounds)} rounds "
-                     f"from {min(rounds):.1f}x to {max(rounds):.1f}x; one process, the paths alternating; commit "
-                     f"{str(env.get('git_commit'))[:7]}, {str(env.get('created_at'))[:10]}).")
+                     f"from {min(rounds):.1f}x to {max(rounds):.1f}x; one process, the paths alternating).")
     if not parts:
         return f"**Fast over reference: {NOT_MEASURED}** (no pair of records of both paths)."
-    parts.append("")
-    parts.append("The two are different measurements and need not agree: the benchmark times single epochs of "
-                 "both paths alternating in one process, minutes apart; the 20-epoch records are whole runs, each "
-                 "path in its own session, made at the commits and dates above, under whatever else the shared "
-                 "machine was doing then (the load, where a record has it, is in the sessions table). Which of these accounts for the gap has not "
-                 "been measured; quote each with its own conditions.")
     return "\n".join(parts)
 
 
@@ -122,8 +111,8 @@ def seed_runs_markdown(seed: int = 0, results_dir=None, live: dict | None = None
     """The final test accuracy of every recorded run of one seed, by device, path and machine (and the live run):
     how far runs that start from the same weights and see the same batches end apart."""
     runs = [r for r in queries.paper_runs(results_dir) if r["config"].get("seed") == seed]
-    lines = [f"- {r['config']['device'].upper()}, {r['config']['path']} path, {machine(r)}, commit "
-             f"{str(r['environment'].get('git_commit'))[:7]}: {r['test_accuracy']:.2f} %" for r in runs]
+    lines = [f"- {r['config']['device'].upper()}, {r['config']['path']} path, {machine(r)}, "
+             f"{str(r['environment'].get('created_at'))[:10]}: {r['test_accuracy']:.2f} %" for r in runs]
     if live is not None and live["config"].get("seed") == seed:
         lines.append(f"- live run of this build, {live['config']['device'].upper()}, {live['config']['path']} path, "
                      f"{machine(live)}, {len(live['epochs'])} epoch(s): {live['test_accuracy']:.2f} %")
