@@ -35,9 +35,9 @@ def test_the_paper_claims_table_shows_every_number_of_hdr_lib_paper():
 
 
 def test_without_a_cuda_record_the_gpu_is_not_yet_measured(tmp_path):
-    assert NOT_MEASURED in tables.cuda_statement(tmp_path)
+    assert "No GPU run is recorded yet" in tables.cuda_statement(tmp_path)
     (tmp_path / "run.json").write_text(json.dumps(cuda_run("triton", 1.0)))
-    assert NOT_MEASURED not in tables.cuda_statement(tmp_path) and "Test GPU" in tables.cuda_statement(tmp_path)
+    assert "No GPU run" not in tables.cuda_statement(tmp_path) and "Test GPU" in tables.cuda_statement(tmp_path)
 
 
 def test_cuda_ways_table_has_a_row_per_way_with_its_means(tmp_path):

@@ -487,10 +487,17 @@ def verdict_paragraph(chapter: str, rows: list[Row] | None = None, results_dir=N
     rows = scorecard(results_dir=results_dir) if rows is None else rows
     wanted = CHAPTER_CLAIMS[chapter]
     lines = ["**Verdict, from the records in `results/`** (the same rules and rows as the scorecard):", ""]
+    missing = []  # claims with no record on either path: one line for all of them
     for row in (r for r in rows if r.claim.key in wanted):
         ref, fast = row.cells[HEADLINE_PATH], row.cells[SECOND_PATH]
+        if ref.measured is None and fast.measured is None:
+            missing.append(row)
+            continue
         lines.append(f"- {row.claim.text} ({row.claim.section}): paper {paper_value(row.claim)}; reference path "
                      f"{describe(ref, row.claim.unit, bold=True)}; fast path {describe(fast, row.claim.unit)}.")
+    if missing:
+        lines.append(f"- **{NOT_MEASURED}** on either path: " + "; ".join(
+            f"{r.claim.text} ({r.claim.section}, paper {paper_value(r.claim)}: {_row_note(r)})" for r in missing) + ".")
     return "\n".join(lines)
 
 

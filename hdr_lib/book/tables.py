@@ -43,8 +43,8 @@ def cuda_statement(results_dir=None) -> str:
     """A Markdown line: which CUDA runs are recorded (hardware and dates), or plainly that none is."""
     runs = queries.recorded_runs(results_dir, "cuda")
     if not runs:
-        return (f"**GPU measurement: {NOT_MEASURED}.** There is no complete CUDA record under "
-                f"`{queries.shown(queries.results_folder(results_dir))}`; nothing about the GPU below is ours.")
+        return (f"**No GPU run is recorded yet** (no complete CUDA record under "
+                f"`{queries.shown(queries.results_folder(results_dir))}`): every GPU number on this page is the paper's.")
     gpus = sorted({machine(r) for r in runs})
     dates = sorted(r["environment"]["created_at"][:10] for r in runs)
     return (f"**GPU measurement: {len(runs)} recorded CUDA run(s)** on {', '.join(gpus)}, made "
