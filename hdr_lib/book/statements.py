@@ -132,6 +132,8 @@ def path_speedups_markdown(rows=None, results_dir=None) -> str:
 
     rows = scorecard.scorecard(results_dir=results_dir) if rows is None else rows
     row = next(r for r in rows if r.claim.key == "speedup")
+    if all(cell.measured is None for cell in row.cells.values()):
+        return f"Speedup of the GPU over the CPU on one host: **{NOT_MEASURED}** on either path ({row.headline.note})."
     parts = []
     for path in scorecard.PATHS:
         cell = row.cells[path]
