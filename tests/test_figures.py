@@ -111,3 +111,32 @@ def test_time_figure_draws_the_papers_times_and_labels_what_is_not_measured():
     with_live = figures.time_figure(rows, live=live)
     assert with_live.data[-1].y == (33.0, None) and "live run" in with_live.data[-1].name
 
+    assert fig.layout.yaxis.dtick == 1  # one label a decade on the log axis, no 2s and 5s between
+
+
+def test_claims_figure_draws_the_papers_claims_and_frames_what_is_not_measured():
+    from hdr_lib.book import scorecard
+    from tests.test_scorecard import make_record
+
+    runs = [make_record("cpu", seconds=s, accuracy=a, seed=i) for i, (s, a) in enumerate(((120.0, 99.0), (130.0, 99.2)))]
+    fig = figures.claims_figure(scorecard.scorecard(runs))
+    paper_bars = [t.y[0] for t in fig.data if t.x == ("paper",)]
+    assert paper_bars == [paper.SPEEDUP, paper.CPU_ACCURACY, paper.CPU_SECONDS]
+    ours = [t.y[0] for t in fig.data if t.x == ("ours",)]
+    assert ours[0] is None and ours[1:] == [pytest.approx(99.1), pytest.approx(125.0)]  # no GPU run: no speedup bar
+    framed = [a.text for a in fig.layout.annotations if "measured" in a.text]
+    assert framed == ["not<br>yet measured"]  # where our speedup bar would stand, once
+
+
+def test_chapter_11_figures_draw_the_measured_groups_and_name_the_missing_ones():
+    from hdr_lib.book import futurework as fw
+
+    precision = figures.precision_figure(fw.precision_rows())  # the committed records: CPU only
+    assert {t.x[0] for t in precision.data} == {"CPU float32", "CPU bfloat16"}
+    assert "GPU float32, GPU bfloat16, GPU float16: not yet measured" in precision.layout.title.text
+    ddp = figures.ddp_figure(fw.ddp_rows())
+    assert [t.name for t in ddp.data] == ["computing", "all-reduce"] and len(ddp.data[0].y) == len(fw.ddp_rows())
+    assert "session" in ddp.data[0].y[0] and "cpu-" not in " ".join(ddp.data[0].y)  # numbered, not session ids
+    network = figures.network_figure(fw.network_rows())
+    names = [t.name for t in network.data]
+    assert "ResNet, fast path, CPU" in names and any(n.startswith("LeNet-5 fast path's rate") for n in names)

@@ -35,9 +35,11 @@ def _write(folder, records):
 
 
 def test_empty_results_say_not_yet_measured(tmp_path):
-    for text in (fw.precision_markdown(tmp_path), fw.ddp_markdown(tmp_path), fw.network_markdown(tmp_path),
-                 fw.ddp_verdict(tmp_path), fw.network_prediction(tmp_path), fw.amp_ab_markdown(tmp_path)):
+    for text in (fw.ddp_markdown(tmp_path), fw.amp_ab_markdown(tmp_path)):
         assert "not yet measured" in text
+    for table in (fw.precision_markdown(tmp_path), fw.network_markdown(tmp_path)):  # the figure says it, once
+        assert "| 0 | 20 | no record |" in table or "| 0 | no record |" in table
+    assert fw.precision_comparison(tmp_path) is None
     assert "177.7 kB" in fw.ddp_markdown(tmp_path) and "44,426" in fw.ddp_markdown(tmp_path)
 
 
@@ -55,11 +57,11 @@ def test_precision_table_compares_bfloat16_with_float32_seed_for_seed(tmp_path):
     rows = {(r["device"], r["amp"]): r for r in fw.precision_rows(tmp_path)}
     assert rows[("cpu", "off")]["epoch"] == 1 and rows[("cpu", "off")]["accuracy"]["mean"] == pytest.approx(97.2)
     assert rows[("cpu", "bf16")]["accuracy"]["n"] == 3 and rows[("cuda", "fp16")]["accuracy"]["n"] == 0
-    text = fw.precision_markdown(tmp_path)
-    assert "+0.100 percentage points" in text and "over 3 seeds" in text  # differences 0.1, 0.0, 0.2
-    assert "standard deviation of 0.200" in text and "inside the seed-to-seed spread" in text
-    assert "4.0x as long" in text
-    assert "cuda | float16 autocast + gradient scaler | 0 | 20 | not yet measured" in text
+    c = fw.precision_comparison(tmp_path)
+    assert c["epoch"] == 1 and c["difference"]["n"] == 3  # seed for seed
+    assert c["difference"]["mean"] == pytest.approx(0.1)  # differences 0.1, 0.0, 0.2
+    assert c["sd"] == pytest.approx(0.2) and c["time_ratio"] == pytest.approx(4.0)
+    assert "| cuda | float16 autocast + gradient scaler | 0 | 20 | no record |" in fw.precision_markdown(tmp_path)
 
 
 def test_ddp_rows_take_the_share_of_communication_from_the_records(tmp_path):
@@ -74,7 +76,9 @@ def test_ddp_rows_take_the_share_of_communication_from_the_records(tmp_path):
     assert rows[2]["comm_share"]["mean"] == pytest.approx(5.0 / 30.0)
     assert rows[2]["allreduce_ms"]["mean"] == pytest.approx(5000.0 / steps)
     assert rows[2]["plain_accuracy"] == {0: 98.9}
-    assert "1.00x the time per epoch" in fw.ddp_verdict(tmp_path)
+    two, one = fw.ddp_compared(tmp_path)
+    assert (two["world_size"], one["world_size"]) == (2, 1)
+    assert two["seconds_per_epoch"]["mean"] / one["seconds_per_epoch"]["mean"] == pytest.approx(1.0)
 
 
 def test_amp_is_a_string_and_a_boolean_is_refused():
@@ -108,7 +112,7 @@ def test_cpu_rows_are_of_the_processor_that_ran_the_future_work(tmp_path):
     assert fw.cpu_processor(tmp_path) == "AMD EPYC, AVX2"
     rows = {(r["device"], r["amp"]): r for r in fw.precision_rows(tmp_path)}
     assert rows[("cpu", "off")]["accuracy"]["n"] == 2 and rows[("cpu", "off")]["seconds_per_epoch"]["mean"] == 6.0
-    assert "5.0x as long" in fw.precision_markdown(tmp_path)
+    assert fw.precision_comparison(tmp_path)["time_ratio"] == pytest.approx(5.0)
     network = {(r["device"], r["model"], r["path"]): r for r in fw.network_rows(tmp_path)}
     lenet = network[("cpu", "lenet5", "fast")]
     assert lenet["seconds_per_epoch"]["n"] == 2 and lenet["gflops"] / lenet["share_of_matmul"] == pytest.approx(60.0)
@@ -137,5 +141,6 @@ def test_ddp_sessions_are_kept_apart_and_the_verdict_compares_within_one(tmp_pat
     rows = {(row["session"], row["world_size"]): row for row in fw.ddp_rows(tmp_path)}
     assert set(rows) == {("quiet", 1), ("quiet", 2), ("loaded", 2)}
     assert rows[("loaded", 2)]["seconds_per_epoch"]["mean"] == 60.0
-    verdict = fw.ddp_verdict(tmp_path)
-    assert "session quiet" in verdict and "1.50x the time per epoch" in verdict
+    two, one = fw.ddp_compared(tmp_path)  # the session that ran both, not the loaded one
+    assert two["session"] == one["session"] == "quiet"
+    assert two["seconds_per_epoch"]["mean"] / one["seconds_per_epoch"]["mean"] == pytest.approx(1.5)

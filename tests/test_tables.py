@@ -38,9 +38,9 @@ def test_the_paper_claims_table_shows_every_number_of_hdr_lib_paper():
 
 
 def test_without_a_cuda_record_the_gpu_is_not_yet_measured(tmp_path):
-    assert NOT_MEASURED in tables.cuda_statement(tmp_path)
+    assert "No GPU run is recorded yet" in tables.cuda_statement(tmp_path)
     (tmp_path / "run.json").write_text(json.dumps(cuda_run("triton", 1.0)))
-    assert NOT_MEASURED not in tables.cuda_statement(tmp_path) and "Test GPU" in tables.cuda_statement(tmp_path)
+    assert "No GPU run" not in tables.cuda_statement(tmp_path) and "Test GPU" in tables.cuda_statement(tmp_path)
 
 
 def test_cuda_ways_table_has_a_row_per_way_with_its_means(tmp_path):
@@ -88,6 +88,9 @@ def test_memory_estimate_counts_weights_activations_and_the_data_set():
         == 2 * activations
 
 
-def test_memory_lines_say_n_a_where_a_reading_is_missing():
-    line, = tables.memory_lines([record("train", "cpu", memory={"peak_rss_bytes": 2**30}, utilisation={})])
-    assert "1,024 MiB" in line and NOT_MEASURED in line  # no CPU utilisation in this record
+def test_memory_table_labels_its_columns_and_says_what_a_record_lacks():
+    runs = [record("train", "cpu", memory={"peak_rss_bytes": 2**30}, utilisation={}),
+            record("train", "cpu", memory={"peak_rss_bytes": 3 * 2**30}, utilisation={})]
+    head, rule, row = tables.memory_markdown(runs).splitlines()
+    assert head.startswith("| device | machine | runs | peak RSS, MiB | CPU utilisation") and "CUDA" not in head
+    assert row.endswith("| 2 | 2,048 (1,024-3,072) | not recorded |")  # the median, its range; no CPU meter

@@ -310,6 +310,123 @@ def time_figure(rows: list, live: dict | None = None) -> go.Figure:
     # A log axis that starts a decade below the shortest bar: every bar tall enough to hold its label.
     low, high = math.log10(min(known)) - 1, math.log10(max(known)) + 0.3
     fig.update_layout(title=f"Training time for {paper.EPOCHS} epochs", barmode="group", yaxis_type="log",
+                      yaxis_dtick=1, yaxis_tickformat=",d",  # one label a decade: 10, 100, 1,000 (no 2s and 5s)
                       yaxis_title="training time (s, log scale)", yaxis_range=[low, high], height=440,
                       uniformtext=dict(minsize=10, mode="show"), legend=dict(orientation="h", y=-0.15))
     return fig
+
+
+def _not_measured_bar(fig: go.Figure, x, col: int, text: str = NOT_MEASURED) -> None:
+    """A framed "not yet measured" in subplot `col`, where our bar would stand."""
+    fig.add_annotation(x=x, y=0.5, yref=f"y{col if col > 1 else ''} domain", xref=f"x{col if col > 1 else ''}",
+                       text=text.replace(" ", "<br>", 1), showarrow=False, font=dict(color="#c00", size=13),
+                       bordercolor="#c00", borderpad=6, borderwidth=1.5, bgcolor="#fff5f5")
+
+
+def claims_figure(rows: list) -> go.Figure:
+    """The paper's three main claims beside ours (reference path; `rows`: scorecard.scorecard()'s): the speedup,
+    the CPU accuracy and the CPU time, the paper's bar in grey. A claim with no record of ours is a framed
+    "not yet measured" where our bar would stand, never an empty slot."""
+    # short panel titles: three side by side must fit a phone's 390 px
+    panels = (("speedup", "speedup (x)", "x"), ("cpu_accuracy", "CPU accuracy (%)", "%"),
+              ("cpu_time", "CPU time (s)", "s"))
+    by_key = {r.claim.key: r for r in rows}
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[title for _, title, _ in panels],
+                        horizontal_spacing=0.1)
+    for col, (key, _, unit) in enumerate(panels, start=1):
+        row = by_key[key]
+        ours = (row.headline.measured or {}).get("mean")
+        fmt = (lambda v: f"{v:.1f} {unit}") if unit != "s" else (lambda v: f"{v:,.0f} s")
+        fig.add_bar(x=["paper"], y=[row.claim.value], marker_color=PAPER_COLOUR, text=[fmt(row.claim.value)],
+                    textposition="outside", cliponaxis=False, showlegend=False, row=1, col=col,
+                    hovertemplate=f"paper (claimed, its 2017-era hardware): %{{y}} {unit}<extra></extra>")
+        if ours is None:
+            fig.add_bar(x=["ours"], y=[None], showlegend=False, row=1, col=col)  # keeps the slot on the axis
+            _not_measured_bar(fig, "ours", col)
+        else:
+            fig.add_bar(x=["ours"], y=[ours], marker_color=DEVICE_COLOURS["cpu"], text=[fmt(ours)],
+                        textposition="outside", cliponaxis=False, showlegend=False, row=1, col=col,
+                        hovertemplate=f"ours (reference path): %{{y:.4g}} {unit}<extra></extra>")
+        values = [v for v in (row.claim.value, ours) if v is not None]
+        if unit == "%":  # accuracies differ in the first decimal: an axis from 95 % shows it
+            fig.update_yaxes(range=[95, 100.4], row=1, col=col)
+        else:
+            fig.update_yaxes(range=[0, 1.2 * max(values)], row=1, col=col)
+    fig.update_annotations(font_size=13)
+    return _layout(fig, "The paper's claims (grey) beside ours<br><span style='font-size:12px'>speedup = CPU time / "
+                        "GPU time; ours: the reference path</span>", height=400, bargap=0.35,
+                   margin=dict(l=40, r=20, b=40))
+
+
+def precision_figure(rows: list[dict]) -> go.Figure:
+    """Chapter 11: seconds per epoch and test accuracy, float32 against bfloat16 (and float16 on CUDA), per
+    device (`futurework.precision_rows`); an unmeasured group is a "not yet measured" label."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("seconds per epoch (mean, 95 % CI)",
+                                                        "test accuracy (%) (mean, 95 % CI)"))
+    names = {"off": "float32", "bf16": "bfloat16", "fp16": "float16"}
+    for col, metric in enumerate(("seconds_per_epoch", "accuracy"), start=1):
+        for r in (r for r in rows if r[metric]["n"]):
+            s = r[metric]
+            half = None if s["ci95_high"] is None else s["ci95_high"] - s["mean"]
+            fig.add_bar(x=[f"{r['device'].upper().replace('CUDA', 'GPU')} {names[r['amp']]}"], y=[s["mean"]],
+                        showlegend=False, row=1, col=col, textangle=0,
+                        marker_color=DEVICE_COLOURS[r["device"]] if r["amp"] == "off" else "#ff7f0e",
+                        text=[f"{s['mean']:.{1 if metric == 'seconds_per_epoch' else 2}f} (n={s['n']})"],
+                        textposition="inside", error_y=dict(type="data", array=[half], visible=half is not None))
+    missing = [f"{r['device'].upper().replace('CUDA', 'GPU')} {names[r['amp']]}" for r in rows
+               if not r["seconds_per_epoch"]["n"]]
+    accuracies = [r["accuracy"]["mean"] for r in rows if r["accuracy"]["n"]]
+    if accuracies:
+        fig.update_yaxes(range=[min(accuracies) - 0.5, 100], row=1, col=2)
+    title = "Mixed precision: float32 against bfloat16"
+    if missing:  # one line for every group with no record, not a label per bar
+        title += f"<br><span style='color:#c00;font-size:13px'>{', '.join(missing)}: {NOT_MEASURED}</span>"
+    return _layout(fig, title, height=400)
+
+
+def ddp_figure(rows: list[dict]) -> go.Figure:
+    """Chapter 11: seconds per epoch of data-parallel CPU runs (`futurework.ddp_rows`), split into computing and
+    the gradient all-reduce, one bar per session and number of processes."""
+    fig = go.Figure()
+    sessions = {session: i + 1 for i, session in enumerate(sorted({str(r["session"]) for r in rows}))}  # as the table
+    labels = [f"session {sessions[str(r['session'])]}: {r['world_size']} process{'es' if r['world_size'] > 1 else ''}"
+              f" x {r['threads_per_rank']} thread{'s' if r['threads_per_rank'] > 1 else ''}" for r in rows]
+    epoch = [r["seconds_per_epoch"]["mean"] for r in rows]
+    share = [r["comm_share"]["mean"] or 0 for r in rows]
+    fig.add_bar(y=labels, x=[e * (1 - c) for e, c in zip(epoch, share)], orientation="h", name="computing",
+                marker_color=DEVICE_COLOURS["cpu"])
+    fig.add_bar(y=labels, x=[e * c for e, c in zip(epoch, share)], orientation="h", name="all-reduce",
+                marker_color="#ff7f0e", text=[f"{e:.1f} s/epoch" for e in epoch], textposition="outside",
+                cliponaxis=False)
+    fig.update_xaxes(title="seconds per epoch (mean)").update_yaxes(autorange="reversed", automargin=True)
+    return _layout(fig, "Data parallelism on the CPU: where an epoch's time goes", barmode="stack",
+                   height=160 + 40 * len(rows), legend=dict(orientation="h", y=-0.25))
+
+
+def network_figure(rows: list[dict]) -> go.Figure:
+    """Chapter 11: seconds per epoch against training FLOPs per epoch (log-log), LeNet-5 and the residual
+    network per path and device (`futurework.network_rows`); a line of constant rate through LeNet-5's fast
+    point shows what the same GFLOP/s would give."""
+    fig = go.Figure()
+    names = {"lenet5": "LeNet-5", "resnet": "ResNet"}
+    for r in rows:
+        s = r["seconds_per_epoch"]
+        if not s["n"]:
+            continue
+        fig.add_scatter(x=[r["train_flops_per_epoch"]], y=[s["mean"]], mode="markers+text",
+                        name=f"{names[r['model']]}, {r['path']} path, {r['device'].upper()}",
+                        text=[f"{names[r['model']]} {r['path']}"], textposition="top center",
+                        marker=dict(size=12, color=DEVICE_COLOURS["cpu"] if r["path"] == "fast" else PAPER_COLOUR,
+                                    symbol="circle" if r["model"] == "lenet5" else "square"),
+                        hovertemplate="%{x:.3g} FLOPs per epoch: %{y:.1f} s per epoch<extra></extra>")
+    base = next((r for r in rows if r["model"] == "lenet5" and r["path"] == "fast" and r["seconds_per_epoch"]["n"]),
+                None)
+    if base:
+        rate = base["train_flops_per_epoch"] / base["seconds_per_epoch"]["mean"]
+        xs = [min(r["train_flops_per_epoch"] for r in rows) / 2, max(r["train_flops_per_epoch"] for r in rows) * 2]
+        fig.add_scatter(x=xs, y=[x / rate for x in xs], mode="lines", line=dict(dash="dot", color="#888"),
+                        name=f"LeNet-5 fast path's rate ({rate / 1e9:.1f} GFLOP/s)", hoverinfo="skip")
+    fig.update_xaxes(title="training FLOPs per epoch (log scale)", type="log", dtick=1, exponentformat="power")
+    fig.update_yaxes(title="seconds per epoch (log scale)", type="log", dtick=1)
+    return _layout(fig, "A deeper network: time against arithmetic", height=420,
+                   legend=dict(orientation="h", y=-0.25))

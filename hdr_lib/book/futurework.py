@@ -4,7 +4,6 @@ each from the records in results/ (nothing typed in by hand), with "not yet meas
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 from hdr_lib.fast import CPU_STEPS
 from hdr_lib.measure import stats
@@ -36,25 +35,17 @@ def seconds_per_epoch(record: dict) -> float:
     return sum(e["train_seconds"] for e in epochs) / len(epochs)
 
 
+NO_RECORD = "no record"  # a table cell without a measurement: the chapter says "not yet measured" once
+
+
 def _fmt_summary(s: dict, digits: int = 2, unit: str = "") -> str:
     if s["n"] == 0:
-        return NOT_MEASURED
+        return NO_RECORD
     if s["n"] == 1:
         return f"{s['mean']:.{digits}f}{unit} (1 run)"
     return f"{s['mean']:.{digits}f}{unit} [{s['ci95_low']:.{digits}f}, {s['ci95_high']:.{digits}f}]"
 
 
-def _load_note(records: list[dict]) -> str:
-    loads = [r["environment"]["load_average"][0] for r in records if r["environment"].get("load_average")]
-    if not loads:
-        return "load not recorded"
-    return f"1-minute load {min(loads):.1f}-{max(loads):.1f} on {records[0]['environment'].get('cpu_count')} cores"
-
-
-def _sessions_note(records: list[dict]) -> str:
-    """The timing sessions of some runs, with how many runs each: "session a (3 runs), session b (1 run)"."""
-    counts = Counter(session_of(r) for r in records)
-    return ", ".join(f"session {s} ({n} run{'s' if n > 1 else ''})" for s, n in sorted(counts.items()))
 
 
 def cpu_processor(results_dir=None) -> str | None:
@@ -113,43 +104,26 @@ def precision_markdown(results_dir=None) -> str:
              "s / epoch, mean [95 % CI] |", "| --- | --- | ---: | ---: | --- | --- | --- |"]
     for row in rows:
         acc, sec = row["accuracy"], row["seconds_per_epoch"]
-        spread = f"{acc['min']:.2f}-{acc['max']:.2f} %" if acc["n"] else NOT_MEASURED
+        spread = f"{acc['min']:.2f}-{acc['max']:.2f} %" if acc["n"] else NO_RECORD
         lines.append(f"| {row['device']} | {names[row['amp']]} | {acc['n']} | {row['epoch']} | "
                      f"{_fmt_summary(acc, 2, ' %')} | {spread} | {_fmt_summary(sec, 2, ' s')} |")
-    text = "\n".join(lines)
-    by = {(r["device"], r["amp"]): r for r in rows}
+    return "\n".join(lines)
+
+
+def precision_comparison(results_dir=None) -> dict | None:
+    """bfloat16 against float32 on the CPU, seed for seed after the epoch both reached: the accuracy difference's
+    summary, the float32 seeds' SD and the ratio of the mean times per epoch; None without runs of both."""
+    by = {(r["device"], r["amp"]): r for r in precision_rows(results_dir)}
     f32, b16 = by[("cpu", "off")], by[("cpu", "bf16")]
     if not (f32["runs"] and b16["runs"]):
-        return text
+        return None
     epoch = b16["epoch"]
-    text += "\n\n"
     base = {r["config"]["seed"]: _accuracy_at(r, epoch) for r in evidence.one_per_seed(f32["runs"])}
-    pairs = [(_accuracy_at(r, epoch), base[r["config"]["seed"]]) for r in evidence.one_per_seed(b16["runs"])
-             if r["config"]["seed"] in base]
-    if epoch < 20:
-        first = "the first epoch" if epoch == 1 else f"the first {epoch} epochs"
-        text += (f"The bfloat16 runs are {epoch} epoch{'s' if epoch > 1 else ''} long; with the same lr schedule "
-                 f"as {first} of a 20-epoch run, each is compared with the float32 run of its seed after epoch "
-                 f"{epoch} (same initial weights, same batches). ")
-    if pairs:
-        diff = stats.summarize([b - a for b, a in pairs])
-        if diff["n"] >= 2:
-            text += (f"bfloat16 minus float32, seed for seed: {diff['mean']:+.3f} percentage points, 95 % CI "
-                     f"[{diff['ci95_low']:+.3f}, {diff['ci95_high']:+.3f}] over {diff['n']} seeds (range "
-                     f"{diff['min']:+.2f} to {diff['max']:+.2f}).")
-        else:
-            text += f"bfloat16 minus float32 for the one seed in both: {diff['mean']:+.3f} percentage points."
-        sd = f32["accuracy"]["std"]
-        if sd is not None:
-            text += (f" The float32 seeds differ from each other by a standard deviation of {sd:.3f} points after "
-                     f"epoch {epoch}: the mean difference is {'inside' if abs(diff['mean']) <= sd else 'outside'} "
-                     "the seed-to-seed spread.")
-    ratio = b16["seconds_per_epoch"]["mean"] / f32["seconds_per_epoch"]["mean"]
-    text += (f" An epoch took {ratio:.1f}x as long in bfloat16 as the float32 fast path's, each row's runs pooled "
-             f"(bfloat16 runs: {_sessions_note(b16['runs'])}, {_load_note(b16['runs'])}; float32 runs: "
-             f"{_sessions_note(f32['runs'])}, {_load_note(f32['runs'])}; timings on this shared machine move with "
-             "its load, the alternating comparison below does not).")
-    return text
+    return {"epoch": epoch, "sd": f32["accuracy"]["std"],
+            "difference": stats.summarize([_accuracy_at(r, epoch) - base[r["config"]["seed"]]
+                                           for r in evidence.one_per_seed(b16["runs"])
+                                           if r["config"]["seed"] in base]),
+            "time_ratio": b16["seconds_per_epoch"]["mean"] / f32["seconds_per_epoch"]["mean"]}
 
 
 def precision_steps_note(results_dir=None) -> str:
@@ -277,27 +251,23 @@ def ddp_markdown(results_dir=None) -> str:
     lines = ["| session | processes x threads | step | runs (epochs timed) | s / epoch [95 % CI] | all-reduce, ms / step "
              "| rest of a step, ms | all-reduce's share of training | accuracy | one plain process, same seeds |",
              "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | --- | --- |"]
+    number = {session: i + 1 for i, session in enumerate(sorted({str(row["session"]) for row in rows}))}
     for row in rows:
-        plain = ", ".join(f"{v:.2f} %" for _, v in sorted(row["plain_accuracy"].items())) or NOT_MEASURED
+        plain = ", ".join(f"{v:.2f} %" for _, v in sorted(row["plain_accuracy"].items())) or NO_RECORD
         done = sorted((r for r in row["runs"] if r["status"] == "complete"), key=lambda r: r["config"]["seed"])
         accs = ", ".join(f"{r['test_accuracy']:.2f} % (seed {r['config']['seed']})" for r in done) or (
             "stopped by max_steps (timing only)")
-        lines.append(f"| {row['session']} | {row['world_size']} x {row['threads_per_rank']} | {row['step'] or '-'} | "
+        lines.append(f"| {number[str(row['session'])]} | {row['world_size']} x {row['threads_per_rank']} | {row['step'] or '-'} | "
                      f"{len(row['runs'])} ({row['epochs_timed']}) | "
                      f"{_fmt_summary(row['seconds_per_epoch'], 2, ' s')} | {row['allreduce_ms']['mean']:.3f} | "
                      f"{row['compute_ms']['mean']:.3f} | {100 * row['comm_share']['mean']:.1f} % | {accs} | {plain} |")
-    text = head + "\n\n" + "\n".join(lines)
-    for session in sorted({row["session"] for row in rows}):
-        runs = [r for row in rows if row["session"] == session for r in row["runs"]]
-        text += f"\n\nLoad while session {session} ran: {_load_note(runs)}."
-    text += (" The step column is the fast path's CPU step (`execution.cpu_step`); sessions are shown apart, "
-             "never pooled.")
-    return text
+    return head + "\n\n" + "\n".join(lines)
 
 
-def _verdict_session(rows: list[dict]) -> tuple[dict | None, dict | None]:
+def ddp_compared(results_dir=None) -> tuple[dict | None, dict | None]:
     """The rows the verdict compares: 2 processes and 1 process of one session (the latest that has both), else
     the latest session's 2-process row alone."""
+    rows = ddp_rows(results_dir)
     by = {(row["session"], row["world_size"]): row for row in rows}
     def newest(row: dict) -> str:
         return max(str(r["environment"].get("created_at", "")) for r in row["runs"])
@@ -308,31 +278,6 @@ def _verdict_session(rows: list[dict]) -> tuple[dict | None, dict | None]:
         return by[(latest, 2)], by[(latest, 1)]
     two = [row for row in rows if row["world_size"] == 2]
     return (max(two, key=newest) if two else None), None
-
-
-def ddp_verdict(results_dir=None) -> str:
-    """When data parallelism pays for a network this small: a step's compute against one all-reduce's latency."""
-    two, one = _verdict_session(ddp_rows(results_dir))
-    if two is None:
-        return f"Whether two processes beat one on this CPU: {NOT_MEASURED}."
-    compute, comm = two["compute_ms"]["mean"], two["allreduce_ms"]["mean"]
-    text = (f"In session {two['session']}, with 2 processes each rank computes half a batch in {compute:.3f} ms and "
-            f"then waits {comm:.3f} ms for the all-reduce. Splitting a batch over N ranks divides the first and adds "
-            "the second, so N ranks gain only while the compute saved, (1 - 1/N) x the whole batch's compute, "
-            "exceeds one all-reduce. ")
-    if one is not None:
-        ratio = two["seconds_per_epoch"]["mean"] / one["seconds_per_epoch"]["mean"]
-        text += (f"Measured in the same session, through the same code: 2 processes x 1 thread took {ratio:.2f}x the "
-                 f"time per epoch of 1 process x {one['threads_per_rank']} threads "
-                 f"({'faster' if ratio < 1 else 'slower'}). ")
-    else:
-        text += (f"1 process x 2 threads through the same code in the same session (torchrun --nproc-per-node 1): "
-                 f"{NOT_MEASURED}, so whether 2 processes beat it on this CPU is not yet measured either. ")
-    text += ("A network this small pays for data parallelism only where a step's compute is large against the "
-             "all-reduce's latency: larger batches per rank, or many more parameters' worth of work per gradient "
-             "byte. Across GPUs the same arithmetic holds with NCCL's latency; the multi-GPU cells are "
-             f"{NOT_MEASURED}.")
-    return text
 
 
 # --- a deeper network ----------------------------------------------------------------------------------------------
@@ -392,16 +337,16 @@ def network_markdown(results_dir=None) -> str:
     for row in rows:
         s = row["seconds_per_epoch"]
         share = f"{100 * row['share_of_matmul']:.1f} %" if row["share_of_matmul"] else (
-            NOT_MEASURED if row["device"] == "cuda" else "-")
+            NO_RECORD if row["device"] == "cuda" else "-")
         lines.append(f"| {row['device']} | {row['model']} | {row['path']} | {row['parameters']:,} | "
                      f"{row['train_flops_per_epoch'] / 1e9:,.0f} | {row['seeds']} | {_fmt_summary(s, 1, ' s')} | "
                      f"{row['gflops']:.1f} |" if s["n"] else
                      f"| {row['device']} | {row['model']} | {row['path']} | {row['parameters']:,} | "
-                     f"{row['train_flops_per_epoch'] / 1e9:,.0f} | 0 | {NOT_MEASURED} | {NOT_MEASURED} |")
+                     f"{row['train_flops_per_epoch'] / 1e9:,.0f} | 0 | {NO_RECORD} | {NO_RECORD} |")
         if s["n"]:
             lines[-1] += f" {share} |"
         else:
-            lines[-1] += f" {NOT_MEASURED} |"
+            lines[-1] += f" {NO_RECORD} |"
     text = "\n".join(lines)
     text += (f"\n\nThe CPU's float32 matrix product (`torch.mm`, 1024 x 1024, from the benchmark record): "
              f"{matmul:.0f} GFLOP/s." if matmul else f"\n\nThe CPU's matrix-product rate: {NOT_MEASURED}.")
@@ -419,18 +364,3 @@ def network_markdown(results_dir=None) -> str:
                      f"{' or '.join(str(e) for e in row['epochs'])} epochs long, not the paper's 20{why}; their test "
                      f"accuracy after the last epoch: {accs}.")
     return text
-
-
-def network_prediction(results_dir=None) -> str:
-    rows = {(r["device"], r["model"], r["path"]): r for r in network_rows(results_dir)}
-    lenet, resnet = rows.get(("cpu", "lenet5", "fast")), rows.get(("cpu", "resnet", "fast"))
-    ratio = resnet["train_flops_per_epoch"] / lenet["train_flops_per_epoch"] if resnet and lenet else None
-    if not (lenet and resnet and lenet["gflops"] and resnet["gflops"]):
-        return f"The residual network against LeNet-5 on this CPU: {NOT_MEASURED}."
-    time_ratio = resnet["seconds_per_epoch"]["mean"] / lenet["seconds_per_epoch"]["mean"]
-    return (f"The residual network does {ratio:.0f}x LeNet-5's arithmetic per epoch and takes {time_ratio:.0f}x its "
-            f"time on this CPU, at {resnet['gflops']:.1f} against {lenet['gflops']:.1f} GFLOP/s. On a GPU a "
-            "LeNet-5 step at batch 64 is too small to fill the device (chapter 07), so the time per step there is "
-            "set by launches and synchronisation more than by arithmetic; a network with far more work per step "
-            "should fill more of it, and the GPU's advantage over the CPU is expected to grow with the work per "
-            f"step. The GPU cells are {NOT_MEASURED}: scripts/gpu_replication.sh has the stage that measures them.")

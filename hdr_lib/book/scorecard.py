@@ -1,6 +1,6 @@
 """The scorecard: every number the paper claims beside ours from the run records, with a verdict by fixed rules.
 
-This one table is what the landing page, chapter 08, the scorecard page and `python -m hdr_lib scorecard` show.
+This one table is what the scorecard page, chapter 08 and `python -m hdr_lib scorecard` show.
 The rules, in one place (each `Claim` names its rule; `verdict_for` applies it):
 
 - Which runs count (the headline runs, the one CPU machine, one run per seed for accuracy, one host for a speedup)
@@ -178,8 +178,8 @@ def _gap(cpu_acc: list[float], gpu_acc: list[float]) -> dict | None:
 
 def _times(cpu_or_gpu_over_paper: float) -> str:
     ratio = cpu_or_gpu_over_paper
-    return (f"ours takes {1 / ratio:.1f}x less time than the paper's" if ratio < 1 else
-            f"ours takes {ratio:.1f}x the paper's time") + "; training only, on other hardware and software"
+    return (f"{1 / ratio:.1f}x less time than the paper's" if ratio < 1 else
+            f"{ratio:.1f}x the paper's time") + "; training only, other hardware and software"
 
 
 def _measure(claim: Claim, ev: evidence.Evidence, path: str) -> Cell:
@@ -211,9 +211,8 @@ def _measure(claim: Claim, ev: evidence.Evidence, path: str) -> Cell:
     if claim.key in ("speedup", "accuracy_gap"):
         pair = evidence.same_host_pair(cpu_all, gpu_all, MIN_RUNS)
         if pair is None:
-            have = f"{len(cpu_all)} CPU and {len(gpu_all)} GPU run(s) of the {path} path"
-            return cell(None, f"needs one host with at least {MIN_RUNS} CPU and {MIN_RUNS} GPU runs; the records "
-                              f"have {have}, on no such host", [], "both")
+            return cell(None, f"needs {MIN_RUNS} CPU and {MIN_RUNS} GPU runs on one machine; the records have "
+                              f"{len(gpu_all)} GPU run(s)", [], "both")
         host, cpu_pair, gpu_pair = pair
         if claim.key == "speedup":
             measured = _speedup(_values(cpu_pair, time), _values(gpu_pair, time))
@@ -347,17 +346,27 @@ def _row_hardware(row: Row) -> str:
 
 
 def _row_note(row: Row) -> str:
-    ref, fast = row.cells[HEADLINE_PATH], row.cells[SECOND_PATH]
-    text = f"reference: {ref.note}. fast: {fast.note}."
-    return text + f" {beside_note(row.beside)}." if row.beside else text
+    """Both paths' notes, each thing said once (the Keras time beside the CPU row is a line below the table)."""
+    notes = [row.cells[p].note.replace(f"the {p} path", "either path") for p in PATHS]
+    if notes[0] == notes[1]:
+        return notes[0]
+    heads, tails = zip(*(n.partition("; ")[::2] for n in notes))
+    if tails[0] == tails[1] and tails[0]:
+        return f"reference: {heads[0]}; fast: {heads[1]}; {tails[0]}"
+    return f"reference: {notes[0]}; fast: {notes[1]}"
+
+
+NO_RECORD = "no record"
 
 
 def table_rows(rows: list[Row]) -> list[tuple[str, ...]]:
     out = []
-    for r in rows:
+    for r in rows:  # "not yet measured" once a row, as its verdict; an empty cell says "no record"
         fast = r.cells[SECOND_PATH]
-        out.append((f"{r.claim.text} ({r.claim.section})", paper_value(r.claim), format_measured(r), r.verdict,
-                    f"{format_cell(fast, r.claim.unit)} [{fast.verdict}]", _row_hardware(r), _row_note(r)))
+        ours = format_measured(r) if r.headline.measured else NO_RECORD
+        fast_text = f"{format_cell(fast, r.claim.unit)} [{fast.verdict}]" if fast.measured else NO_RECORD
+        out.append((f"{r.claim.text} ({r.claim.section})", paper_value(r.claim), ours, r.verdict, fast_text,
+                    _row_hardware(r), _row_note(r)))
     return out
 
 
@@ -442,10 +451,17 @@ def verdict_paragraph(chapter: str, rows: list[Row] | None = None, results_dir=N
     wanted = CHAPTER_CLAIMS[chapter]
     where = rows[0].source if rows else queries.shown(queries.results_folder(results_dir))
     lines = [f"**Verdict, from the records in `{where}`** (the same rules and rows as the scorecard):", ""]
+    missing = []  # claims with no record on either path: one line for all of them
     for row in (r for r in rows if r.claim.key in wanted):
         ref, fast = row.cells[HEADLINE_PATH], row.cells[SECOND_PATH]
+        if ref.measured is None and fast.measured is None:
+            missing.append(row)
+            continue
         lines.append(f"- {row.claim.text} ({row.claim.section}): paper {paper_value(row.claim)}; reference path "
                      f"{describe(ref, row.claim.unit, bold=True)}; fast path {describe(fast, row.claim.unit)}.")
+    if missing:
+        lines.append(f"- **{NOT_MEASURED}** on either path: " + "; ".join(
+            f"{r.claim.text} ({r.claim.section}, paper {paper_value(r.claim)}: {_row_note(r)})" for r in missing) + ".")
     return "\n".join(lines)
 
 

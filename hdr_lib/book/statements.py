@@ -70,59 +70,18 @@ def path_ratio_markdown(results_dir=None) -> str:
         if not ref or not fast:
             continue
         mr, mf = (summarize([r["total_train_seconds"] for r in runs])["mean"] for runs in (ref, fast))
-        commits = sorted({str(r["environment"].get("git_commit"))[:7] for r in ref + fast})
-        dates = sorted({str(r["environment"].get("created_at"))[:10] for r in ref + fast})
         parts.append(f"- 20-epoch records, {device.upper()} ({machine(ref[0])}): reference mean {mr:.1f} s "
                      f"(n = {len(ref)}), fast mean {mf:.1f} s (n = {len(fast)}): the fast path takes "
-                     f"**{mr / mf:.1f}x** less time (means; commits {', '.join(commits)}; "
-                     f"{', '.join(dates)}).")
+                     f"**{mr / mf:.1f}x** less time.")
     benches = queries.recorded(results_dir, "bench")
     for b in benches:
         rounds = b.get("speedup_per_round") or []
-        env = b.get("environment", {})
         parts.append(f"- one-epoch benchmark, {b['config']['device'].upper()} ({machine(b)}): "
                      f"{b['speedup_fast_over_reference']:.1f}x (ratio of the median epochs; {len(rounds)} rounds "
-                     f"from {min(rounds):.1f}x to {max(rounds):.1f}x; one process, the paths alternating; commit "
-                     f"{str(env.get('git_commit'))[:7]}, {str(env.get('created_at'))[:10]}).")
+                     f"from {min(rounds):.1f}x to {max(rounds):.1f}x; one process, the paths alternating).")
     if not parts:
         return f"**Fast over reference: {NOT_MEASURED}** (no pair of records of both paths)."
-    parts.append("")
-    parts.append("The two are different measurements and need not agree: the benchmark times single epochs of "
-                 "both paths alternating in one process, minutes apart; the 20-epoch records are whole runs, each "
-                 "path in its own session, made at the commits and dates above, under whatever else the shared "
-                 "machine was doing then (the load, where a record has it, is in the sessions table). Which of these accounts for the gap has not "
-                 "been measured; quote each with its own conditions.")
     return "\n".join(parts)
-
-
-def expected_live_minutes(results_dir=None, path: str = "fast") -> dict | None:
-    """The mean 20-epoch training time of the recorded CPU runs of `path` (of the machine with the most of them),
-    with that machine's name: what the live run is expected to take on this kind of machine."""
-    runs = evidence.scored_runs(evidence.load(results_dir), "cpu", path)  # the scorecard's CPU machine
-    if not runs:
-        return None
-    seconds = summarize([r["total_train_seconds"] for r in runs])
-    evals = summarize([r.get("total_eval_seconds") or 0.0 for r in runs])
-    return {"machine": machine(runs[0]), "n": seconds["n"], "train_seconds": seconds["mean"],
-            "eval_seconds": evals["mean"], "min": seconds["min"], "max": seconds["max"]}
-
-
-def live_run_note(results_dir=None, epochs: int = 20) -> str:
-    """The note at the top of chapters 05-08: the live training run, how long the records say it takes, and how to
-    ask for a short one."""
-    expected = expected_live_minutes(results_dir)
-    if expected is None:
-        how_long = f"How long it takes on this machine is {NOT_MEASURED}: there is no recorded CPU run to go by."
-    else:
-        how_long = (f"On a machine like the one that made the records ({expected['machine']}), the committed "
-                    f"records of the paper's 20 epochs took {expected['train_seconds']:.0f} s of training on average "
-                    f"({expected['min']:.0f} to {expected['max']:.0f} s, n = {expected['n']}) plus "
-                    f"{expected['eval_seconds']:.0f} s of evaluation, on the fast path; a slower or busier machine "
-                    "takes longer.")
-    return (f"> **Note: a live training run.** The first of chapters 05 to 08 that runs in JupyterLab trains the "
-            f"paper's configuration live ({epochs} epoch{'s' if epochs != 1 else ''} with these parameters), once; the others reuse that run. "
-            f"{how_long} For a short run, set `epochs = 1` in the parameters cell (or `papermill ... -p epochs 1`): "
-            "every chapter then labels its live numbers with their number of epochs.")
 
 
 def machines_markdown(results_dir=None, live: dict | None = None) -> str:
@@ -146,8 +105,8 @@ def seed_runs_markdown(seed: int = 0, results_dir=None, live: dict | None = None
     """The final test accuracy of every recorded run of one seed, by device, path and machine (and the live run):
     how far runs that start from the same weights and see the same batches end apart."""
     runs = [r for r in queries.paper_runs(results_dir) if r["config"].get("seed") == seed]
-    lines = [f"- {r['config']['device'].upper()}, {r['config']['path']} path, {machine(r)}, commit "
-             f"{str(r['environment'].get('git_commit'))[:7]}: {r['test_accuracy']:.2f} %" for r in runs]
+    lines = [f"- {r['config']['device'].upper()}, {r['config']['path']} path, {machine(r)}, "
+             f"{str(r['environment'].get('created_at'))[:10]}: {r['test_accuracy']:.2f} %" for r in runs]
     if live is not None and live["config"].get("seed") == seed:
         lines.append(f"- live run of this build, {live['config']['device'].upper()}, {live['config']['path']} path, "
                      f"{machine(live)}, {len(live['epochs'])} epoch(s): {live['test_accuracy']:.2f} %")
@@ -167,6 +126,8 @@ def path_speedups_markdown(rows=None, results_dir=None) -> str:
 
     rows = scorecard.scorecard(results_dir=results_dir) if rows is None else rows
     row = next(r for r in rows if r.claim.key == "speedup")
+    if all(cell.measured is None for cell in row.cells.values()):
+        return f"Speedup of the GPU over the CPU on one host: **{NOT_MEASURED}** on either path ({row.headline.note})."
     parts = []
     for path in scorecard.PATHS:
         cell = row.cells[path]
@@ -176,11 +137,11 @@ def path_speedups_markdown(rows=None, results_dir=None) -> str:
 
 
 def pytorch_cpu_step_markdown(results_dir=None) -> str:
-    """The book's own PyTorch seconds per training step of 64 on the CPU (each path, its most-run machine), for the
+    """The book's own PyTorch seconds per training step of 64 on the CPU (each path, the scorecard's CPU machine), for the
     page "On your machine" to set beside TensorFlow.js's JavaScript CPU backend."""
     lines = []
     for path in ("reference", "fast"):
-        runs = one_machine(queries.paper_runs(results_dir, device="cpu", path=path))
+        runs = evidence.scored_runs(evidence.load(results_dir), "cpu", path)
         per_step = [e["train_seconds"] / e["steps"] for r in runs for e in r["epochs"] if e.get("steps")]
         if per_step:
             per_step.sort()

@@ -4,6 +4,7 @@ measurements, as Markdown or fixed-width text; "not yet measured" where the reco
 from __future__ import annotations
 
 import math
+import statistics
 
 import torch
 
@@ -42,8 +43,8 @@ def cuda_statement(results_dir=None) -> str:
     """A Markdown line: which CUDA runs are recorded (hardware and dates), or plainly that none is."""
     runs = queries.recorded_runs(results_dir, "cuda")
     if not runs:
-        return (f"**GPU measurement: {NOT_MEASURED}.** There is no complete CUDA record under "
-                f"`{queries.shown(queries.results_folder(results_dir))}`; nothing about the GPU below is ours.")
+        return (f"**No GPU run is recorded yet** (no complete CUDA record under "
+                f"`{queries.shown(queries.results_folder(results_dir))}`): every GPU number on this page is the paper's.")
     gpus = sorted({machine(r) for r in runs})
     dates = sorted(r["environment"]["created_at"][:10] for r in runs)
     return (f"**GPU measurement: {len(runs)} recorded CUDA run(s)** on {', '.join(gpus)}, made "
@@ -108,24 +109,49 @@ def memory_estimate(batch_size: int = paper.BATCH_SIZE, variant: str = "paper") 
     }
 
 
-def memory_lines(runs: list[dict]) -> list[str]:
-    """One line per record: peak RSS, and for CUDA the allocator's peak allocated/reserved and NVML's reading."""
-    mib = lambda b: "n/a" if b is None else f"{b / 2**20:,.0f} MiB"  # noqa: E731
-    lines = []
+MEMORY_COLUMNS = {  # column: (device, where the reading is in a record, unit); medians over a machine's runs
+    "peak RSS, MiB": ("any", lambda r: r["memory"]["peak_rss_bytes"] / 2**20),
+    "CPU utilisation, % of all cores": ("cpu", lambda r: r["utilisation"]["cpu"]["utilisation_percent"]),
+    "CUDA allocated (peak), MiB": ("cuda", lambda r: r["memory"]["cuda_peak_allocated_bytes"] / 2**20),
+    "CUDA reserved (peak), MiB": ("cuda", lambda r: r["memory"]["cuda_peak_reserved_bytes"] / 2**20),
+    "NVML used (peak), MiB": ("cuda", lambda r: r["utilisation"]["gpu"]["memory_used_max_bytes"] / 2**20),
+    "NVML used (mean), MiB": ("cuda", lambda r: r["utilisation"]["gpu"]["memory_used_mean_bytes"] / 2**20),
+    "GPU utilisation (mean), %": ("cuda", lambda r: r["utilisation"]["gpu"]["utilisation_mean_percent"]),
+    "GPU utilisation (10th percentile), %": ("cuda", lambda r: r["utilisation"]["gpu"]["utilisation_p10_percent"]),
+}
+
+
+def _reading(record: dict, get) -> float | None:
+    try:
+        value = get(record)
+    except (KeyError, TypeError):
+        return None
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def memory_markdown(runs: list[dict]) -> str:
+    """A labelled Markdown table, one row per device and machine: how many runs, and the median of each memory and
+    utilisation reading (its range where the runs differ); a column only for the devices that have it."""
+    groups: dict = {}
     for r in runs:
-        m, u = r.get("memory", {}), r.get("utilisation", {})
-        line = f"{r['config']['device']} on {machine(r)}: peak RSS {mib(m.get('peak_rss_bytes'))}"
-        if r["config"]["device"] == "cuda":
-            gpu = u.get("gpu", {})
-            line += (f"; CUDA allocated {mib(m.get('cuda_peak_allocated_bytes'))}, reserved "
-                     f"{mib(m.get('cuda_peak_reserved_bytes'))}; NVML used {mib(gpu.get('memory_used_max_bytes'))}, "
-                     f"utilisation mean {_fmt(gpu.get('utilisation_mean_percent'), ' %')}, 10th percentile "
-                     f"{_fmt(gpu.get('utilisation_p10_percent'), ' %')}, memory in use mean "
-                     f"{mib(gpu.get('memory_used_mean_bytes'))}")
-        else:
-            line += f"; CPU utilisation {_fmt(u.get('cpu', {}).get('utilisation_percent'), ' % of all cores')}"
-        lines.append(line)
-    return lines
+        groups.setdefault((r["config"]["device"], machine(r)), []).append(r)
+    devices = {device for device, _ in groups}
+    columns = [c for c, (device, _) in MEMORY_COLUMNS.items() if device == "any" or device in devices]
+    lines = ["| device | machine | runs | " + " | ".join(columns) + " |", "|---|---|---:|" + "---:|" * len(columns)]
+    for (device, name), group in sorted(groups.items()):
+        cells = []
+        for column in columns:
+            wanted, get = MEMORY_COLUMNS[column]
+            values = sorted(v for v in (_reading(r, get) for r in group) if v is not None)
+            if wanted not in ("any", device):
+                cells.append("-")
+            elif not values:
+                cells.append("not recorded")
+            else:
+                spread = f" ({values[0]:,.0f}-{values[-1]:,.0f})" if values[-1] - values[0] >= 1 else ""
+                cells.append(f"{statistics.median(values):,.0f}{spread}")
+        lines.append(f"| {device} | {name} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def ceiling_markdown(results_dir=None) -> str:
