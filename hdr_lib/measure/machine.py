@@ -265,7 +265,8 @@ def vector_isa(flags: dict | None) -> str:
 def machine_label(record: dict) -> str:
     """The one label of the machine a record ran on, the same on every page: the CPU model, its vector
     instructions and the threads it ran with; on CUDA the GPU's name and its host CPU; in a browser the framework
-    and the browser's hardware concurrency. Records without flags are their own machine ("instructions not
+    and the browser's hardware concurrency. A CPU run limited below its CPU's widest instructions
+    (ATEN_CPU_CAPABILITY) is a machine of its own. Records without flags are their own machine ("instructions not
     recorded"), never merged with one that has them."""
     env, config = record["environment"], record["config"]
     cpu = env.get("cpu") or "unknown CPU"
@@ -273,4 +274,8 @@ def machine_label(record: dict) -> str:
         return f"browser, {config['framework']} ({env.get('hardware_concurrency', '?')} threads)"
     if config.get("device") == "cuda":
         return f"{(env.get('gpu') or {}).get('name', 'unknown GPU')} (host {cpu})"
-    return f"{cpu}, {vector_isa(env.get('cpu_flags'))} ({env.get('threads', '?')} threads)"
+    isa = vector_isa(env.get("cpu_flags"))
+    limit = env.get("cpu_capability")  # PyTorch's own choice, narrower under ATEN_CPU_CAPABILITY=avx2 (imitation)
+    if isa == "AVX-512" and limit and limit.upper() != "AVX512":
+        isa = f"AVX-512 limited to {limit}"  # an AVX2 machine imitated on an AVX-512 one: a machine of its own
+    return f"{cpu}, {isa} ({env.get('threads', '?')} threads)"
