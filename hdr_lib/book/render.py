@@ -79,7 +79,11 @@ class BookRenderer(MimetypeRenderer):
             '<script type="text/javascript">\n'
             "(function () {\n"
             f"  var fig = {payload};\n"
-            f'  function draw() {{ Plotly.newPlot("{div_id}", fig.data, fig.layout, {config}); }}\n'
+            # Drawn at the div's width when the page is laid out, and again whenever that width changes (a phone,
+            # the sidebar toggled): plotly's own "responsive" follows window resizes only.
+            f'  function draw() {{ var div = document.getElementById("{div_id}");\n'
+            f'    Plotly.newPlot(div, fig.data, fig.layout, {config});\n'
+            '    if (window.ResizeObserver) { new ResizeObserver(function () { Plotly.Plots.resize(div); }).observe(div); } }\n'
             # plotly.js is a plain <script> in the page head, so it is there already; wait for it otherwise.
             '  if (window.Plotly) { draw(); } else { window.addEventListener("load", draw); }\n'
             "})();\n"
