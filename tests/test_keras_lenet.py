@@ -20,7 +20,7 @@ import torch
 
 from hdr_lib import keras_lenet
 from hdr_lib.config import PAPER
-from hdr_lib.book.evidence import is_headline
+from hdr_lib.measure.evidence import is_headline
 from hdr_lib.measure.records import read_record
 from hdr_lib.measure.replicate import record_name
 from hdr_lib.train import init_model

@@ -226,7 +226,8 @@ def test_two_machines_sharing_a_host_hash_and_a_rerun_seed_give_one_machines_fig
     """Two VMs report the same hostname hash and CPU model; one recorded its vector instructions. The scorecard,
     chapter 06 (its chart's runs and the seed spread) and chapter 05's path ratio all take the same machine, and
     a seed rerun in a second session is a timing sample, not a second seed."""
-    from hdr_lib.book import evidence, statements
+    from hdr_lib.measure import evidence
+    from hdr_lib.book import statements
 
     def on(record, flags, session, created):
         record["environment"].update(cpu="AMD EPYC", hostname_hash="same", session=session, created_at=created)

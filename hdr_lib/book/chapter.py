@@ -15,7 +15,7 @@ from hdr_lib.config import PAPER, TrainConfig
 from hdr_lib.validation import ConfigError, check
 from hdr_lib.paths import REPOSITORY
 from hdr_lib.measure.machine import resolve_device
-from hdr_lib.book import evidence
+from hdr_lib.measure import evidence
 from hdr_lib.measure.queries import checked_results_folder, shown
 from hdr_lib.measure.records import RecordError, read_record
 from hdr_lib.model import LeNet5

@@ -6,8 +6,8 @@ from __future__ import annotations
 from hdr_lib import paper
 from hdr_lib.measure import queries
 from hdr_lib.measure.queries import NOT_MEASURED, machine
-from hdr_lib.book import evidence
-from hdr_lib.book.evidence import session as session_of
+from hdr_lib.measure import evidence
+from hdr_lib.measure.evidence import session as session_of
 from hdr_lib.measure.stats import summarize
 from hdr_lib.measure.flops import training_flops
 

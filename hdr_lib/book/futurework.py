@@ -11,8 +11,8 @@ from hdr_lib.measure.flops import training_flops
 from hdr_lib.model import ResNet, LeNet5, count_parameters
 from hdr_lib.measure import queries
 from hdr_lib.measure.queries import NOT_MEASURED
-from hdr_lib.book import evidence
-from hdr_lib.book.evidence import is_default_way, processor, session as session_of
+from hdr_lib.measure import evidence
+from hdr_lib.measure.evidence import is_default_way, processor, session as session_of
 
 
 

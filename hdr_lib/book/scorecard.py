@@ -4,7 +4,7 @@ This one table is what the scorecard page, chapter 08 and `python -m hdr_lib sco
 The rules, in one place (each `Claim` names its rule; `verdict_for` applies it):
 
 - Which runs count (the headline runs, the one CPU machine, one run per seed for accuracy, one host for a speedup)
-  is decided in one place, hdr_lib.book.evidence; its docstring states the rules.
+  is decided in one place, hdr_lib.measure.evidence; its docstring states the rules.
 - The headline column is the **reference path** (the plain PyTorch loop: a DataLoader, one operator at a
   time), because the paper's comparison is the same software on both devices, run the way its framework
   runs. The **fast path** (our own training step) is a second column of the same row, scored by the same
@@ -47,8 +47,8 @@ import math
 from dataclasses import dataclass, field
 
 from hdr_lib import paper
-from hdr_lib.book import evidence
-from hdr_lib.book.evidence import MIN_RUNS, one_per_seed
+from hdr_lib.measure import evidence
+from hdr_lib.measure.evidence import MIN_RUNS, one_per_seed
 from hdr_lib.measure import queries
 from hdr_lib.measure.queries import NOT_MEASURED
 from hdr_lib.measure.records import is_finite

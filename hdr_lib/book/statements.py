@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from hdr_lib.measure import queries
 from hdr_lib.measure.queries import NOT_MEASURED, machine
-from hdr_lib.book import evidence
-from hdr_lib.book.evidence import session as session_of
+from hdr_lib.measure import evidence
+from hdr_lib.measure.evidence import session as session_of
 from hdr_lib.measure.stats import summarize
 
 
