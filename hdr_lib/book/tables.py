@@ -1,5 +1,5 @@
-"""What the chapters print: the paper's claims, the data, the network and the configuration, and the records'
-measurements, as Markdown or fixed-width text; "not yet measured" where the records hold nothing."""
+"""What the chapters print beside their prose: the data, the network and the configuration as the chapters check them,
+the memory readings as a table, a summary with its interval, and the one line on which GPU runs are recorded."""
 
 from __future__ import annotations
 
@@ -11,32 +11,18 @@ import torch
 from hdr_lib import data as mnist, paper
 from hdr_lib.config import PAPER, TrainConfig
 from hdr_lib.measure import queries
-from hdr_lib.measure.queries import NOT_MEASURED, machine, provenance
-from hdr_lib.measure.stats import summarize
+from hdr_lib.measure.queries import machine
 from hdr_lib.measure.flops import layer_table
 from hdr_lib.model import LeNet5, count_parameters
 
 
-def _fmt(value, unit="", digits=1) -> str:
-    return NOT_MEASURED if value is None else f"{value:,.{digits}f}{unit}"
-
-
-def _seconds(value: float) -> str:
-    return f"{value:g} s"
-
-
-def paper_claims_markdown() -> str:
-    """The paper's headline numbers (§4.1-§4.3) and hardware (§3.4) as a Markdown table, from hdr_lib.paper."""
-    framework = paper.FRAMEWORK.split(" with ")[0]
-    return "\n".join([
-        "| | CPU | GPU |", "|---|---|---|",
-        f"| hardware (§3.4) | {paper.CPU.short} | {paper.GPU.short} |",
-        f"| training time, {paper.EPOCHS} epochs (§4.1) | {_seconds(paper.CPU_SECONDS)} | "
-        f"{_seconds(paper.GPU_SECONDS)} ({paper.SPEEDUP:g}x faster) |",
-        f"| test accuracy (§4.2) | {paper.CPU_ACCURACY:g} % | {paper.GPU_ACCURACY:g} % |",
-        f"| utilisation, memory (§4.3) | - | > {paper.GPU_UTILISATION:g} %, ~{paper.GPU_MEMORY_GB:g} GB of "
-        f"{paper.GPU.memory_gb:g} GB |",
-        f"| framework (§3.4) | {framework} | {paper.FRAMEWORK.replace(' with ', ', ').replace(' and ', ', ')} |"])
+def interval(s: dict, digits: int = 2, unit: str = "") -> str:
+    """A `stats.summarize` summary as "mean [low, high]" (its 95 % interval), "mean (1 run)", or "no record"."""
+    if not s or not s.get("n"):
+        return "no record"
+    if s.get("ci95_low") is None:
+        return f"{s['mean']:.{digits}f}{unit} (1 run)"
+    return f"{s['mean']:.{digits}f}{unit} [{s['ci95_low']:.{digits}f}, {s['ci95_high']:.{digits}f}]"
 
 
 def cuda_statement(results_dir=None) -> str:
@@ -153,57 +139,3 @@ def memory_markdown(runs: list[dict]) -> str:
         lines.append(f"| {device} | {name} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
-
-def ceiling_markdown(results_dir=None) -> str:
-    """Per bench record: how much of its device each way used, its sustained GFLOP/s (the epoch's FLOPs over its
-    median epoch) against a large float32 matrix product's on the same device in the same process (`ceiling`)."""
-    found = queries.recorded(results_dir, "bench")
-    if not found:
-        return f"**{NOT_MEASURED}:** no benchmark record under `{queries.shown(queries.results_folder(results_dir))}`."
-    parts = []
-    for r in found:
-        c = r["ceiling"]
-        n, per_round = c["matmul"]["n"], c["matmul"]["gflops_per_round"]
-        lines = [f"{provenance(r)}: a {n} x {n} float32 matrix product (`torch.mm`) runs at "
-                 f"**{c['matmul']['gflops']:,.0f} GFLOP/s** (the median of {len(per_round)} rounds, "
-                 f"{min(per_round):,.0f} to {max(per_round):,.0f}; each round's the best of {c['matmul']['trials']} "
-                 "trials).", "",
-                 "| way | sustained GFLOP/s | share of the matrix product's |", "|---|---|---|"]
-        for name, rate in c["gflops"].items():
-            lines.append(f"| {name} | {rate:,.1f} | {100 * c['fraction_of_matmul'][name]:.1f} % |")
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts)
-
-
-def cuda_ways_markdown(results_dir=None) -> str:
-    """`queries.cuda_ways` as a Markdown table, or a line saying plainly that no such run is recorded."""
-    rows = queries.cuda_ways(results_dir)
-    if not rows:
-        return (f"**{NOT_MEASURED}:** no CUDA fast-path record of the paper's configuration under "
-                f"`{queries.shown(queries.results_folder(results_dir))}`.")
-    lines = [f"| how the step ran | GPU | runs | training, {paper.EPOCHS} epochs (mean) | one-time setup (mean) | "
-             "accuracy (mean) |", "|---|---|---|---|---|---|"]
-    for row in rows:
-        seconds, setup, accuracy = (summarize(row[key])["mean"] for key in ("seconds", "setup_seconds", "accuracy"))
-        lines.append(f"| {row['way']} | {row['hardware']} | {len(row['seconds'])} | {seconds:.2f} s | "
-                     f"{setup:.1f} s | {accuracy:.2f} % |")
-    return "\n".join(lines)
-
-
-def kernel_times_markdown(results_dir=None) -> str:
-    """The Triton step's kernels timed alone (scripts/cuda_kernel_times.py, kind "kernel-times"), one table per
-    record, or a line saying plainly that none is recorded."""
-    found = queries.recorded(results_dir, "kernel-times")
-    if not found:
-        return (f"**{NOT_MEASURED}:** no timing of the Triton step's kernels under "
-                f"`{queries.shown(queries.results_folder(results_dir))}` (`scripts/cuda_kernel_times.py` makes one "
-                "on a GPU).")
-    parts = []
-    for r in found:
-        lines = [f"{provenance(r)}:", "", "| kernel | median | min | max |", "|---|---|---|---|"]
-        for name, t in r["microseconds_per_launch"].items():
-            lines.append(f"| {name} | {t['median']:.1f} µs | {t['min']:.1f} µs | {t['max']:.1f} µs |")
-        lines += ["", f"{paper.EPOCHS} epochs of such steps ({r['projected_steps']:,}, kernels only): "
-                      f"{r['projected_seconds_20_epochs']:.2f} s."]
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts)
