@@ -129,7 +129,7 @@ def test_claims_figure_draws_the_papers_claims_and_frames_what_is_not_measured()
 
 
 def test_chapter_11_figures_draw_the_measured_groups_and_name_the_missing_ones():
-    from hdr_lib.book import futurework as fw
+    from hdr_lib.measure import futurework as fw
 
     precision = figures.precision_figure(fw.precision_rows())  # the committed records: CPU only
     assert {t.x[0] for t in precision.data} == {"CPU float32", "CPU bfloat16"}

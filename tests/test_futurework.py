@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from hdr_lib.book import futurework as fw
+from hdr_lib.measure import futurework as fw
 from hdr_lib.config import PAPER, TrainConfig
 from hdr_lib.validation import ConfigError
 from hdr_lib.measure.replicate import record_name

@@ -255,7 +255,8 @@ def test_scorecard_cpu_cells_are_the_machine_that_ran_tensorflow_beside_them():
 def test_chapter_rows_group_by_framework_and_way(tmp_path):
     import json
 
-    from hdr_lib.book import frameworks
+    from hdr_lib.book import figures
+    from hdr_lib.measure import frameworks
 
     runs = ([_record(seconds=20.0 + i, seed=i) for i in range(2)]
             + [_record("keras-tensorflow", "fit", seconds=s, accuracy=98.9 + i / 10, seed=i)
@@ -269,13 +270,14 @@ def test_chapter_rows_group_by_framework_and_way(tmp_path):
     assert tf["gflops"] == pytest.approx(frameworks.training_flops()["train_flops_per_epoch"] / 16.0 / 1e9)
     assert paper.CPU_SECONDS / tf["total_seconds"]["mean"] == pytest.approx(11.25)  # chapter 10: "11.2 times faster"
     assert queries.recorded(tmp_path, "keras-equivalence") == []  # chapter 10: "not yet measured"
-    assert len(frameworks.figure(table).data) == 2
+    assert len(figures.frameworks_figure(table).data) == 2
 
 
 def test_the_chapter_compares_within_one_session_and_shows_every_session_apart(tmp_path):
     import json
 
-    from hdr_lib.book import frameworks
+    from hdr_lib.book import figures
+    from hdr_lib.measure import frameworks
 
     def run(framework, way, seconds, session, created, seed=0):
         record = _record(framework, way, seconds=seconds, seed=seed)

@@ -434,15 +434,6 @@ def describe(cell: Cell, unit: str, bold: bool = False) -> str:
     return f"{format_cell(cell, unit)}, {mark}{cell.verdict}{mark} ({cell.note})"
 
 
-def claims_markdown(chapter: str) -> str:
-    """A chapter's opening list: the claims of the paper it tests, each with the paper's number and hardware, from
-    hdr_lib.paper (so that no page types them in)."""
-    lines = ["**The paper's claims this chapter tests:**", ""]
-    for claim in (c for c in CLAIMS if c.key in CHAPTER_CLAIMS[chapter]):
-        lines.append(f"- {claim.text} ({claim.section}): {paper_value(claim)}, on {paper_hardware(claim)}")
-    return "\n".join(lines)
-
-
 def verdict_paragraph(chapter: str, rows: list[Row] | None = None, results_dir=None) -> str:
     """A chapter's closing verdict in Markdown, rendered from the records: each of its claims, the paper's
     number, ours on the reference path (the fast path's beside it) and the verdict; "not yet measured" with the

@@ -1,5 +1,5 @@
-"""What chapter 11 ("The paper's future work") shows: mixed precision, data-parallel training and a deeper network,
-each from the records in results/ (nothing typed in by hand), with "not yet measured" where no record exists."""
+"""Chapter 11's numbers (the paper's future work: mixed precision, data-parallel training and a deeper network),
+as rows and summaries of the records in results/; nothing typed in by hand. The chapter words them."""
 
 from __future__ import annotations
 
