@@ -155,14 +155,15 @@ def test_html_table():
     assert table.count('data-label="Verdict"') == len(rows)  # each cell names its column (cards on a phone)
 
 
-def test_verdict_paragraphs_say_not_yet_measured_without_records(tmp_path):
+def test_each_chapter_verdict_takes_its_claims_and_sets_apart_those_not_measured(tmp_path):
     rows = scorecard.scorecard(results_dir=tmp_path)  # an empty results folder
     for chapter, keys in scorecard.CHAPTER_CLAIMS.items():
-        text = scorecard.verdict_paragraph(chapter, rows)
-        assert text.count(NOT_MEASURED) == 1, chapter  # once, for every claim with no record on either path
-        assert all(scorecard.paper.CLAIM[k].text in text for k in keys), chapter
+        measured, missing = scorecard.chapter_verdicts(chapter, rows)
+        assert measured == [] and [r.claim.key for r in missing] == list(keys), chapter  # one "not yet measured"
     gpu = [make_record("cuda", seconds=5.0 + i, seed=i) for i in range(2)]
-    text = scorecard.verdict_paragraph("05", scorecard.scorecard(gpu))
+    measured, missing = scorecard.chapter_verdicts("05", scorecard.scorecard(gpu))
+    assert [r.claim.key for r in measured] == ["gpu_time"] and [r.claim.key for r in missing] == ["cpu_time", "speedup"]
+    text = scorecard.describe(measured[0].headline, "s")
     assert "5.5 s" in text and NOT_COMPARABLE in text
 
 
@@ -171,8 +172,8 @@ def test_accuracy_spread_measures_the_margin_in_sds():
     (group,) = scorecard.accuracy_spread(runs)
     assert group["n"] == 5 and group["sd"] == pytest.approx(0.05)
     assert group["margin_in_sd"] == pytest.approx(6.0)
-    assert "inside" in scorecard.accuracy_spread_markdown(runs)
-    assert NOT_MEASURED in scorecard.accuracy_spread_markdown([make_record()])
+    assert group["gap_inside"] and group["pair_95"] == pytest.approx(1.96 * 2 ** 0.5 * 0.05)
+    assert scorecard.accuracy_spread([make_record()]) == []  # the pages then say "not yet measured"
 
 
 def test_a_seed_rerun_adds_a_time_but_not_a_second_accuracy():

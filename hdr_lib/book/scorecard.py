@@ -251,14 +251,10 @@ def _measure(claim: Claim, ev: evidence.Evidence, path: str) -> Cell:
     raise ValueError(f"no measurement defined for claim {claim.key}")
 
 
-def tensorflow_beside(runs: list[dict] | None = None, results_dir=None) -> dict | None:
+def _beside(ev: evidence.Evidence) -> dict | None:
     """The paper's own framework on our CPU (hdr_lib.keras_lenet: Keras/TensorFlow, `model.fit`, the paper's
     configuration) in chapter 10's comparison session (`evidence.comparison_session`): summarize() of its 20-epoch
     times with its machine, session and load, or None. Shown beside the CPU-time row, never scored."""
-    return _beside(evidence.of(runs, results_dir))
-
-
-def _beside(ev: evidence.Evidence) -> dict | None:
     cpu = evidence.comparison_runs(ev)
     session = evidence.comparison_session(cpu)
     tf = [r for r in cpu if evidence.session(r) == session
@@ -271,18 +267,6 @@ def _beside(ev: evidence.Evidence) -> dict | None:
     return {**summarize(values), "hardware": evidence.machine(tf[0]), "session": session,
             "versions": f"keras {env.get('keras', '?')}, tensorflow {env.get('backend_version', '?')}",
             "load_average": sum(loads) / len(loads) if loads else None}
-
-
-def beside_note(beside: dict) -> str:
-    text = f"Keras/TensorFlow (model.fit) on {beside['hardware']}: {format_value(beside['mean'], 's')}"
-    if beside.get("ci95_low") is not None:
-        text += f" ({format_value(beside['ci95_low'], 's')} to {format_value(beside['ci95_high'], 's')})"
-    text += f", n = {beside['n']}, {paper.CPU_SECONDS / beside['mean']:.0f}x faster than the paper's"
-    if beside.get("session"):
-        text += f", timing session {beside['session']} (chapter 10)"
-    if beside.get("load_average") is not None:
-        text += f" (made at a 1-minute load average of {beside['load_average']:.1f} on the shared cores)"
-    return text
 
 
 def scorecard(runs: list[dict] | None = None, results_dir=None) -> list[Row]:
@@ -345,7 +329,7 @@ def _row_hardware(row: Row) -> str:
     return f"paper: {paper_hardware(row.claim)}; ours: {ours}"
 
 
-def _row_note(row: Row) -> str:
+def row_note(row: Row) -> str:
     """Both paths' notes, each thing said once (the Keras time beside the CPU row is a line below the table)."""
     notes = [row.cells[p].note.replace(f"the {p} path", "either path") for p in PATHS]
     if notes[0] == notes[1]:
@@ -366,7 +350,7 @@ def table_rows(rows: list[Row]) -> list[tuple[str, ...]]:
         ours = format_measured(r) if r.headline.measured else NO_RECORD
         fast_text = f"{format_cell(fast, r.claim.unit)} [{fast.verdict}]" if fast.measured else NO_RECORD
         out.append((f"{r.claim.text} ({r.claim.section})", paper_value(r.claim), ours, r.verdict, fast_text,
-                    _row_hardware(r), _row_note(r)))
+                    _row_hardware(r), row_note(r)))
     return out
 
 
@@ -378,17 +362,6 @@ def as_json(rows: list[Row]) -> list[dict]:
                               "hardware": c.hardware, "sessions": c.sessions} for path, c in r.cells.items()},
              **({"beside": r.beside} if r.beside else {})}
             for r in rows]
-
-
-def to_text(rows: list[Row]) -> str:
-    """The table for a terminal: one block per claim, the same rows and cells as the book's table."""
-    lines = []
-    for (claim, paper, ours, verdict, fast, hardware, _note), row in zip(table_rows(rows), rows):
-        lines += [f"{claim}", f"  paper:          {paper}", f"  ours reference: {ours}", f"  verdict:        {verdict}",
-                  f"  ours fast:      {fast}", f"  {hardware}",
-                  f"  note: reference: {row.cells[HEADLINE_PATH].note}; fast: {row.cells[SECOND_PATH].note}"]
-        lines += [f"  beside (not scored): {beside_note(row.beside)}", ""] if row.beside else [""]
-    return "\n".join(lines).rstrip() + "\n"
 
 
 def _verdict_class(verdict: str) -> str:
@@ -434,31 +407,18 @@ def describe(cell: Cell, unit: str, bold: bool = False) -> str:
     return f"{format_cell(cell, unit)}, {mark}{cell.verdict}{mark} ({cell.note})"
 
 
-def verdict_paragraph(chapter: str, rows: list[Row] | None = None, results_dir=None) -> str:
-    """A chapter's closing verdict in Markdown, rendered from the records: each of its claims, the paper's
-    number, ours on the reference path (the fast path's beside it) and the verdict; "not yet measured" with the
-    reason where there is no record."""
-    rows = scorecard(results_dir=results_dir) if rows is None else rows
-    wanted = CHAPTER_CLAIMS[chapter]
-    where = rows[0].source if rows else queries.shown(queries.results_folder(results_dir))
-    lines = [f"**Verdict, from the records in `{where}`** (the same rules and rows as the scorecard):", ""]
-    missing = []  # claims with no record on either path: one line for all of them
-    for row in (r for r in rows if r.claim.key in wanted):
-        ref, fast = row.cells[HEADLINE_PATH], row.cells[SECOND_PATH]
-        if ref.measured is None and fast.measured is None:
-            missing.append(row)
-            continue
-        lines.append(f"- {row.claim.text} ({row.claim.section}): paper {paper_value(row.claim)}; reference path "
-                     f"{describe(ref, row.claim.unit, bold=True)}; fast path {describe(fast, row.claim.unit)}.")
-    if missing:
-        lines.append(f"- **{NOT_MEASURED}** on either path: " + "; ".join(
-            f"{r.claim.text} ({r.claim.section}, paper {paper_value(r.claim)}: {_row_note(r)})" for r in missing) + ".")
-    return "\n".join(lines)
+def chapter_verdicts(chapter: str, rows: list[Row]) -> tuple[list[Row], list[Row]]:
+    """A chapter's claims (CHAPTER_CLAIMS) from the scorecard's rows: those measured on either path, and those on
+    neither (the chapter's verdict says "not yet measured" once for all of them)."""
+    mine = [r for r in rows if r.claim.key in CHAPTER_CLAIMS[chapter]]
+    missing = [r for r in mine if all(c.measured is None for c in r.cells.values())]
+    return [r for r in mine if r not in missing], missing
 
 
 def accuracy_spread(runs: list[dict] | None = None, results_dir=None) -> list[dict]:
     """Seed-to-seed spread of test accuracy per (device, path) group of one machine: n, mean, SD, and the
-    accuracy margin and the paper's GPU-CPU gap in units of that SD."""
+    accuracy margin and the paper's GPU-CPU gap in units of that SD, the spread of two single runs (`pair_95`) and
+    whether the paper's gap lies inside it."""
     ev = evidence.of(runs, results_dir)
     out = []
     for device in ("cpu", "cuda"):
@@ -468,29 +428,10 @@ def accuracy_spread(runs: list[dict] | None = None, results_dir=None) -> list[di
             if len(values) < 2:
                 continue
             s = summarize(values)
+            pair = 1.96 * math.sqrt(2) * s["std"]  # two single runs of different seeds differ by less in 95 % of pairs
             out.append({"device": device, "path": path, "n": s["n"], "mean": s["mean"], "sd": s["std"],
                         "min": s["min"], "max": s["max"], "hardware": _hardware(group),
                         "margin_in_sd": ACCURACY_MARGIN_PP / s["std"] if s["std"] else None,
-                        "paper_gap_in_sd": PAPER_GAP / s["std"] if s["std"] else None})
+                        "paper_gap_in_sd": PAPER_GAP / s["std"] if s["std"] else None,
+                        "pair_95": pair, "gap_inside": PAPER_GAP <= pair})
     return out
-
-
-def accuracy_spread_markdown(runs: list[dict] | None = None, results_dir=None) -> str:
-    """The measured seed-to-seed spread, and whether the paper's CPU-GPU gap lies inside it."""
-    groups = accuracy_spread(runs, results_dir)
-    if not groups:
-        return (f"**Seed-to-seed spread: {NOT_MEASURED}** (no device and path with at least two recorded runs of "
-                "the paper's configuration).")
-    lines = []
-    for g in groups:
-        # Two single runs with different seeds differ by less than 1.96 * sqrt(2) * SD in 95 % of pairs.
-        pair = 1.96 * math.sqrt(2) * g["sd"]
-        inside = "inside" if PAPER_GAP <= pair else "outside"
-        lines.append(f"- {g['device'].upper().replace('CUDA', 'GPU')}, {g['path']} path, {g['hardware']}: "
-                     f"{g['n']} seeds, mean {g['mean']:.2f} %, seed-to-seed SD {g['sd']:.3f} pp, range "
-                     f"{g['min']:.2f} to {g['max']:.2f} %. Two single runs of different seeds differ by up to "
-                     f"{pair:.2f} pp in 95 % of pairs from the seed alone: the paper's {PAPER_GAP:g} pp gap is {inside} that "
-                     f"spread ({g['paper_gap_in_sd']:.1f} SD). Our rule's {ACCURACY_MARGIN_PP} pp margin is "
-                     f"{g['margin_in_sd']:.1f} SD."
-                     + (f" An SD from {g['n']} seeds is itself a rough estimate." if g["n"] < 5 else ""))
-    return "\n".join(lines)
