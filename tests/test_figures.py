@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from hdr_lib import paper
-from hdr_lib.book import figures, tables
+from hdr_lib.book import figures
+from hdr_lib.measure import flops
 from hdr_lib.config import PAPER
 from hdr_lib.data import load_mnist, to_float
 
@@ -78,7 +79,7 @@ def test_probability_bars_marks_the_true_digit():
 
 
 def test_memory_bars_say_not_yet_measured_beside_the_papers_memory():
-    fig = figures.memory_bars({**tables.memory_estimate(), "ours: CUDA reserved": None})
+    fig = figures.memory_bars({**flops.memory_estimate(), "ours: CUDA reserved": None})
     assert any(a.text == "not yet measured" for a in fig.layout.annotations)
     bars = dict(zip(fig.data[0].y, fig.data[0].x))
     assert [v for k, v in bars.items() if k.startswith("paper")] == [paper.GPU_MEMORY_GB * 1e9]

@@ -10,7 +10,7 @@ import pytest
 from hdr_lib import paper
 from hdr_lib.book import tables
 from hdr_lib.config import PAPER
-from hdr_lib.measure import queries
+from hdr_lib.measure import flops, queries
 from hdr_lib.measure.records import SCHEMA, RecordError
 
 from conftest import REPO
@@ -81,11 +81,11 @@ def test_a_bench_record_without_its_ceiling_is_named_not_skipped(tmp_path):
 
 
 def test_memory_estimate_counts_weights_activations_and_the_data_set():
-    estimate = tables.memory_estimate(batch_size=64)
+    estimate = flops.memory_estimate(batch_size=64)
     weights, activations, dataset = estimate.values()
     assert weights == 3 * 44_426 * 4
     assert dataset == (paper.TRAIN_IMAGES + paper.TEST_IMAGES) * paper.IMAGE_SIDE ** 2 * 4
-    assert tables.memory_estimate(batch_size=128)[next(k for k in tables.memory_estimate(128) if "activations" in k)] \
+    assert flops.memory_estimate(batch_size=128)[next(k for k in flops.memory_estimate(128) if "activations" in k)] \
         == 2 * activations
 
 

@@ -8,7 +8,7 @@ import statistics
 
 import torch
 
-from hdr_lib import data as mnist, paper
+from hdr_lib import data as mnist
 from hdr_lib.config import PAPER, TrainConfig
 from hdr_lib.measure import queries
 from hdr_lib.measure.queries import machine
@@ -49,14 +49,6 @@ def dataset_summary(data: mnist.MNISTTensors) -> dict:
     }
 
 
-def pixel_stats(data: mnist.MNISTTensors) -> str:
-    """Mean and standard deviation of the scaled training pixels, and the share that is pure background."""
-    x = data.train_images.float() / 255
-    background = (data.train_images == 0).float().mean().item()
-    return (f"scaled to [0, 1] as in §3.2: mean {x.mean().item():.4f}, std {x.std().item():.4f}; "
-            f"{100 * background:.1f} % of pixels are exactly 0 (background)")
-
-
 def layer_comparison() -> str:
     """Our traced layers for the paper's reading and for LeNet-5 of 1998, side by side, as fixed-width text."""
     ours, lenet = layer_table("paper"), layer_table("lenet1998")
@@ -81,18 +73,6 @@ def config_table(config: TrainConfig) -> str:
         differs = "" if value == getattr(PAPER, name) else "   <- differs from the paper's setting"
         lines.append(f"{name:<15} {value!s:<14} {source}{differs}")
     return "\n".join(lines)
-
-
-def memory_estimate(batch_size: int = paper.BATCH_SIZE, variant: str = "paper") -> dict:
-    """Bytes LeNet-5 needs in float32: weights, gradients, momentum, one batch's activations, and MNIST itself."""
-    params = count_parameters(LeNet5(variant))
-    activations = sum(math.prod(row["output_shape"]) for row in layer_table(variant)) * batch_size
-    images = paper.TRAIN_IMAGES + paper.TEST_IMAGES
-    return {
-        "weights, gradients and momentum": 3 * params * 4,
-        f"activations of one batch of {batch_size} (forward, kept for backward)": activations * 4,
-        "all of MNIST as float32 on the device (fast path)": images * paper.IMAGE_SIDE ** 2 * 4,
-    }
 
 
 MEMORY_COLUMNS = {  # column: (device, where the reading is in a record, unit); medians over a machine's runs
