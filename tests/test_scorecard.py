@@ -39,7 +39,7 @@ def test_no_records_means_nothing_measured():
     rows = scorecard.scorecard([])
     assert {r.verdict for r in rows} == {NOT_MEASURED}
     assert len(rows) == len(scorecard.CLAIMS)
-    assert all(scorecard.format_measured(r) == NOT_MEASURED for r in rows)
+    assert all(scorecard.format_cell(r.headline, r.claim.unit) == NOT_MEASURED for r in rows)
 
 
 def test_cpu_only_leaves_every_gpu_claim_not_yet_measured():
@@ -114,15 +114,15 @@ def test_single_runs_give_no_speedup_and_show_no_interval():
     rows = {r.claim.key: r for r in scorecard.scorecard([make_record("cpu", seconds=120.0),
                                                          make_record("cuda", seconds=6.0)])}
     assert rows["speedup"].verdict == NOT_MEASURED  # one run each: fewer than two per device
-    assert "CI" not in scorecard.format_measured(rows["cpu_time"])
+    assert "CI" not in scorecard.format_cell(rows["cpu_time"].headline, "s")
     assert rows["gpu_utilisation"].verdict == NOT_MEASURED  # NVML gave nothing: never filled in
 
 
 def test_sessions_are_named_in_the_interval():
     one = [make_record(seconds=100.0 + i, seed=i) for i in range(3)]
     two = one + [make_record(seconds=130.0, seed=3, session="s2")]
-    assert "within one session" in scorecard.format_measured(scorecard.scorecard(one)[0])
-    assert "2 sessions pooled" in scorecard.format_measured(scorecard.scorecard(two)[0])
+    assert "within one session" in scorecard.format_cell(scorecard.scorecard(one)[0].headline, "s")
+    assert "2 sessions pooled" in scorecard.format_cell(scorecard.scorecard(two)[0].headline, "s")
 
 
 def test_times_from_two_machines_are_not_pooled():

@@ -116,10 +116,6 @@ def _hardware(runs) -> str:
     return queries.machines(runs, versions=True)
 
 
-def _sessions(runs) -> int:
-    return len(evidence.sessions(runs))
-
-
 def _differs(value: float, low: float, high: float) -> str:
     """REPRODUCED when `value` lies in [low, high], else which way it differs."""
     if value < low:
@@ -192,7 +188,7 @@ def _measure(claim: Claim, ev: evidence.Evidence, path: str) -> Cell:
 
     def cell(measured, note, runs, device):
         hardware = _hardware(runs) if device in ("cpu", "cuda") else "-"
-        return Cell(path, measured, verdict_for(claim, measured), note, hardware, _sessions(runs))
+        return Cell(path, measured, verdict_for(claim, measured), note, hardware, len(evidence.sessions(runs)))
 
     if claim.key in ("cpu_time", "gpu_time", "cpu_accuracy", "gpu_accuracy"):
         runs = cpu if claim.device == "cpu" else gpu
@@ -221,7 +217,7 @@ def _measure(claim: Claim, ev: evidence.Evidence, path: str) -> Cell:
         hardware = f"{_hardware(cpu_pair)} and {_hardware(gpu_pair)}, one host ({host})"
         note = f"{measured['n_cpu']} CPU and {measured['n_gpu']} GPU runs on host {host}"
         return Cell(path, measured, verdict_for(claim, measured), note, hardware,
-                    _sessions(cpu_pair + gpu_pair))
+                    len(evidence.sessions(cpu_pair + gpu_pair)))
     if claim.key == "gpu_utilisation":
         p10 = _values(gpu, lambda r: r["utilisation"]["gpu"][f"utilisation_p{UTILISATION_PERCENTILE}_percent"])
         means = _values(gpu, lambda r: r["utilisation"]["gpu"]["utilisation_mean_percent"])
@@ -304,10 +300,6 @@ def format_cell(cell: Cell, unit: str) -> str:
     return text + f", n = {m['n']}"
 
 
-def format_measured(row: Row, path: str = HEADLINE_PATH) -> str:
-    return format_cell(row.cells[path], row.claim.unit)
-
-
 def paper_value(claim: Claim) -> str:
     prefix = {"utilisation": "> ", "memory": "~ "}.get(claim.rule, "")
     return prefix + (f"{claim.value:g}{claim.unit}" if claim.unit in ("%", "x") else f"{claim.value:g} {claim.unit}")
@@ -347,7 +339,7 @@ def table_rows(rows: list[Row]) -> list[tuple[str, ...]]:
     out = []
     for r in rows:  # "not yet measured" once a row, as its verdict; an empty cell says "no record"
         fast = r.cells[SECOND_PATH]
-        ours = format_measured(r) if r.headline.measured else NO_RECORD
+        ours = format_cell(r.headline, r.claim.unit) if r.headline.measured else NO_RECORD
         fast_text = f"{format_cell(fast, r.claim.unit)} [{fast.verdict}]" if fast.measured else NO_RECORD
         out.append((f"{r.claim.text} ({r.claim.section})", paper_value(r.claim), ours, r.verdict, fast_text,
                     _row_hardware(r), row_note(r)))
@@ -364,10 +356,6 @@ def as_json(rows: list[Row]) -> list[dict]:
             for r in rows]
 
 
-def _verdict_class(verdict: str) -> str:
-    return "hdr-" + verdict.replace(":", "").replace(" ", "-")
-
-
 def to_html(rows: list[Row]) -> str:
     """A plain HTML table; the verdict cell is coloured and carries a class (hdr-reproduced, ...). Each cell
     carries its column's name (data-label): on a narrow screen hdr.css stacks a row into a card."""
@@ -378,7 +366,8 @@ def to_html(rows: list[Row]) -> str:
         for name, cell in zip(COLUMNS, cells):
             label = f' data-label="{html.escape(name)}"'
             if name == "Verdict":
-                tds.append(f'<td{label} class="{_verdict_class(cell)}" style="background:{VERDICT_COLOURS[cell]}">'
+                css = "hdr-" + cell.replace(":", "").replace(" ", "-")  # hdr-reproduced, hdr-not-yet-measured, ...
+                tds.append(f'<td{label} class="{css}" style="background:{VERDICT_COLOURS[cell]}">'
                            f"<strong>{html.escape(cell)}</strong></td>")
             elif name in ("Hardware: paper / ours", "Note"):
                 tds.append(f'<td{label} style="font-size:0.85em">{html.escape(cell)}</td>')

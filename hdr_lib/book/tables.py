@@ -1,5 +1,5 @@
-"""What the chapters print beside their prose: the data, the network and the configuration as the chapters check them,
-the memory readings as a table, a summary with its interval, and the one line on which GPU runs are recorded."""
+"""What the chapters print beside their prose: MNIST's facts as chapter 02 checks them, the memory readings as a
+table, a summary with its interval, and the one line on which GPU runs are recorded."""
 
 from __future__ import annotations
 
@@ -9,11 +9,8 @@ import statistics
 import torch
 
 from hdr_lib import data as mnist
-from hdr_lib.config import PAPER, TrainConfig
 from hdr_lib.measure import queries
 from hdr_lib.measure.queries import machine
-from hdr_lib.measure.flops import layer_table
-from hdr_lib.model import LeNet5, count_parameters
 
 
 def interval(s: dict, digits: int = 2, unit: str = "") -> str:
@@ -47,32 +44,6 @@ def dataset_summary(data: mnist.MNISTTensors) -> dict:
         "train_per_digit": torch.bincount(data.train_labels, minlength=10).tolist(),
         "test_per_digit": torch.bincount(data.test_labels, minlength=10).tolist(),
     }
-
-
-def layer_comparison() -> str:
-    """Our traced layers for the paper's reading and for LeNet-5 of 1998, side by side, as fixed-width text."""
-    ours, lenet = layer_table("paper"), layer_table("lenet1998")
-    lines = [f"{'layer':<8} {'paper: output':<14} {'params':>7}   {'1998: output':<14} {'params':>7}"]
-    for a, b in zip(ours, lenet):
-        lines.append(f"{a['layer']:<8} {str(a['output_shape']):<14} {a['parameters']:>7,}   "
-                     f"{str(b['output_shape']):<14} {b['parameters']:>7,}")
-    lines.append(f"{'total':<8} {'':<14} {count_parameters(LeNet5('paper')):>7,}   {'':<14} "
-                 f"{count_parameters(LeNet5('lenet1998')):>7,}")
-    return "\n".join(lines)
-
-
-def config_table(config: TrainConfig) -> str:
-    """The configuration as run, one field a line, with where each value comes from."""
-    origin = {"epochs": "§3.4", "batch_size": "§3.4", "lr": "§3.4", "momentum": "§3.4", "loss": "§3.4",
-              "pixel_scale": "§3.2", "variant": "§3.3 (no padding)", "lr_step_epochs": "our reading of §3.4",
-              "lr_gamma": "our reading of §3.4", "model": "§3.3 (resnet: the paper's future work)",
-              "amp": "beyond the paper"}
-    lines = []
-    for name, value in config.as_dict().items():
-        source = origin.get(name, "how we run it")
-        differs = "" if value == getattr(PAPER, name) else "   <- differs from the paper's setting"
-        lines.append(f"{name:<15} {value!s:<14} {source}{differs}")
-    return "\n".join(lines)
 
 
 MEMORY_COLUMNS = {  # column: (device, where the reading is in a record, unit); medians over a machine's runs
