@@ -40,9 +40,10 @@ def test_chapter_01_tables_every_number_of_hdr_lib_paper():
 
 
 def test_without_a_cuda_record_the_gpu_is_not_yet_measured(tmp_path):
-    assert "No GPU run is recorded yet" in tables.cuda_statement(tmp_path)
+    assert queries.recorded_runs(tmp_path, "cuda") == []  # the chapters: "No GPU run is recorded yet"
     (tmp_path / "run.json").write_text(json.dumps(cuda_run("triton", 1.0)))
-    assert "No GPU run" not in tables.cuda_statement(tmp_path) and "Test GPU" in tables.cuda_statement(tmp_path)
+    (run,) = queries.recorded_runs(tmp_path, "cuda")
+    assert "Test GPU" in queries.machine(run)  # the chapters name the GPU of each recorded run
 
 
 def test_cuda_ways_have_a_row_per_way_with_its_runs(tmp_path):

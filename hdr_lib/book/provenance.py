@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
+
+from hdr_lib.book.tables import html_table
 
 
 # The commit and the date come right after the record's name, where a narrow screen still shows them.
@@ -52,9 +53,5 @@ def provenance_rows(records: list[dict], root: str | Path | None = None) -> list
     return rows
 
 
-def to_html(rows: list[tuple[str, ...]], columns=COLUMNS) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f'<td data-label="{html.escape(name)}">{html.escape(c)}</td>'
-                                    for name, c in zip(columns, row)) + "</tr>" for row in rows)
-    return (f'<div class="hdr-table-wrap"><table class="table hdr-provenance"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{body}</tbody></table></div>')
+def to_html(rows: list[tuple[str, ...]]) -> str:
+    return html_table(COLUMNS, rows, "hdr-provenance")

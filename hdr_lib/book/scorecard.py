@@ -42,7 +42,6 @@ The rules, in one place (each `Claim` names its rule; `verdict_for` applies it):
 
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass, field
 
@@ -54,6 +53,7 @@ from hdr_lib.measure.queries import NOT_MEASURED
 from hdr_lib.measure.records import is_finite
 from hdr_lib.measure.stats import summarize, welch
 from hdr_lib.paper import CLAIMS, Claim
+from hdr_lib.book.tables import html_table
 
 REPRODUCED = "reproduced"
 HIGHER, LOWER = "differs: ours higher", "differs: ours lower"
@@ -357,25 +357,14 @@ def as_json(rows: list[Row]) -> list[dict]:
 
 
 def to_html(rows: list[Row]) -> str:
-    """A plain HTML table; the verdict cell is coloured and carries a class (hdr-reproduced, ...). Each cell
-    carries its column's name (data-label): on a narrow screen hdr.css stacks a row into a card."""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-    body = []
-    for cells in table_rows(rows):
-        tds = []
-        for name, cell in zip(COLUMNS, cells):
-            label = f' data-label="{html.escape(name)}"'
-            if name == "Verdict":
-                css = "hdr-" + cell.replace(":", "").replace(" ", "-")  # hdr-reproduced, hdr-not-yet-measured, ...
-                tds.append(f'<td{label} class="{css}" style="background:{VERDICT_COLOURS[cell]}">'
-                           f"<strong>{html.escape(cell)}</strong></td>")
-            elif name in ("Hardware: paper / ours", "Note"):
-                tds.append(f'<td{label} style="font-size:0.85em">{html.escape(cell)}</td>')
-            else:
-                tds.append(f"<td{label}>{html.escape(cell)}</td>")
-        body.append("<tr>" + "".join(tds) + "</tr>")
-    return (f'<div class="hdr-table-wrap"><table class="table hdr-scorecard"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>")
+    """The table as HTML (`tables.html_table`); the verdict cell is coloured and carries a class (hdr-reproduced,
+    hdr-not-yet-measured, ...), the hardware and the note are in smaller type."""
+    def attributes(column: str, text: str) -> str:
+        if column == "Verdict":
+            return f' class="hdr-{text.replace(":", "").replace(" ", "-")}" style="background:{VERDICT_COLOURS[text]}"'
+        return ' style="font-size:0.85em"' if column in ("Hardware: paper / ours", "Note") else ""
+
+    return html_table(COLUMNS, table_rows(rows), "hdr-scorecard", attributes)
 
 
 def status_line(rows: list[Row]) -> str:

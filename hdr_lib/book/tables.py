@@ -1,15 +1,15 @@
 """What the chapters print beside their prose: MNIST's facts as chapter 02 checks them, the memory readings as a
-table, a summary with its interval, and the one line on which GPU runs are recorded."""
+table, and a summary with its interval."""
 
 from __future__ import annotations
 
+import html
 import math
 import statistics
 
 import torch
 
 from hdr_lib import data as mnist
-from hdr_lib.measure import queries
 from hdr_lib.measure.queries import machine
 
 
@@ -20,19 +20,6 @@ def interval(s: dict, digits: int = 2, unit: str = "") -> str:
     if s.get("ci95_low") is None:
         return f"{s['mean']:.{digits}f}{unit} (1 run)"
     return f"{s['mean']:.{digits}f}{unit} [{s['ci95_low']:.{digits}f}, {s['ci95_high']:.{digits}f}]"
-
-
-def cuda_statement(results_dir=None) -> str:
-    """A Markdown line: which CUDA runs are recorded (hardware and dates), or plainly that none is."""
-    runs = queries.recorded_runs(results_dir, "cuda")
-    if not runs:
-        return (f"**No GPU run is recorded yet** (no complete CUDA record under "
-                f"`{queries.shown(queries.results_folder(results_dir))}`): every GPU number on this page is the paper's.")
-    gpus = sorted({machine(r) for r in runs})
-    dates = sorted(r["environment"]["created_at"][:10] for r in runs)
-    return (f"**GPU measurement: {len(runs)} recorded CUDA run(s)** on {', '.join(gpus)}, made "
-            f"{dates[0]}{' to ' + dates[-1] if dates[-1] != dates[0] else ''} (torch "
-            f"{runs[0]['environment']['torch']}). They were recorded, not run while this page was built.")
 
 
 def dataset_summary(data: mnist.MNISTTensors) -> dict:
@@ -90,3 +77,14 @@ def memory_markdown(runs: list[dict]) -> str:
         lines.append(f"| {device} | {name} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
+
+
+def html_table(columns, rows, css_class: str, attributes=None) -> str:
+    """A plain HTML table whose every cell carries its column's name (data-label): on a narrow screen hdr.css stacks a
+    row into a card. `attributes(column, text)` gives a cell's extra attributes (a class, a style)."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f'<td data-label="{html.escape(name)}"{attributes(name, text) if attributes else ""}>'
+                                    f"{html.escape(text)}</td>" for name, text in zip(columns, row)) + "</tr>"
+                   for row in rows)
+    return (f'<div class="hdr-table-wrap"><table class="table {css_class}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
