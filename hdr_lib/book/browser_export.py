@@ -82,11 +82,6 @@ def seed_script(seed: int) -> str:
             f"window.hdrBrowserSeeds[{seed}] = {json.dumps(payload, separators=(',', ':'))};\n")
 
 
-def _file_script(name: str, gz: bytes) -> str:
-    return ("window.hdrBrowserFiles = window.hdrBrowserFiles || {};\n"
-            f"window.hdrBrowserFiles[{json.dumps(name)}] = \"{base64.b64encode(gz).decode()}\";\n")
-
-
 def write_assets(static: Path, *, data_root=None, node_modules: Path = REPOSITORY / "node_modules",
                  seeds=SEEDS) -> Path:
     """Everything the page loads, into `static` (the site's _static): hdr_browser.js, tf.min.js,
@@ -104,7 +99,8 @@ def write_assets(static: Path, *, data_root=None, node_modules: Path = REPOSITOR
     for name in MNIST_NAMES:
         gz = gzip.compress((raw / name).read_bytes(), compresslevel=9, mtime=0)
         (folder / f"{name}.gz").write_bytes(gz)
-        (folder / f"{name}.gz.js").write_text(_file_script(name, gz))
+        (folder / f"{name}.gz.js").write_text("window.hdrBrowserFiles = window.hdrBrowserFiles || {};\n"
+                                              f"window.hdrBrowserFiles[{json.dumps(name)}] = \"{base64.b64encode(gz).decode()}\";\n")
     for seed in seeds:
         (folder / f"seed{seed}.js").write_text(seed_script(seed))
     (folder / "versions.js").write_text(f"window.hdrBrowserVersions = {json.dumps(versions)};\n")

@@ -12,13 +12,6 @@ COLUMNS = ("Record", "Commit", "Created (UTC)", "Session", "Kind", "Status", "De
            "CPU (threads)", "GPU", "Driver / CUDA / cuDNN", "Python", "torch / torchvision")
 
 
-def _gpu(env: dict) -> tuple[str, str]:
-    gpu = env.get("gpu")
-    if not gpu:
-        return "none", "-"
-    return str(gpu.get("name", "?")), f"{gpu.get('driver') or '?'} / {gpu.get('cuda') or '?'} / {gpu.get('cudnn') or '?'}"
-
-
 def _browser_columns(env: dict, config: dict) -> tuple[str, str, str, str, str]:
     """A record the page "On your machine" made (path "tfjs"): the browser and its logical CPUs, the GPU's renderer
     string where the browser gave it, and TensorFlow.js's version and backend in place of Python's and torch's."""
@@ -39,7 +32,9 @@ def provenance_rows(records: list[dict], root: str | Path | None = None) -> list
                 name = name.relative_to(root)
             except ValueError:
                 pass
-        gpu, stack = _gpu(env)
+        g = env.get("gpu") or {}
+        gpu, stack = (str(g.get("name", "?")), " / ".join(str(g.get(k) or "?") for k in ("driver", "cuda", "cudnn"))) \
+            if g else ("none", "-")
         cpu, python, software = f"{env.get('cpu', '?')} ({env.get('threads', '?')})", str(env.get("python", "?")), \
             f"{env.get('torch', '?')} / {env.get('torchvision', '?')}"
         if config.get("path") == "tfjs":

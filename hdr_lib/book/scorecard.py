@@ -50,10 +50,9 @@ from hdr_lib.measure import evidence
 from hdr_lib.measure.evidence import MIN_RUNS, one_per_seed
 from hdr_lib.measure import queries
 from hdr_lib.measure.queries import NOT_MEASURED
-from hdr_lib.measure.records import is_finite
 from hdr_lib.measure.stats import summarize, welch
 from hdr_lib.paper import CLAIMS, Claim
-from hdr_lib.book.tables import html_table
+from hdr_lib.book.tables import html_table, readings
 
 REPRODUCED = "reproduced"
 HIGHER, LOWER = "differs: ours higher", "differs: ours lower"
@@ -98,18 +97,6 @@ class Row:
     @property
     def verdict(self) -> str:
         return self.headline.verdict
-
-
-def _values(runs, get) -> list[float]:
-    out = []
-    for record in runs:
-        try:
-            value = get(record)
-        except (KeyError, TypeError):
-            value = None
-        if is_finite(value):
-            out.append(float(value))
-    return out
 
 
 def _hardware(runs) -> str:
@@ -172,12 +159,6 @@ def _gap(cpu_acc: list[float], gpu_acc: list[float]) -> dict | None:
             "ci95_low": test["ci95_low"], "ci95_high": test["ci95_high"]}
 
 
-def _times(cpu_or_gpu_over_paper: float) -> str:
-    ratio = cpu_or_gpu_over_paper
-    return (f"{1 / ratio:.1f}x less time than the paper's" if ratio < 1 else
-            f"{ratio:.1f}x the paper's time") + "; training only, other hardware and software"
-
-
 def _measure(claim: Claim, ev: evidence.Evidence, path: str) -> Cell:
     """Our cell for one claim on one path, with a note on what was measured (or why nothing was). The CPU and GPU
     cells take the scored machine's runs (`evidence.scored_runs`); a speedup pairs the runs of one host."""
@@ -194,15 +175,15 @@ def _measure(claim: Claim, ev: evidence.Evidence, path: str) -> Cell:
         runs = cpu if claim.device == "cpu" else gpu
         if claim.rule == "accuracy":
             runs = one_per_seed(runs)
-        values = _values(runs, time if claim.rule == "time" else accuracy)
+        values = readings(runs, time if claim.rule == "time" else accuracy)
         if not values:
             return cell(None, f"no complete {claim.device.upper().replace('CUDA', 'GPU')} run of the {path} path "
                               "in the records", runs, claim.device)
         measured = summarize(values)
-        if claim.rule == "time":
-            note = _times(measured["mean"] / claim.value)
-        else:
-            note = f"{measured['mean'] - claim.value:+.2f} pp from the paper's"
+        ratio = measured["mean"] / claim.value
+        note = ((f"{1 / ratio:.1f}x less time than the paper's" if ratio < 1 else f"{ratio:.1f}x the paper's time")
+                + "; training only, other hardware and software" if claim.rule == "time" else
+                f"{measured['mean'] - claim.value:+.2f} pp from the paper's")
         return cell(measured, note, runs, claim.device)
     if claim.key in ("speedup", "accuracy_gap"):
         pair = evidence.same_host_pair(cpu_all, gpu_all, MIN_RUNS)
@@ -211,16 +192,16 @@ def _measure(claim: Claim, ev: evidence.Evidence, path: str) -> Cell:
                               f"{len(gpu_all)} GPU run(s)", [], "both")
         host, cpu_pair, gpu_pair = pair
         if claim.key == "speedup":
-            measured = _speedup(_values(cpu_pair, time), _values(gpu_pair, time))
+            measured = _speedup(readings(cpu_pair, time), readings(gpu_pair, time))
         else:
-            measured = _gap(_values(one_per_seed(cpu_pair), accuracy), _values(one_per_seed(gpu_pair), accuracy))
+            measured = _gap(readings(one_per_seed(cpu_pair), accuracy), readings(one_per_seed(gpu_pair), accuracy))
         hardware = f"{_hardware(cpu_pair)} and {_hardware(gpu_pair)}, one host ({host})"
         note = f"{measured['n_cpu']} CPU and {measured['n_gpu']} GPU runs on host {host}"
         return Cell(path, measured, verdict_for(claim, measured), note, hardware,
                     len(evidence.sessions(cpu_pair + gpu_pair)))
     if claim.key == "gpu_utilisation":
-        p10 = _values(gpu, lambda r: r["utilisation"]["gpu"][f"utilisation_p{UTILISATION_PERCENTILE}_percent"])
-        means = _values(gpu, lambda r: r["utilisation"]["gpu"]["utilisation_mean_percent"])
+        p10 = readings(gpu, lambda r: r["utilisation"]["gpu"][f"utilisation_p{UTILISATION_PERCENTILE}_percent"])
+        means = readings(gpu, lambda r: r["utilisation"]["gpu"]["utilisation_mean_percent"])
         if not p10:
             if not gpu:
                 return cell(None, f"no GPU run of the {path} path in the records", gpu, "cuda")
@@ -231,14 +212,14 @@ def _measure(claim: Claim, ev: evidence.Evidence, path: str) -> Cell:
             note += f"; their mean {summarize(means)['mean']:.1f} %"
         return cell(summarize(p10), note, gpu, "cuda")
     if claim.key == "gpu_memory":
-        values = _values(gpu, lambda r: r["utilisation"]["gpu"]["memory_used_mean_bytes"] / GB)
+        values = readings(gpu, lambda r: r["utilisation"]["gpu"]["memory_used_mean_bytes"] / GB)
         if not values:
             if not gpu:
                 return cell(None, f"no GPU run of the {path} path in the records", gpu, "cuda")
             return cell(None, "the records keep no mean of NVML's memory samples", gpu, "cuda")
         note = "NVML mean in use during training, CUDA context included"
-        peak = _values(gpu, lambda r: r["utilisation"]["gpu"]["memory_used_max_bytes"] / GB)
-        reserved = _values(gpu, lambda r: r["memory"]["cuda_peak_reserved_bytes"] / GB)
+        peak = readings(gpu, lambda r: r["utilisation"]["gpu"]["memory_used_max_bytes"] / GB)
+        reserved = readings(gpu, lambda r: r["memory"]["cuda_peak_reserved_bytes"] / GB)
         if peak:
             note += f"; peak {max(peak):.2f} GB"
         if reserved:
@@ -255,7 +236,7 @@ def _beside(ev: evidence.Evidence) -> dict | None:
     session = evidence.comparison_session(cpu)
     tf = [r for r in cpu if evidence.session(r) == session
           and evidence.framework_way(r) == ("keras-tensorflow", "fit")]
-    values = _values(tf, lambda r: r["total_train_seconds"])
+    values = readings(tf, lambda r: r["total_train_seconds"])
     if not values:
         return None
     env = tf[0]["environment"]
@@ -316,11 +297,6 @@ VERDICT_COLOURS = {REPRODUCED: "#d4edda", HIGHER: "#fff3cd", LOWER: "#fff3cd", N
                    NOT_MEASURED: "#e2e3e5"}
 
 
-def _row_hardware(row: Row) -> str:
-    ours = "; ".join(dict.fromkeys(c.hardware for c in row.cells.values() if c.hardware != "-")) or "-"
-    return f"paper: {paper_hardware(row.claim)}; ours: {ours}"
-
-
 def row_note(row: Row) -> str:
     """Both paths' notes, each thing said once (the Keras time beside the CPU row is a line below the table)."""
     notes = [row.cells[p].note.replace(f"the {p} path", "either path") for p in PATHS]
@@ -341,8 +317,9 @@ def table_rows(rows: list[Row]) -> list[tuple[str, ...]]:
         fast = r.cells[SECOND_PATH]
         ours = format_cell(r.headline, r.claim.unit) if r.headline.measured else NO_RECORD
         fast_text = f"{format_cell(fast, r.claim.unit)} [{fast.verdict}]" if fast.measured else NO_RECORD
+        ours_hardware = "; ".join(dict.fromkeys(c.hardware for c in r.cells.values() if c.hardware != "-")) or "-"
         out.append((f"{r.claim.text} ({r.claim.section})", paper_value(r.claim), ours, r.verdict, fast_text,
-                    _row_hardware(r), row_note(r)))
+                    f"paper: {paper_hardware(r.claim)}; ours: {ours_hardware}", row_note(r)))
     return out
 
 
@@ -402,7 +379,7 @@ def accuracy_spread(runs: list[dict] | None = None, results_dir=None) -> list[di
     for device in ("cpu", "cuda"):
         for path in PATHS:
             group = one_per_seed(evidence.scored_runs(ev, device, path))  # the scorecard's machine, once per seed
-            values = _values(group, lambda r: r["test_accuracy"])
+            values = readings(group, lambda r: r["test_accuracy"])
             if len(values) < 2:
                 continue
             s = summarize(values)

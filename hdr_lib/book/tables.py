@@ -4,13 +4,13 @@ table, and a summary with its interval."""
 from __future__ import annotations
 
 import html
-import math
 import statistics
 
 import torch
 
 from hdr_lib import data as mnist
 from hdr_lib.measure.queries import machine
+from hdr_lib.measure.records import is_finite
 
 
 def interval(s: dict, digits: int = 2, unit: str = "") -> str:
@@ -45,12 +45,17 @@ MEMORY_COLUMNS = {  # column: (device, where the reading is in a record, unit); 
 }
 
 
-def _reading(record: dict, get) -> float | None:
-    try:
-        value = get(record)
-    except (KeyError, TypeError):
-        return None
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+def readings(runs: list[dict], get) -> list[float]:
+    """`get(record)` of each run where the record holds it as a finite number (a missing key or None is skipped)."""
+    out = []
+    for record in runs:
+        try:
+            value = get(record)
+        except (KeyError, TypeError):
+            continue
+        if is_finite(value):
+            out.append(float(value))
+    return out
 
 
 def memory_markdown(runs: list[dict]) -> str:
@@ -66,7 +71,7 @@ def memory_markdown(runs: list[dict]) -> str:
         cells = []
         for column in columns:
             wanted, get = MEMORY_COLUMNS[column]
-            values = sorted(v for v in (_reading(r, get) for r in group) if v is not None)
+            values = sorted(readings(group, get))
             if wanted not in ("any", device):
                 cells.append("-")
             elif not values:
