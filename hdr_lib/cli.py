@@ -372,8 +372,8 @@ def _beside_text(beside: dict) -> str:
 
     text = f"Keras/TensorFlow (model.fit) on {beside['hardware']}: {scorecard.format_value(beside['mean'], 's')}"
     if beside.get("ci95_low") is not None:
-        text += f" ({scorecard.format_value(beside['ci95_low'], 's')} to "
-                 f"{scorecard.format_value(beside['ci95_high'], 's')})"
+        text += (f" ({scorecard.format_value(beside['ci95_low'], 's')} to "
+                 f"{scorecard.format_value(beside['ci95_high'], 's')})")
     text += f", n = {beside['n']}, {paper.CPU_SECONDS / beside['mean']:.0f}x faster than the paper's"
     if beside.get("session"):
         text += f", timing session {beside['session']} (chapter 10)"

@@ -276,7 +276,6 @@ def test_chapter_rows_group_by_framework_and_way(tmp_path):
 def test_the_chapter_compares_within_one_session_and_shows_every_session_apart(tmp_path):
     import json
 
-    from hdr_lib.book import figures
     from hdr_lib.measure import frameworks
 
     def run(framework, way, seconds, session, created, seed=0):
