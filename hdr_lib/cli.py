@@ -362,8 +362,37 @@ def _scorecard(args) -> int:
                           "claims": scorecard.as_json(rows)}, indent=1))
     else:
         print(f"Records: {folder}\n{scorecard.status_line(rows).replace('**', '')}\n")
-        print(scorecard.to_text(rows), end="")
+        print(_scorecard_text(rows), end="")
     return 0
+
+
+def _beside_text(beside: dict) -> str:
+    from hdr_lib import paper
+    from hdr_lib.book import scorecard
+
+    text = f"Keras/TensorFlow (model.fit) on {beside['hardware']}: {scorecard.format_value(beside['mean'], 's')}"
+    if beside.get("ci95_low") is not None:
+        text += (f" ({scorecard.format_value(beside['ci95_low'], 's')} to "
+                 f"{scorecard.format_value(beside['ci95_high'], 's')})")
+    text += f", n = {beside['n']}, {paper.CPU_SECONDS / beside['mean']:.0f}x faster than the paper's"
+    if beside.get("session"):
+        text += f", timing session {beside['session']} (chapter 10)"
+    if beside.get("load_average") is not None:
+        text += f" (made at a 1-minute load average of {beside['load_average']:.1f} on the shared cores)"
+    return text
+
+
+def _scorecard_text(rows) -> str:
+    """The scorecard for a terminal: one block per claim, the same rows and cells as the book's table."""
+    from hdr_lib.book import scorecard
+
+    lines = []
+    for (claim, claimed, ours, verdict, fast, hardware, _note), row in zip(scorecard.table_rows(rows), rows):
+        lines += [f"{claim}", f"  paper:          {claimed}", f"  ours reference: {ours}", f"  verdict:        {verdict}",
+                  f"  ours fast:      {fast}", f"  {hardware}",
+                  f"  note: reference: {row.cells['reference'].note}; fast: {row.cells['fast'].note}"]
+        lines += [f"  beside (not scored): {_beside_text(row.beside)}", ""] if row.beside else [""]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def _native() -> int:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from hdr_lib.book.scorecard import CHAPTER_CLAIMS
-from hdr_lib.book import scorecard, statements, tables
+from hdr_lib.book import scorecard
+from hdr_lib.measure import queries
 from hdr_lib.measure.queries import NOT_MEASURED
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,9 +76,19 @@ def test_no_page_states_a_gpu_result_in_prose(page):
 def test_each_results_chapter_ends_with_its_verdict_rendered_from_the_records(chapter):
     cells = json.loads((ROOT / "notebooks" / f"{RESULTS_CHAPTERS[chapter]}.ipynb").read_text())["cells"]
     code = [c for c in cells if c["cell_type"] == "code"]
-    assert f'scorecard.verdict_paragraph("{chapter}"' in "".join(code[-1]["source"])
+    assert f'scorecard.chapter_verdicts("{chapter}"' in "".join(code[-1]["source"])
     note = "Note: a live training run" if chapter == "05" else "reuses the live run of chapter 05"
     assert any(note in "".join(c["source"]) for c in cells[:7])  # the live-run note on top, in full only once
+
+
+def verdict_text(chapter: str, rows, results_dir) -> str:
+    """What the chapter's verdict cell displays for `rows` (the cell run as it stands in the notebook)."""
+    cells = json.loads((ROOT / "notebooks" / f"{RESULTS_CHAPTERS[chapter]}.ipynb").read_text())["cells"]
+    source = next("".join(c["source"]) for c in cells if "chapter_verdicts" in "".join(c["source"]))
+    shown = []
+    exec(source, {"scorecard": scorecard, "rows": rows, "results_dir": results_dir, "Markdown": str,
+                  "display": shown.append})
+    return "\n".join(shown)
 
 
 def test_gpu_statements_say_not_yet_measured_without_a_cuda_record(tmp_path):
@@ -92,14 +103,15 @@ def test_gpu_statements_say_not_yet_measured_without_a_cuda_record(tmp_path):
         gpu_rows = [r for r in rows if r.claim.device in ("cuda", "both")]
         assert all(c.verdict == NOT_MEASURED for r in gpu_rows for c in r.cells.values())
         for chapter in RESULTS_CHAPTERS:
-            text = scorecard.verdict_paragraph(chapter, rows)
+            text = verdict_text(chapter, rows, folder)
             gpu_lines = [line for line in text.splitlines() if re.search(r"GPU|Speedup", line)]
             assert len(gpu_lines) == 1 and gpu_lines[0].count(NOT_MEASURED) == 1, (chapter, gpu_lines)  # said once
             assert all(r.claim.text in gpu_lines[0] for r in gpu_rows if r.claim.key in CHAPTER_CLAIMS[chapter])
-        assert NOT_MEASURED in statements.path_speedups_markdown(rows)
-        assert "No GPU run is recorded yet" in tables.cuda_statement(folder)
+        speedup = next(r for r in rows if r.claim.key == "speedup")
+        assert all(cell.measured is None for cell in speedup.cells.values())  # chapter 09 then says "not yet measured"
+        assert queries.recorded_runs(folder, "cuda") == []  # the chapters: "No GPU run is recorded yet"
         assert "GPU: not yet measured" in scorecard.status_line(rows)
-        assert NOT_MEASURED in statements.seed_runs_markdown(0, folder)  # no GPU run of seed 0 either
+        assert not any(r["config"]["device"] == "cuda" for r in queries.paper_runs(folder))  # no GPU run of seed 0 either
 
 
 # The paper's numbers and hardware as they would be typed in; hdr_lib.paper is the one module that holds them.

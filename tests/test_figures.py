@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from hdr_lib import paper
-from hdr_lib.book import figures, tables
+from hdr_lib.book import figures
+from hdr_lib.measure import flops
 from hdr_lib.config import PAPER
 from hdr_lib.data import load_mnist, to_float
 
@@ -78,7 +79,7 @@ def test_probability_bars_marks_the_true_digit():
 
 
 def test_memory_bars_say_not_yet_measured_beside_the_papers_memory():
-    fig = figures.memory_bars({**tables.memory_estimate(), "ours: CUDA reserved": None})
+    fig = figures.memory_bars({**flops.memory_estimate(), "ours: CUDA reserved": None})
     assert any(a.text == "not yet measured" for a in fig.layout.annotations)
     bars = dict(zip(fig.data[0].y, fig.data[0].x))
     assert [v for k, v in bars.items() if k.startswith("paper")] == [paper.GPU_MEMORY_GB * 1e9]
@@ -129,7 +130,7 @@ def test_claims_figure_draws_the_papers_claims_and_frames_what_is_not_measured()
 
 
 def test_chapter_11_figures_draw_the_measured_groups_and_name_the_missing_ones():
-    from hdr_lib.book import futurework as fw
+    from hdr_lib.measure import futurework as fw
 
     precision = figures.precision_figure(fw.precision_rows())  # the committed records: CPU only
     assert {t.x[0] for t in precision.data} == {"CPU float32", "CPU bfloat16"}

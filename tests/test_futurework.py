@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from hdr_lib.book import futurework as fw
+from hdr_lib.measure import futurework as fw
 from hdr_lib.config import PAPER, TrainConfig
 from hdr_lib.validation import ConfigError
 from hdr_lib.measure.replicate import record_name
@@ -35,12 +35,11 @@ def _write(folder, records):
 
 
 def test_empty_results_say_not_yet_measured(tmp_path):
-    for text in (fw.ddp_markdown(tmp_path), fw.amp_ab_markdown(tmp_path)):
-        assert "not yet measured" in text
-    for table in (fw.precision_markdown(tmp_path), fw.network_markdown(tmp_path)):  # the figure says it, once
-        assert "| 0 | 20 | no record |" in table or "| 0 | no record |" in table
-    assert fw.precision_comparison(tmp_path) is None
-    assert "177.7 kB" in fw.ddp_markdown(tmp_path) and "44,426" in fw.ddp_markdown(tmp_path)
+    assert fw.ddp_rows(tmp_path) == [] and fw.amp_ab(tmp_path) is None  # chapter 11 says "not yet measured"
+    assert all(r["accuracy"]["n"] == 0 and r["epoch"] == 20 for r in fw.precision_rows(tmp_path))
+    assert all(r["seconds_per_epoch"]["n"] == 0 for r in fw.network_rows(tmp_path))
+    assert fw.precision_comparison(tmp_path) is None and fw.bf16_environment(tmp_path) is None
+    assert fw.gradient_bytes() == {"elements": 44_426, "bytes": 177_704, "kilobytes": 177.704}
 
 
 def test_precision_table_compares_bfloat16_with_float32_seed_for_seed(tmp_path):
@@ -61,7 +60,7 @@ def test_precision_table_compares_bfloat16_with_float32_seed_for_seed(tmp_path):
     assert c["epoch"] == 1 and c["difference"]["n"] == 3  # seed for seed
     assert c["difference"]["mean"] == pytest.approx(0.1)  # differences 0.1, 0.0, 0.2
     assert c["sd"] == pytest.approx(0.2) and c["time_ratio"] == pytest.approx(4.0)
-    assert "| cuda | float16 autocast + gradient scaler | 0 | 20 | no record |" in fw.precision_markdown(tmp_path)
+    assert rows[("cuda", "fp16")]["epoch"] == 20 and not rows[("cuda", "fp16")]["runs"]
 
 
 def test_ddp_rows_take_the_share_of_communication_from_the_records(tmp_path):
@@ -119,15 +118,14 @@ def test_cpu_rows_are_of_the_processor_that_ran_the_future_work(tmp_path):
     assert fw.cpu_matmul_gflops(tmp_path, "AMD EPYC, instructions not recorded") == bench["ceiling"]["matmul"]["gflops"]
 
 
-def test_precision_steps_note_says_when_the_precisions_ran_different_code(tmp_path):
+def test_precision_steps_say_when_the_precisions_ran_different_code(tmp_path):
     f32 = _record(0, 99.0, 6.0)
     f32["execution"]["cpu_step"] = "explicit"
     b16 = _record(0, 99.1, 30.0, amp="bf16")
     b16["execution"]["cpu_step"] = "forward"
     _write(tmp_path, [f32, b16])
-    note = fw.precision_steps_note(tmp_path)
-    assert "`explicit`" in note and "`forward`" in note and "different code" in note
-    assert "not yet measured" in fw.precision_steps_note(tmp_path / "none")
+    assert fw.precision_steps(tmp_path) == {"off": ["explicit"], "bf16": ["forward"]}
+    assert fw.precision_steps(tmp_path / "none") == {"off": [], "bf16": []}
 
 
 def test_ddp_sessions_are_kept_apart_and_the_verdict_compares_within_one(tmp_path):

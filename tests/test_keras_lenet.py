@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from hdr_lib import keras_lenet
+from hdr_lib import keras_lenet, paper
 from hdr_lib.config import PAPER
-from hdr_lib.book.evidence import is_headline
+from hdr_lib.measure import queries
+from hdr_lib.measure.evidence import is_headline
 from hdr_lib.measure.records import read_record
 from hdr_lib.measure.replicate import record_name
 from hdr_lib.train import init_model
@@ -254,7 +255,8 @@ def test_scorecard_cpu_cells_are_the_machine_that_ran_tensorflow_beside_them():
 def test_chapter_rows_group_by_framework_and_way(tmp_path):
     import json
 
-    from hdr_lib.book import frameworks
+    from hdr_lib.book import figures
+    from hdr_lib.measure import frameworks
 
     runs = ([_record(seconds=20.0 + i, seed=i) for i in range(2)]
             + [_record("keras-tensorflow", "fit", seconds=s, accuracy=98.9 + i / 10, seed=i)
@@ -266,16 +268,15 @@ def test_chapter_rows_group_by_framework_and_way(tmp_path):
     tf = table[0]
     assert tf["n"] == 2 and tf["seconds_per_epoch"]["mean"] == pytest.approx(16.0)
     assert tf["gflops"] == pytest.approx(frameworks.training_flops()["train_flops_per_epoch"] / 16.0 / 1e9)
-    assert "11.2 times faster" in frameworks.paper_time_markdown(table)
-    assert frameworks.NOT_MEASURED in frameworks.paper_time_markdown([])
-    assert frameworks.NOT_MEASURED in frameworks.equivalence_markdown(tmp_path)
-    assert len(frameworks.figure(table).data) == 2
+    assert paper.CPU_SECONDS / tf["total_seconds"]["mean"] == pytest.approx(11.25)  # chapter 10: "11.2 times faster"
+    assert queries.recorded(tmp_path, "keras-equivalence") == []  # chapter 10: "not yet measured"
+    assert len(figures.frameworks_figure(table).data) == 2
 
 
 def test_the_chapter_compares_within_one_session_and_shows_every_session_apart(tmp_path):
     import json
 
-    from hdr_lib.book import frameworks
+    from hdr_lib.measure import frameworks
 
     def run(framework, way, seconds, session, created, seed=0):
         record = _record(framework, way, seconds=seconds, seed=seed)
@@ -294,15 +295,14 @@ def test_the_chapter_compares_within_one_session_and_shows_every_session_apart(t
     table = frameworks.rows(tmp_path, session="quiet")
     tf = next(row for row in table if row["key"] == "keras-tensorflow fit")
     assert tf["n"] == 1 and tf["total_seconds"]["mean"] == pytest.approx(300.0)
-    assert "12.0 times faster" in frameworks.paper_time_markdown(table)
+    assert paper.CPU_SECONDS / tf["total_seconds"]["mean"] == pytest.approx(12.0)
     # Apart: the loaded session's three seeds are a row of their own, never pooled with the quiet run.
     apart = frameworks.rows_by_session(tmp_path)
     assert [(row["sessions"], row["key"], row["n"]) for row in apart] == [
         (["loaded"], "keras-tensorflow fit", 3), (["quiet"], "keras-tensorflow fit", 1),
         (["quiet"], "keras-jax fit", 1), (["quiet"], "pytorch fast", 1)]
-    assert frameworks.table_markdown(apart, by_session=True).splitlines()[0].startswith("| session |")
     # The scorecard's CPU-time row shows the same comparison's Keras/TensorFlow time, not the loaded session's.
     from hdr_lib.book import scorecard
 
-    beside = scorecard.tensorflow_beside(loaded + quiet)
+    beside = next(r for r in scorecard.scorecard(loaded + quiet) if r.claim.key == "cpu_time").beside
     assert (beside["n"], beside["mean"], beside["session"]) == (1, pytest.approx(300.0), "quiet")

@@ -9,8 +9,7 @@ import pytest
 from hdr_lib.config import PAPER
 from hdr_lib.fast import CPU_STEPS, CUDA_KERNELS
 from hdr_lib.measure import queries
-from hdr_lib.measure.records import SCHEMA, RecordError, read_record
-from conftest import REPO
+from hdr_lib.measure.records import SCHEMA, RecordError
 from tests.test_scorecard import make_record
 
 

@@ -39,7 +39,7 @@ def test_no_records_means_nothing_measured():
     rows = scorecard.scorecard([])
     assert {r.verdict for r in rows} == {NOT_MEASURED}
     assert len(rows) == len(scorecard.CLAIMS)
-    assert all(scorecard.format_measured(r) == NOT_MEASURED for r in rows)
+    assert all(scorecard.format_cell(r.headline, r.claim.unit) == NOT_MEASURED for r in rows)
 
 
 def test_cpu_only_leaves_every_gpu_claim_not_yet_measured():
@@ -114,15 +114,15 @@ def test_single_runs_give_no_speedup_and_show_no_interval():
     rows = {r.claim.key: r for r in scorecard.scorecard([make_record("cpu", seconds=120.0),
                                                          make_record("cuda", seconds=6.0)])}
     assert rows["speedup"].verdict == NOT_MEASURED  # one run each: fewer than two per device
-    assert "CI" not in scorecard.format_measured(rows["cpu_time"])
+    assert "CI" not in scorecard.format_cell(rows["cpu_time"].headline, "s")
     assert rows["gpu_utilisation"].verdict == NOT_MEASURED  # NVML gave nothing: never filled in
 
 
 def test_sessions_are_named_in_the_interval():
     one = [make_record(seconds=100.0 + i, seed=i) for i in range(3)]
     two = one + [make_record(seconds=130.0, seed=3, session="s2")]
-    assert "within one session" in scorecard.format_measured(scorecard.scorecard(one)[0])
-    assert "2 sessions pooled" in scorecard.format_measured(scorecard.scorecard(two)[0])
+    assert "within one session" in scorecard.format_cell(scorecard.scorecard(one)[0].headline, "s")
+    assert "2 sessions pooled" in scorecard.format_cell(scorecard.scorecard(two)[0].headline, "s")
 
 
 def test_times_from_two_machines_are_not_pooled():
@@ -155,14 +155,15 @@ def test_html_table():
     assert table.count('data-label="Verdict"') == len(rows)  # each cell names its column (cards on a phone)
 
 
-def test_verdict_paragraphs_say_not_yet_measured_without_records(tmp_path):
+def test_each_chapter_verdict_takes_its_claims_and_sets_apart_those_not_measured(tmp_path):
     rows = scorecard.scorecard(results_dir=tmp_path)  # an empty results folder
     for chapter, keys in scorecard.CHAPTER_CLAIMS.items():
-        text = scorecard.verdict_paragraph(chapter, rows)
-        assert text.count(NOT_MEASURED) == 1, chapter  # once, for every claim with no record on either path
-        assert all(scorecard.paper.CLAIM[k].text in text for k in keys), chapter
+        measured, missing = scorecard.chapter_verdicts(chapter, rows)
+        assert measured == [] and [r.claim.key for r in missing] == list(keys), chapter  # one "not yet measured"
     gpu = [make_record("cuda", seconds=5.0 + i, seed=i) for i in range(2)]
-    text = scorecard.verdict_paragraph("05", scorecard.scorecard(gpu))
+    measured, missing = scorecard.chapter_verdicts("05", scorecard.scorecard(gpu))
+    assert [r.claim.key for r in measured] == ["gpu_time"] and [r.claim.key for r in missing] == ["cpu_time", "speedup"]
+    text = scorecard.describe(measured[0].headline, "s")
     assert "5.5 s" in text and NOT_COMPARABLE in text
 
 
@@ -171,8 +172,8 @@ def test_accuracy_spread_measures_the_margin_in_sds():
     (group,) = scorecard.accuracy_spread(runs)
     assert group["n"] == 5 and group["sd"] == pytest.approx(0.05)
     assert group["margin_in_sd"] == pytest.approx(6.0)
-    assert "inside" in scorecard.accuracy_spread_markdown(runs)
-    assert NOT_MEASURED in scorecard.accuracy_spread_markdown([make_record()])
+    assert group["gap_inside"] and group["pair_95"] == pytest.approx(1.96 * 2 ** 0.5 * 0.05)
+    assert scorecard.accuracy_spread([make_record()]) == []  # the pages then say "not yet measured"
 
 
 def test_a_seed_rerun_adds_a_time_but_not_a_second_accuracy():
@@ -209,9 +210,10 @@ def test_every_page_shows_one_table_from_one_results_folder(tmp_path, monkeypatc
 
 def test_the_claims_are_the_papers():
     assert [c.value for c in scorecard.CLAIMS] == [c.value for c in paper.CLAIMS]
-    text = scorecard.claims_markdown("05")
+    claims = [c for c in scorecard.CLAIMS if c.key in scorecard.CHAPTER_CLAIMS["05"]]  # chapter 05 lists these
+    text = " ".join(f"{scorecard.paper_value(c)} on {scorecard.paper_hardware(c)}" for c in claims)
     assert f"{paper.CPU_SECONDS:g} s" in text and f"{paper.GPU_SECONDS:g} s" in text and paper.CPU.name in text
-    assert text.count("\n- ") == len(scorecard.CHAPTER_CLAIMS["05"])
+    assert [c.key for c in claims] == ["cpu_time", "gpu_time", "speedup"]
 
 
 def test_a_run_made_another_way_is_not_scored():
@@ -226,7 +228,7 @@ def test_two_machines_sharing_a_host_hash_and_a_rerun_seed_give_one_machines_fig
     """Two VMs report the same hostname hash and CPU model; one recorded its vector instructions. The scorecard,
     chapter 06 (its chart's runs and the seed spread) and chapter 05's path ratio all take the same machine, and
     a seed rerun in a second session is a timing sample, not a second seed."""
-    from hdr_lib.book import evidence, statements
+    from hdr_lib.measure import evidence
 
     def on(record, flags, session, created):
         record["environment"].update(cpu="AMD EPYC", hostname_hash="same", session=session, created_at=created)
@@ -257,4 +259,4 @@ def test_two_machines_sharing_a_host_hash_and_a_rerun_seed_give_one_machines_fig
     spread = {g["path"]: g for g in scorecard.accuracy_spread(results_dir=tmp_path)}
     assert spread["reference"]["n"] == 3 and spread["reference"]["hardware"].startswith(name)
     assert spread["reference"]["mean"] == pytest.approx(accuracy.measured["mean"])
-    assert f"({name})" in statements.path_ratio_markdown(tmp_path)
+    assert {queries.machine(r) for p in ("reference", "fast") for r in evidence.scored_runs(ev, "cpu", p)} == {name}  # chapter 05's path ratio

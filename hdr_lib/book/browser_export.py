@@ -45,22 +45,16 @@ def tfjs_versions(node_modules: Path = REPOSITORY / "node_modules") -> dict:
 
 def initial_weights(seed: int) -> dict:
     """The seed's initial LeNet5 weights (hdr_lib.train.init_model: the reference path's start) in TF.js layouts,
-    as {name: float32 numpy array}."""
+    which are Keras' (`hdr_lib.keras_lenet.torch_weights_to_keras`), as {name: float32 numpy array}."""
     import torch
 
     from hdr_lib.config import TrainConfig
+    from hdr_lib.keras_lenet import torch_weights_to_keras
     from hdr_lib.train import init_model
 
     model = init_model(TrainConfig(seed=seed, device="cpu"), torch.device("cpu"))
-    s = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-    fc1 = s["fc1.weight"]  # [120, 16*4*4], inputs in (c, h, w) order
-    side = int(round((fc1.shape[1] // 16) ** 0.5))
-    fc1_nhwc = fc1.reshape(120, 16, side, side).transpose(2, 3, 1, 0).reshape(side * side * 16, 120)
-    return {"conv1_w": s["conv1.weight"].transpose(2, 3, 1, 0), "conv1_b": s["conv1.bias"],
-            "conv2_w": s["conv2.weight"].transpose(2, 3, 1, 0), "conv2_b": s["conv2.bias"],
-            "fc1_w": fc1_nhwc, "fc1_b": s["fc1.bias"],
-            "fc2_w": s["fc2.weight"].T, "fc2_b": s["fc2.bias"],
-            "fc3_w": s["fc3.weight"].T, "fc3_b": s["fc3.bias"]}
+    return {f"{layer}_{part}": array for layer, arrays in torch_weights_to_keras(model).items()
+            for part, array in zip("wb", arrays)}
 
 
 def first_epoch_order(seed: int, n: int = 60_000):
@@ -88,11 +82,6 @@ def seed_script(seed: int) -> str:
             f"window.hdrBrowserSeeds[{seed}] = {json.dumps(payload, separators=(',', ':'))};\n")
 
 
-def _file_script(name: str, gz: bytes) -> str:
-    return ("window.hdrBrowserFiles = window.hdrBrowserFiles || {};\n"
-            f"window.hdrBrowserFiles[{json.dumps(name)}] = \"{base64.b64encode(gz).decode()}\";\n")
-
-
 def write_assets(static: Path, *, data_root=None, node_modules: Path = REPOSITORY / "node_modules",
                  seeds=SEEDS) -> Path:
     """Everything the page loads, into `static` (the site's _static): hdr_browser.js, tf.min.js,
@@ -110,7 +99,8 @@ def write_assets(static: Path, *, data_root=None, node_modules: Path = REPOSITOR
     for name in MNIST_NAMES:
         gz = gzip.compress((raw / name).read_bytes(), compresslevel=9, mtime=0)
         (folder / f"{name}.gz").write_bytes(gz)
-        (folder / f"{name}.gz.js").write_text(_file_script(name, gz))
+        (folder / f"{name}.gz.js").write_text("window.hdrBrowserFiles = window.hdrBrowserFiles || {};\n"
+                                              f"window.hdrBrowserFiles[{json.dumps(name)}] = \"{base64.b64encode(gz).decode()}\";\n")
     for seed in seeds:
         (folder / f"seed{seed}.js").write_text(seed_script(seed))
     (folder / "versions.js").write_text(f"window.hdrBrowserVersions = {json.dumps(versions)};\n")

@@ -15,7 +15,7 @@ from hdr_lib.config import PAPER, TrainConfig
 from hdr_lib.validation import ConfigError, check
 from hdr_lib.paths import REPOSITORY
 from hdr_lib.measure.machine import resolve_device
-from hdr_lib.book import evidence
+from hdr_lib.measure import evidence
 from hdr_lib.measure.queries import checked_results_folder, shown
 from hdr_lib.measure.records import RecordError, read_record
 from hdr_lib.model import LeNet5
@@ -110,16 +110,6 @@ def cache_folder(cache_dir=None) -> Path:
 
 # ---------------------------------------------------------------- one live run, shared by chapters 05-08
 
-def _run_key(config: TrainConfig) -> dict:
-    key = config.as_dict()
-    key["device"] = resolve_device(config.device).type
-    return key
-
-
-def _cache_name(key: dict) -> str:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-    return f"{key['device']}-{key['path']}-e{key['epochs']}-b{key['batch_size']}-seed{key['seed']}-{digest}"
-
 
 def cached_run(config: TrainConfig, cache_dir=None, *, data=None, verbose: bool = True):
     """(record, model) of `config`: reused from `cache_dir` when a complete record with the identical
@@ -130,9 +120,10 @@ def cached_run(config: TrainConfig, cache_dir=None, *, data=None, verbose: bool 
     tqdm's progress bars: the run's epochs and the batches inside each epoch. Where $HDR_PROGRESS=0 (the book
     build sets it) there are no bars, only the lines (hdr_lib.measure.run_record.progress_enabled decides).
     """
-    key = _run_key(config)
+    key = config.as_dict() | {"device": resolve_device(config.device).type}  # "auto" resolved
     folder = cache_folder(cache_dir)
-    stem = folder / _cache_name(key)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    stem = folder / f"{key['device']}-{key['path']}-e{key['epochs']}-b{key['batch_size']}-seed{key['seed']}-{digest}"
     weights = stem.with_suffix(".pt")
     if stem.with_suffix(".json").is_file() and weights.is_file():
         try:  # a cached record of an older schema or a damaged one is trained again, not an error

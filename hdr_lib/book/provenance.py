@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
+
+from hdr_lib.book.tables import html_table
 
 
 # The commit and the date come right after the record's name, where a narrow screen still shows them.
 COLUMNS = ("Record", "Commit", "Created (UTC)", "Session", "Kind", "Status", "Device", "Path", "Epochs", "Seed",
            "CPU (threads)", "GPU", "Driver / CUDA / cuDNN", "Python", "torch / torchvision")
-
-
-def _gpu(env: dict) -> tuple[str, str]:
-    gpu = env.get("gpu")
-    if not gpu:
-        return "none", "-"
-    return str(gpu.get("name", "?")), f"{gpu.get('driver') or '?'} / {gpu.get('cuda') or '?'} / {gpu.get('cudnn') or '?'}"
 
 
 def _browser_columns(env: dict, config: dict) -> tuple[str, str, str, str, str]:
@@ -38,7 +32,9 @@ def provenance_rows(records: list[dict], root: str | Path | None = None) -> list
                 name = name.relative_to(root)
             except ValueError:
                 pass
-        gpu, stack = _gpu(env)
+        g = env.get("gpu") or {}
+        gpu, stack = (str(g.get("name", "?")), " / ".join(str(g.get(k) or "?") for k in ("driver", "cuda", "cudnn"))) \
+            if g else ("none", "-")
         cpu, python, software = f"{env.get('cpu', '?')} ({env.get('threads', '?')})", str(env.get("python", "?")), \
             f"{env.get('torch', '?')} / {env.get('torchvision', '?')}"
         if config.get("path") == "tfjs":
@@ -52,9 +48,5 @@ def provenance_rows(records: list[dict], root: str | Path | None = None) -> list
     return rows
 
 
-def to_html(rows: list[tuple[str, ...]], columns=COLUMNS) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f'<td data-label="{html.escape(name)}">{html.escape(c)}</td>'
-                                    for name, c in zip(columns, row)) + "</tr>" for row in rows)
-    return (f'<div class="hdr-table-wrap"><table class="table hdr-provenance"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{body}</tbody></table></div>')
+def to_html(rows: list[tuple[str, ...]]) -> str:
+    return html_table(COLUMNS, rows, "hdr-provenance")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import html
 import json
 import os
 
@@ -118,21 +117,3 @@ def _show_widgets_as_notes() -> None:
         return
     formatter = shell.display_formatter.formatters["text/html"]
     formatter.for_type(ipywidgets.Widget, lambda widget: WIDGET_NOTE.format(detail=""))
-
-
-def interact(function, **controls):
-    """`ipywidgets.interact` in a live kernel; in the book, one call with the controls' starting values.
-
-    A figure drawn inside an interact callback lives in the widget's state, which a static page cannot
-    show; so the book calls `function` once, plainly, with the values the controls start at, and says so.
-    """
-    import ipywidgets
-    from IPython.display import HTML, display as ipy_display
-
-    if not in_book_build():
-        return ipywidgets.interact(function, **controls)
-    widget = ipywidgets.interactive(function, {"manual": True}, **controls)
-    values = {control._kwarg: control.value for control in widget.kwargs_widgets}
-    shown = ", ".join(f"{name} = {value!r}" for name, value in values.items())
-    ipy_display(HTML(WIDGET_NOTE.format(detail=html.escape(f"Shown here for {shown}."))))
-    return function(**values)

@@ -4,7 +4,7 @@ This one table is what the scorecard page, chapter 08 and `python -m hdr_lib sco
 The rules, in one place (each `Claim` names its rule; `verdict_for` applies it):
 
 - Which runs count (the headline runs, the one CPU machine, one run per seed for accuracy, one host for a speedup)
-  is decided in one place, hdr_lib.book.evidence; its docstring states the rules.
+  is decided in one place, hdr_lib.measure.evidence; its docstring states the rules.
 - The headline column is the **reference path** (the plain PyTorch loop: a DataLoader, one operator at a
   time), because the paper's comparison is the same software on both devices, run the way its framework
   runs. The **fast path** (our own training step) is a second column of the same row, scored by the same
@@ -42,18 +42,17 @@ The rules, in one place (each `Claim` names its rule; `verdict_for` applies it):
 
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass, field
 
 from hdr_lib import paper
-from hdr_lib.book import evidence
-from hdr_lib.book.evidence import MIN_RUNS, one_per_seed
+from hdr_lib.measure import evidence
+from hdr_lib.measure.evidence import MIN_RUNS, one_per_seed
 from hdr_lib.measure import queries
 from hdr_lib.measure.queries import NOT_MEASURED
-from hdr_lib.measure.records import is_finite
 from hdr_lib.measure.stats import summarize, welch
 from hdr_lib.paper import CLAIMS, Claim
+from hdr_lib.book.tables import html_table, readings
 
 REPRODUCED = "reproduced"
 HIGHER, LOWER = "differs: ours higher", "differs: ours lower"
@@ -100,24 +99,8 @@ class Row:
         return self.headline.verdict
 
 
-def _values(runs, get) -> list[float]:
-    out = []
-    for record in runs:
-        try:
-            value = get(record)
-        except (KeyError, TypeError):
-            value = None
-        if is_finite(value):
-            out.append(float(value))
-    return out
-
-
 def _hardware(runs) -> str:
     return queries.machines(runs, versions=True)
-
-
-def _sessions(runs) -> int:
-    return len(evidence.sessions(runs))
 
 
 def _differs(value: float, low: float, high: float) -> str:
@@ -176,12 +159,6 @@ def _gap(cpu_acc: list[float], gpu_acc: list[float]) -> dict | None:
             "ci95_low": test["ci95_low"], "ci95_high": test["ci95_high"]}
 
 
-def _times(cpu_or_gpu_over_paper: float) -> str:
-    ratio = cpu_or_gpu_over_paper
-    return (f"{1 / ratio:.1f}x less time than the paper's" if ratio < 1 else
-            f"{ratio:.1f}x the paper's time") + "; training only, other hardware and software"
-
-
 def _measure(claim: Claim, ev: evidence.Evidence, path: str) -> Cell:
     """Our cell for one claim on one path, with a note on what was measured (or why nothing was). The CPU and GPU
     cells take the scored machine's runs (`evidence.scored_runs`); a speedup pairs the runs of one host."""
@@ -192,21 +169,21 @@ def _measure(claim: Claim, ev: evidence.Evidence, path: str) -> Cell:
 
     def cell(measured, note, runs, device):
         hardware = _hardware(runs) if device in ("cpu", "cuda") else "-"
-        return Cell(path, measured, verdict_for(claim, measured), note, hardware, _sessions(runs))
+        return Cell(path, measured, verdict_for(claim, measured), note, hardware, len(evidence.sessions(runs)))
 
     if claim.key in ("cpu_time", "gpu_time", "cpu_accuracy", "gpu_accuracy"):
         runs = cpu if claim.device == "cpu" else gpu
         if claim.rule == "accuracy":
             runs = one_per_seed(runs)
-        values = _values(runs, time if claim.rule == "time" else accuracy)
+        values = readings(runs, time if claim.rule == "time" else accuracy)
         if not values:
             return cell(None, f"no complete {claim.device.upper().replace('CUDA', 'GPU')} run of the {path} path "
                               "in the records", runs, claim.device)
         measured = summarize(values)
-        if claim.rule == "time":
-            note = _times(measured["mean"] / claim.value)
-        else:
-            note = f"{measured['mean'] - claim.value:+.2f} pp from the paper's"
+        ratio = measured["mean"] / claim.value
+        note = ((f"{1 / ratio:.1f}x less time than the paper's" if ratio < 1 else f"{ratio:.1f}x the paper's time")
+                + "; training only, other hardware and software" if claim.rule == "time" else
+                f"{measured['mean'] - claim.value:+.2f} pp from the paper's")
         return cell(measured, note, runs, claim.device)
     if claim.key in ("speedup", "accuracy_gap"):
         pair = evidence.same_host_pair(cpu_all, gpu_all, MIN_RUNS)
@@ -215,16 +192,16 @@ def _measure(claim: Claim, ev: evidence.Evidence, path: str) -> Cell:
                               f"{len(gpu_all)} GPU run(s)", [], "both")
         host, cpu_pair, gpu_pair = pair
         if claim.key == "speedup":
-            measured = _speedup(_values(cpu_pair, time), _values(gpu_pair, time))
+            measured = _speedup(readings(cpu_pair, time), readings(gpu_pair, time))
         else:
-            measured = _gap(_values(one_per_seed(cpu_pair), accuracy), _values(one_per_seed(gpu_pair), accuracy))
+            measured = _gap(readings(one_per_seed(cpu_pair), accuracy), readings(one_per_seed(gpu_pair), accuracy))
         hardware = f"{_hardware(cpu_pair)} and {_hardware(gpu_pair)}, one host ({host})"
         note = f"{measured['n_cpu']} CPU and {measured['n_gpu']} GPU runs on host {host}"
         return Cell(path, measured, verdict_for(claim, measured), note, hardware,
-                    _sessions(cpu_pair + gpu_pair))
+                    len(evidence.sessions(cpu_pair + gpu_pair)))
     if claim.key == "gpu_utilisation":
-        p10 = _values(gpu, lambda r: r["utilisation"]["gpu"][f"utilisation_p{UTILISATION_PERCENTILE}_percent"])
-        means = _values(gpu, lambda r: r["utilisation"]["gpu"]["utilisation_mean_percent"])
+        p10 = readings(gpu, lambda r: r["utilisation"]["gpu"][f"utilisation_p{UTILISATION_PERCENTILE}_percent"])
+        means = readings(gpu, lambda r: r["utilisation"]["gpu"]["utilisation_mean_percent"])
         if not p10:
             if not gpu:
                 return cell(None, f"no GPU run of the {path} path in the records", gpu, "cuda")
@@ -235,14 +212,14 @@ def _measure(claim: Claim, ev: evidence.Evidence, path: str) -> Cell:
             note += f"; their mean {summarize(means)['mean']:.1f} %"
         return cell(summarize(p10), note, gpu, "cuda")
     if claim.key == "gpu_memory":
-        values = _values(gpu, lambda r: r["utilisation"]["gpu"]["memory_used_mean_bytes"] / GB)
+        values = readings(gpu, lambda r: r["utilisation"]["gpu"]["memory_used_mean_bytes"] / GB)
         if not values:
             if not gpu:
                 return cell(None, f"no GPU run of the {path} path in the records", gpu, "cuda")
             return cell(None, "the records keep no mean of NVML's memory samples", gpu, "cuda")
         note = "NVML mean in use during training, CUDA context included"
-        peak = _values(gpu, lambda r: r["utilisation"]["gpu"]["memory_used_max_bytes"] / GB)
-        reserved = _values(gpu, lambda r: r["memory"]["cuda_peak_reserved_bytes"] / GB)
+        peak = readings(gpu, lambda r: r["utilisation"]["gpu"]["memory_used_max_bytes"] / GB)
+        reserved = readings(gpu, lambda r: r["memory"]["cuda_peak_reserved_bytes"] / GB)
         if peak:
             note += f"; peak {max(peak):.2f} GB"
         if reserved:
@@ -251,19 +228,15 @@ def _measure(claim: Claim, ev: evidence.Evidence, path: str) -> Cell:
     raise ValueError(f"no measurement defined for claim {claim.key}")
 
 
-def tensorflow_beside(runs: list[dict] | None = None, results_dir=None) -> dict | None:
+def _beside(ev: evidence.Evidence) -> dict | None:
     """The paper's own framework on our CPU (hdr_lib.keras_lenet: Keras/TensorFlow, `model.fit`, the paper's
     configuration) in chapter 10's comparison session (`evidence.comparison_session`): summarize() of its 20-epoch
     times with its machine, session and load, or None. Shown beside the CPU-time row, never scored."""
-    return _beside(evidence.of(runs, results_dir))
-
-
-def _beside(ev: evidence.Evidence) -> dict | None:
     cpu = evidence.comparison_runs(ev)
     session = evidence.comparison_session(cpu)
     tf = [r for r in cpu if evidence.session(r) == session
           and evidence.framework_way(r) == ("keras-tensorflow", "fit")]
-    values = _values(tf, lambda r: r["total_train_seconds"])
+    values = readings(tf, lambda r: r["total_train_seconds"])
     if not values:
         return None
     env = tf[0]["environment"]
@@ -271,18 +244,6 @@ def _beside(ev: evidence.Evidence) -> dict | None:
     return {**summarize(values), "hardware": evidence.machine(tf[0]), "session": session,
             "versions": f"keras {env.get('keras', '?')}, tensorflow {env.get('backend_version', '?')}",
             "load_average": sum(loads) / len(loads) if loads else None}
-
-
-def beside_note(beside: dict) -> str:
-    text = f"Keras/TensorFlow (model.fit) on {beside['hardware']}: {format_value(beside['mean'], 's')}"
-    if beside.get("ci95_low") is not None:
-        text += f" ({format_value(beside['ci95_low'], 's')} to {format_value(beside['ci95_high'], 's')})"
-    text += f", n = {beside['n']}, {paper.CPU_SECONDS / beside['mean']:.0f}x faster than the paper's"
-    if beside.get("session"):
-        text += f", timing session {beside['session']} (chapter 10)"
-    if beside.get("load_average") is not None:
-        text += f" (made at a 1-minute load average of {beside['load_average']:.1f} on the shared cores)"
-    return text
 
 
 def scorecard(runs: list[dict] | None = None, results_dir=None) -> list[Row]:
@@ -320,10 +281,6 @@ def format_cell(cell: Cell, unit: str) -> str:
     return text + f", n = {m['n']}"
 
 
-def format_measured(row: Row, path: str = HEADLINE_PATH) -> str:
-    return format_cell(row.cells[path], row.claim.unit)
-
-
 def paper_value(claim: Claim) -> str:
     prefix = {"utilisation": "> ", "memory": "~ "}.get(claim.rule, "")
     return prefix + (f"{claim.value:g}{claim.unit}" if claim.unit in ("%", "x") else f"{claim.value:g} {claim.unit}")
@@ -340,12 +297,7 @@ VERDICT_COLOURS = {REPRODUCED: "#d4edda", HIGHER: "#fff3cd", LOWER: "#fff3cd", N
                    NOT_MEASURED: "#e2e3e5"}
 
 
-def _row_hardware(row: Row) -> str:
-    ours = "; ".join(dict.fromkeys(c.hardware for c in row.cells.values() if c.hardware != "-")) or "-"
-    return f"paper: {paper_hardware(row.claim)}; ours: {ours}"
-
-
-def _row_note(row: Row) -> str:
+def row_note(row: Row) -> str:
     """Both paths' notes, each thing said once (the Keras time beside the CPU row is a line below the table)."""
     notes = [row.cells[p].note.replace(f"the {p} path", "either path") for p in PATHS]
     if notes[0] == notes[1]:
@@ -363,10 +315,11 @@ def table_rows(rows: list[Row]) -> list[tuple[str, ...]]:
     out = []
     for r in rows:  # "not yet measured" once a row, as its verdict; an empty cell says "no record"
         fast = r.cells[SECOND_PATH]
-        ours = format_measured(r) if r.headline.measured else NO_RECORD
+        ours = format_cell(r.headline, r.claim.unit) if r.headline.measured else NO_RECORD
         fast_text = f"{format_cell(fast, r.claim.unit)} [{fast.verdict}]" if fast.measured else NO_RECORD
+        ours_hardware = "; ".join(dict.fromkeys(c.hardware for c in r.cells.values() if c.hardware != "-")) or "-"
         out.append((f"{r.claim.text} ({r.claim.section})", paper_value(r.claim), ours, r.verdict, fast_text,
-                    _row_hardware(r), _row_note(r)))
+                    f"paper: {paper_hardware(r.claim)}; ours: {ours_hardware}", row_note(r)))
     return out
 
 
@@ -380,40 +333,15 @@ def as_json(rows: list[Row]) -> list[dict]:
             for r in rows]
 
 
-def to_text(rows: list[Row]) -> str:
-    """The table for a terminal: one block per claim, the same rows and cells as the book's table."""
-    lines = []
-    for (claim, paper, ours, verdict, fast, hardware, _note), row in zip(table_rows(rows), rows):
-        lines += [f"{claim}", f"  paper:          {paper}", f"  ours reference: {ours}", f"  verdict:        {verdict}",
-                  f"  ours fast:      {fast}", f"  {hardware}",
-                  f"  note: reference: {row.cells[HEADLINE_PATH].note}; fast: {row.cells[SECOND_PATH].note}"]
-        lines += [f"  beside (not scored): {beside_note(row.beside)}", ""] if row.beside else [""]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _verdict_class(verdict: str) -> str:
-    return "hdr-" + verdict.replace(":", "").replace(" ", "-")
-
-
 def to_html(rows: list[Row]) -> str:
-    """A plain HTML table; the verdict cell is coloured and carries a class (hdr-reproduced, ...). Each cell
-    carries its column's name (data-label): on a narrow screen hdr.css stacks a row into a card."""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-    body = []
-    for cells in table_rows(rows):
-        tds = []
-        for name, cell in zip(COLUMNS, cells):
-            label = f' data-label="{html.escape(name)}"'
-            if name == "Verdict":
-                tds.append(f'<td{label} class="{_verdict_class(cell)}" style="background:{VERDICT_COLOURS[cell]}">'
-                           f"<strong>{html.escape(cell)}</strong></td>")
-            elif name in ("Hardware: paper / ours", "Note"):
-                tds.append(f'<td{label} style="font-size:0.85em">{html.escape(cell)}</td>')
-            else:
-                tds.append(f"<td{label}>{html.escape(cell)}</td>")
-        body.append("<tr>" + "".join(tds) + "</tr>")
-    return (f'<div class="hdr-table-wrap"><table class="table hdr-scorecard"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>")
+    """The table as HTML (`tables.html_table`); the verdict cell is coloured and carries a class (hdr-reproduced,
+    hdr-not-yet-measured, ...), the hardware and the note are in smaller type."""
+    def attributes(column: str, text: str) -> str:
+        if column == "Verdict":
+            return f' class="hdr-{text.replace(":", "").replace(" ", "-")}" style="background:{VERDICT_COLOURS[text]}"'
+        return ' style="font-size:0.85em"' if column in ("Hardware: paper / ours", "Note") else ""
+
+    return html_table(COLUMNS, table_rows(rows), "hdr-scorecard", attributes)
 
 
 def status_line(rows: list[Row]) -> str:
@@ -434,72 +362,31 @@ def describe(cell: Cell, unit: str, bold: bool = False) -> str:
     return f"{format_cell(cell, unit)}, {mark}{cell.verdict}{mark} ({cell.note})"
 
 
-def claims_markdown(chapter: str) -> str:
-    """A chapter's opening list: the claims of the paper it tests, each with the paper's number and hardware, from
-    hdr_lib.paper (so that no page types them in)."""
-    lines = ["**The paper's claims this chapter tests:**", ""]
-    for claim in (c for c in CLAIMS if c.key in CHAPTER_CLAIMS[chapter]):
-        lines.append(f"- {claim.text} ({claim.section}): {paper_value(claim)}, on {paper_hardware(claim)}")
-    return "\n".join(lines)
-
-
-def verdict_paragraph(chapter: str, rows: list[Row] | None = None, results_dir=None) -> str:
-    """A chapter's closing verdict in Markdown, rendered from the records: each of its claims, the paper's
-    number, ours on the reference path (the fast path's beside it) and the verdict; "not yet measured" with the
-    reason where there is no record."""
-    rows = scorecard(results_dir=results_dir) if rows is None else rows
-    wanted = CHAPTER_CLAIMS[chapter]
-    where = rows[0].source if rows else queries.shown(queries.results_folder(results_dir))
-    lines = [f"**Verdict, from the records in `{where}`** (the same rules and rows as the scorecard):", ""]
-    missing = []  # claims with no record on either path: one line for all of them
-    for row in (r for r in rows if r.claim.key in wanted):
-        ref, fast = row.cells[HEADLINE_PATH], row.cells[SECOND_PATH]
-        if ref.measured is None and fast.measured is None:
-            missing.append(row)
-            continue
-        lines.append(f"- {row.claim.text} ({row.claim.section}): paper {paper_value(row.claim)}; reference path "
-                     f"{describe(ref, row.claim.unit, bold=True)}; fast path {describe(fast, row.claim.unit)}.")
-    if missing:
-        lines.append(f"- **{NOT_MEASURED}** on either path: " + "; ".join(
-            f"{r.claim.text} ({r.claim.section}, paper {paper_value(r.claim)}: {_row_note(r)})" for r in missing) + ".")
-    return "\n".join(lines)
+def chapter_verdicts(chapter: str, rows: list[Row]) -> tuple[list[Row], list[Row]]:
+    """A chapter's claims (CHAPTER_CLAIMS) from the scorecard's rows: those measured on either path, and those on
+    neither (the chapter's verdict says "not yet measured" once for all of them)."""
+    mine = [r for r in rows if r.claim.key in CHAPTER_CLAIMS[chapter]]
+    missing = [r for r in mine if all(c.measured is None for c in r.cells.values())]
+    return [r for r in mine if r not in missing], missing
 
 
 def accuracy_spread(runs: list[dict] | None = None, results_dir=None) -> list[dict]:
     """Seed-to-seed spread of test accuracy per (device, path) group of one machine: n, mean, SD, and the
-    accuracy margin and the paper's GPU-CPU gap in units of that SD."""
+    accuracy margin and the paper's GPU-CPU gap in units of that SD, the spread of two single runs (`pair_95`) and
+    whether the paper's gap lies inside it."""
     ev = evidence.of(runs, results_dir)
     out = []
     for device in ("cpu", "cuda"):
         for path in PATHS:
             group = one_per_seed(evidence.scored_runs(ev, device, path))  # the scorecard's machine, once per seed
-            values = _values(group, lambda r: r["test_accuracy"])
+            values = readings(group, lambda r: r["test_accuracy"])
             if len(values) < 2:
                 continue
             s = summarize(values)
+            pair = 1.96 * math.sqrt(2) * s["std"]  # two single runs of different seeds differ by less in 95 % of pairs
             out.append({"device": device, "path": path, "n": s["n"], "mean": s["mean"], "sd": s["std"],
                         "min": s["min"], "max": s["max"], "hardware": _hardware(group),
                         "margin_in_sd": ACCURACY_MARGIN_PP / s["std"] if s["std"] else None,
-                        "paper_gap_in_sd": PAPER_GAP / s["std"] if s["std"] else None})
+                        "paper_gap_in_sd": PAPER_GAP / s["std"] if s["std"] else None,
+                        "pair_95": pair, "gap_inside": PAPER_GAP <= pair})
     return out
-
-
-def accuracy_spread_markdown(runs: list[dict] | None = None, results_dir=None) -> str:
-    """The measured seed-to-seed spread, and whether the paper's CPU-GPU gap lies inside it."""
-    groups = accuracy_spread(runs, results_dir)
-    if not groups:
-        return (f"**Seed-to-seed spread: {NOT_MEASURED}** (no device and path with at least two recorded runs of "
-                "the paper's configuration).")
-    lines = []
-    for g in groups:
-        # Two single runs with different seeds differ by less than 1.96 * sqrt(2) * SD in 95 % of pairs.
-        pair = 1.96 * math.sqrt(2) * g["sd"]
-        inside = "inside" if PAPER_GAP <= pair else "outside"
-        lines.append(f"- {g['device'].upper().replace('CUDA', 'GPU')}, {g['path']} path, {g['hardware']}: "
-                     f"{g['n']} seeds, mean {g['mean']:.2f} %, seed-to-seed SD {g['sd']:.3f} pp, range "
-                     f"{g['min']:.2f} to {g['max']:.2f} %. Two single runs of different seeds differ by up to "
-                     f"{pair:.2f} pp in 95 % of pairs from the seed alone: the paper's {PAPER_GAP:g} pp gap is {inside} that "
-                     f"spread ({g['paper_gap_in_sd']:.1f} SD). Our rule's {ACCURACY_MARGIN_PP} pp margin is "
-                     f"{g['margin_in_sd']:.1f} SD."
-                     + (f" An SD from {g['n']} seeds is itself a rough estimate." if g["n"] < 5 else ""))
-    return "\n".join(lines)

@@ -1,7 +1,10 @@
 """What the network costs: each layer's output shape and parameters (the §3.3 table, traced on a real forward
-pass) and the multiply-adds and FLOPs of a training step and epoch, for LeNet-5 and the residual network alike."""
+pass), the multiply-adds and FLOPs of a training step and epoch, for LeNet-5 and the residual network alike, and the
+bytes LeNet-5 needs in float32."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -53,3 +56,15 @@ def training_flops(variant: str = "paper", images: int = paper.TRAIN_IMAGES, mod
     forward = sum(macs)
     train = 3 * forward - macs[0]  # the first layer needs no input gradient
     return {"forward_macs_per_image": forward, "train_macs_per_image": train, "train_flops_per_epoch": 2 * train * images}
+
+
+def memory_estimate(batch_size: int = paper.BATCH_SIZE, variant: str = "paper") -> dict:
+    """Bytes LeNet-5 needs in float32: weights, gradients, momentum, one batch's activations, and MNIST itself."""
+    params = count_parameters(LeNet5(variant))
+    activations = sum(math.prod(row["output_shape"]) for row in layer_table(variant)) * batch_size
+    images = paper.TRAIN_IMAGES + paper.TEST_IMAGES
+    return {
+        "weights, gradients and momentum": 3 * params * 4,
+        f"activations of one batch of {batch_size} (forward, kept for backward)": activations * 4,
+        "all of MNIST as float32 on the device (fast path)": images * paper.IMAGE_SIDE ** 2 * 4,
+    }

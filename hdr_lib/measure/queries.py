@@ -60,9 +60,9 @@ def recorded_runs(results_dir=None, device: str | None = None, **config_filters)
 
 
 def paper_runs(results_dir=None, device: str | None = None, path: str | None = None) -> list[dict]:
-    """The headline runs (hdr_lib.book.evidence.is_headline: the paper's configuration, run the default way) of
+    """The headline runs (hdr_lib.measure.evidence.is_headline: the paper's configuration, run the default way) of
     every machine, optionally of one device ("cpu", "cuda") and one path ("fast", "reference")."""
-    from hdr_lib.book import evidence
+    from hdr_lib.measure import evidence
 
     return evidence.headline_runs(evidence.load(results_dir), device, path)
 

@@ -1,18 +1,16 @@
-"""What chapter 11 ("The paper's future work") shows: mixed precision, data-parallel training and a deeper network,
-each from the records in results/ (nothing typed in by hand), with "not yet measured" where no record exists."""
+"""Chapter 11's numbers (the paper's future work: mixed precision, data-parallel training and a deeper network),
+as rows and summaries of the records in results/; nothing typed in by hand. The chapter words them."""
 
 from __future__ import annotations
 
 import json
 
-from hdr_lib.fast import CPU_STEPS
 from hdr_lib.measure import stats
 from hdr_lib.measure.flops import training_flops
 from hdr_lib.model import ResNet, LeNet5, count_parameters
 from hdr_lib.measure import queries
-from hdr_lib.measure.queries import NOT_MEASURED
-from hdr_lib.book import evidence
-from hdr_lib.book.evidence import is_default_way, processor, session as session_of
+from hdr_lib.measure import evidence
+from hdr_lib.measure.evidence import is_default_way, processor, session as session_of
 
 
 
@@ -33,19 +31,6 @@ def seconds_per_epoch(record: dict) -> float:
     """Mean training seconds of the record's epochs (each of them full)."""
     epochs = record["epochs"]
     return sum(e["train_seconds"] for e in epochs) / len(epochs)
-
-
-NO_RECORD = "no record"  # a table cell without a measurement: the chapter says "not yet measured" once
-
-
-def _fmt_summary(s: dict, digits: int = 2, unit: str = "") -> str:
-    if s["n"] == 0:
-        return NO_RECORD
-    if s["n"] == 1:
-        return f"{s['mean']:.{digits}f}{unit} (1 run)"
-    return f"{s['mean']:.{digits}f}{unit} [{s['ci95_low']:.{digits}f}, {s['ci95_high']:.{digits}f}]"
-
-
 
 
 def cpu_processor(results_dir=None) -> str | None:
@@ -96,20 +81,6 @@ def precision_rows(results_dir=None) -> list[dict]:
     return rows
 
 
-def precision_markdown(results_dir=None) -> str:
-    """Accuracy and seconds per epoch by precision, CPU and GPU, with the bfloat16-float32 difference seed for seed."""
-    rows = precision_rows(results_dir)
-    names = {"off": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast + gradient scaler"}
-    lines = ["| device | precision | seeds | compared after epoch | test accuracy, mean [95 % CI] | seed range | "
-             "s / epoch, mean [95 % CI] |", "| --- | --- | ---: | ---: | --- | --- | --- |"]
-    for row in rows:
-        acc, sec = row["accuracy"], row["seconds_per_epoch"]
-        spread = f"{acc['min']:.2f}-{acc['max']:.2f} %" if acc["n"] else NO_RECORD
-        lines.append(f"| {row['device']} | {names[row['amp']]} | {acc['n']} | {row['epoch']} | "
-                     f"{_fmt_summary(acc, 2, ' %')} | {spread} | {_fmt_summary(sec, 2, ' s')} |")
-    return "\n".join(lines)
-
-
 def precision_comparison(results_dir=None) -> dict | None:
     """bfloat16 against float32 on the CPU, seed for seed after the epoch both reached: the accuracy difference's
     summary, the float32 seeds' SD and the ratio of the mean times per epoch; None without runs of both."""
@@ -126,71 +97,24 @@ def precision_comparison(results_dir=None) -> dict | None:
             "time_ratio": b16["seconds_per_epoch"]["mean"] / f32["seconds_per_epoch"]["mean"]}
 
 
-def precision_steps_note(results_dir=None) -> str:
-    """Which step the CPU rows of the precision table ran (from the records' `execution.cpu_step`): where float32
-    and bfloat16 ran different code, part of the gap between them is the code, not the precision."""
+def precision_steps(results_dir=None) -> dict:
+    """The CPU steps (`execution.cpu_step` keys) the float32 and the bfloat16 rows ran: where they differ, part of
+    the gap between the precisions is the code, not the precision."""
     rows = {r["amp"]: r for r in precision_rows(results_dir) if r["device"] == "cpu"}
-    steps = {mode: sorted({queries.step_key(r, "cpu") or "?" for r in rows[mode]["runs"]}) for mode in ("off", "bf16")}
-    if not (steps["off"] and steps["bf16"]):
-        return f"Which step each precision ran on the CPU: {NOT_MEASURED}."
-    said = {mode: " and ".join(f"`{key}` ({CPU_STEPS.get(key, 'unknown')})" for key in keys)
-            for mode, keys in steps.items()}
-    same = steps["off"] == steps["bf16"]
-    return (f"The float32 runs above ran the fast path's {said['off']} step; the bfloat16 runs ran "
-            f"{said['bf16']}. "
-            + ("Both ran the same step, so the gap is the precision's." if same else
-               "They ran different code, so part of the gap is the step's code, not the precision."))
+    return {mode: sorted({queries.step_key(r, "cpu") or "?" for r in rows[mode]["runs"]}) for mode in ("off", "bf16")}
 
 
-def cpu_flags_markdown(results_dir=None) -> str:
-    """The CPU's instruction sets for reduced precision, as the bfloat16 records hold them."""
-    runs = precision_groups(results_dir).get(("cpu", "bf16"), [])
+def bf16_environment(results_dir=None) -> dict | None:
+    """The `environment` of the first bfloat16 CPU record (the A/B record included) that holds the CPU's flags."""
     ab = amp_ab(results_dir)
-    runs = runs + ([ab] if ab is not None else [])  # the A/B record ran bfloat16 on the CPU too
-    runs = [r for r in runs if r["environment"].get("cpu_flags")]
-    flags = runs[0]["environment"]["cpu_flags"] if runs else None
-    if not flags:
-        return f"The CPU's instruction sets for bfloat16: {NOT_MEASURED} (no bfloat16 record holds them)."
-    env = runs[0]["environment"]
-    have = ", ".join(k for k, v in flags.items() if v) or "none of them"
-    lack = ", ".join(k for k, v in flags.items() if not v) or "none"
-    bf16_native = flags.get("avx512_bf16") or flags.get("amx_bf16")
-    return (f"The bfloat16 records' CPU, {env['cpu']}, has {have}; it lacks {lack}. ATen dispatches its widest "
-            f"vector code as {env.get('cpu_capability', 'unknown')}. "
-            + ("It computes in bfloat16 natively." if bf16_native else
-               "Without AVX512_BF16 or AMX-BF16 no instruction computes in bfloat16: every bfloat16 operand is "
-               "widened to float32 for the arithmetic and rounded back after it, so bfloat16 adds conversions "
-               "and saves no arithmetic."))
+    runs = precision_groups(results_dir).get(("cpu", "bf16"), []) + ([ab] if ab is not None else [])
+    return next((r["environment"] for r in runs if r["environment"].get("cpu_flags")), None)
 
 
 def amp_ab(results_dir=None) -> dict | None:
     """The A/B record of scripts/ab_amp_cpu.py (float32 against bfloat16, one step at a time), if there is one."""
     path = queries.results_folder(results_dir) / "ab-amp-cpu.json"
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def amp_ab_markdown(results_dir=None) -> str:
-    record = amp_ab(results_dir)
-    if record is None:
-        return f"Step times of float32 against bfloat16 on the same code: {NOT_MEASURED} (scripts/ab_amp_cpu.py)."
-    lines = ["| step | float32, ms / step | bfloat16, ms / step | bfloat16 / float32 |", "| --- | ---: | ---: | ---: |"]
-    for name, way in record["ways"].items():
-        f32, b16 = way["float32"]["median_ms"], way["bfloat16"]["median_ms"]
-        lines.append(f"| {name} | {f32:.2f} | {b16:.2f} | {b16 / f32:.2f}x |")
-    text = "\n".join(lines)
-    ops = record.get("top_ops")
-    if ops:
-        text += ("\n\nWhere one step's time goes (module with autograd, torch.profiler, self CPU time per step):\n\n"
-                 "| operator | float32, ms | bfloat16, ms |\n| --- | ---: | ---: |\n")
-        text += "\n".join(f"| `{name}` | {v.get('float32', 0):.2f} | {v.get('bfloat16', 0):.2f} |"
-                          for name, v in ops.items())
-    slow = [name for name, v in (ops or {}).items() if "slow_conv2d" in name and v.get("bfloat16", 0) > 0
-            and not v.get("float32")]
-    if slow:
-        text += (f"\n\nIn bfloat16 the convolutions ran as {', '.join(f'`{n}`' for n in slow)}, PyTorch's generic "
-                 "implementation, which float32 never used here: the oneDNN convolutions that float32 ran were not used for "
-                 "bfloat16 on this CPU.")
-    return text
 
 
 # --- data parallelism ----------------------------------------------------------------------------------------------
@@ -240,28 +164,6 @@ def ddp_rows(results_dir=None) -> list[dict]:
                                for r in done if r["config"]["seed"] in plain},
         })
     return rows
-
-
-def ddp_markdown(results_dir=None) -> str:
-    rows = ddp_rows(results_dir)
-    g = gradient_bytes()
-    head = (f"Each step all-reduces {g['elements']:,} float32 gradients ({g['kilobytes']:.1f} kB) and the loss. ")
-    if not rows:
-        return head + f"1 process x 2 threads against 2 processes x 1 thread on the CPU: {NOT_MEASURED}."
-    lines = ["| session | processes x threads | step | runs (epochs timed) | s / epoch [95 % CI] | all-reduce, ms / step "
-             "| rest of a step, ms | all-reduce's share of training | accuracy | one plain process, same seeds |",
-             "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | --- | --- |"]
-    number = {session: i + 1 for i, session in enumerate(sorted({str(row["session"]) for row in rows}))}
-    for row in rows:
-        plain = ", ".join(f"{v:.2f} %" for _, v in sorted(row["plain_accuracy"].items())) or NO_RECORD
-        done = sorted((r for r in row["runs"] if r["status"] == "complete"), key=lambda r: r["config"]["seed"])
-        accs = ", ".join(f"{r['test_accuracy']:.2f} % (seed {r['config']['seed']})" for r in done) or (
-            "stopped by max_steps (timing only)")
-        lines.append(f"| {number[str(row['session'])]} | {row['world_size']} x {row['threads_per_rank']} | {row['step'] or '-'} | "
-                     f"{len(row['runs'])} ({row['epochs_timed']}) | "
-                     f"{_fmt_summary(row['seconds_per_epoch'], 2, ' s')} | {row['allreduce_ms']['mean']:.3f} | "
-                     f"{row['compute_ms']['mean']:.3f} | {100 * row['comm_share']['mean']:.1f} % | {accs} | {plain} |")
-    return head + "\n\n" + "\n".join(lines)
 
 
 def ddp_compared(results_dir=None) -> tuple[dict | None, dict | None]:
@@ -329,38 +231,3 @@ def cpu_matmul_gflops(results_dir=None, cpu: str | None = None) -> float | None:
     return newest["ceiling"]["matmul"]["gflops"]
 
 
-def network_markdown(results_dir=None) -> str:
-    matmul = cpu_matmul_gflops(results_dir, cpu_processor(results_dir))
-    rows = network_rows(results_dir, matmul)
-    lines = ["| device | network | path | parameters | training GFLOP / epoch | seeds | s / epoch | sustained GFLOP/s "
-             "| share of the matrix product |", "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: |"]
-    for row in rows:
-        s = row["seconds_per_epoch"]
-        share = f"{100 * row['share_of_matmul']:.1f} %" if row["share_of_matmul"] else (
-            NO_RECORD if row["device"] == "cuda" else "-")
-        lines.append(f"| {row['device']} | {row['model']} | {row['path']} | {row['parameters']:,} | "
-                     f"{row['train_flops_per_epoch'] / 1e9:,.0f} | {row['seeds']} | {_fmt_summary(s, 1, ' s')} | "
-                     f"{row['gflops']:.1f} |" if s["n"] else
-                     f"| {row['device']} | {row['model']} | {row['path']} | {row['parameters']:,} | "
-                     f"{row['train_flops_per_epoch'] / 1e9:,.0f} | 0 | {NO_RECORD} | {NO_RECORD} |")
-        if s["n"]:
-            lines[-1] += f" {share} |"
-        else:
-            lines[-1] += f" {NO_RECORD} |"
-    text = "\n".join(lines)
-    text += (f"\n\nThe CPU's float32 matrix product (`torch.mm`, 1024 x 1024, from the benchmark record): "
-             f"{matmul:.0f} GFLOP/s." if matmul else f"\n\nThe CPU's matrix-product rate: {NOT_MEASURED}.")
-    partial = [row for row in rows if any(r["status"] != "complete" for r in row["runs"])]
-    for row in partial:
-        text += (f" The {row['model']} {row['path']} row is timed from {row['steps_timed']} steps (runs stopped by "
-                 f"max_steps), scaled to {row['runs'][0]['execution']['steps_per_epoch']} steps an epoch.")
-    for row in rows:
-        done = sorted((r for r in row["runs"] if r["status"] == "complete"), key=lambda r: r["config"]["seed"])
-        if row["model"] == "resnet" and done:
-            accs = ", ".join(f"{r['test_accuracy']:.2f} % (seed {r['config']['seed']})" for r in done)
-            why = (": a row here compares time per epoch, which whole epochs give, and a few epochs on this CPU keep "
-                   "each seed to minutes" if row["device"] == "cpu" else "")
-            text += (f" The residual network's {row['device'].upper()} runs are "
-                     f"{' or '.join(str(e) for e in row['epochs'])} epochs long, not the paper's 20{why}; their test "
-                     f"accuracy after the last epoch: {accs}.")
-    return text
