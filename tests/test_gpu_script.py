@@ -49,26 +49,26 @@ def test_gpu_replication_script_packs_every_stage_into_one_file_in_out(tmp_path,
     with tarfile.open(archive) as tar:
         tar.extractall(tmp_path / "unpacked", filter="data")
     (folder,) = (tmp_path / "unpacked").iterdir()
-    names = sorted(p.name for p in folder.iterdir())
-    assert names == ["bench-cpu.json", "cpu-fast-e1-b64-bf16-seed0.json", "cpu-fast-e1-b64-compiled-seed0.json",
-                     "cpu-fast-e1-b64-resnet-seed0.json", "cpu-fast-e1-b64-seed0.json",
-                     "cpu-reference-e1-b64-seed0.json", "info.txt", "log.txt", "nvidia-smi.txt", "stages.txt"]
+    names = sorted(p.name for p in folder.iterdir())  # a run stopped by MAX_STEPS is named so (-steps20)
+    assert names == ["bench-cpu.json", "cpu-fast-e1-b64-bf16-steps20-seed0.json", "cpu-fast-e1-b64-compiled-steps20-seed0.json",
+                     "cpu-fast-e1-b64-resnet-steps20-seed0.json", "cpu-fast-e1-b64-steps20-seed0.json",
+                     "cpu-reference-e1-b64-steps20-seed0.json", "info.txt", "log.txt", "nvidia-smi.txt", "stages.txt"]
     stages = (folder / "stages.txt").read_text().splitlines()
     assert [line.split(":")[0] for line in stages] == ["nvidia-smi", "info", "fast", "bench", "tests", "amp-bf16",
                                                       "resnet", "fast-compiled", "reference"]
     assert all(": exit 0 after " in line for line in stages), stages
     log = (folder / "log.txt").read_text()
     assert "passed" in log and "skipped" in log  # the CUDA tests skip on the CPU, the emulated graph tests pass
-    for name in ("cpu-fast-e1-b64-seed0.json", "cpu-reference-e1-b64-seed0.json",
-                 "cpu-fast-e1-b64-compiled-seed0.json", "cpu-fast-e1-b64-bf16-seed0.json",
-                 "cpu-fast-e1-b64-resnet-seed0.json"):
+    for name in ("cpu-fast-e1-b64-steps20-seed0.json", "cpu-reference-e1-b64-steps20-seed0.json",
+                 "cpu-fast-e1-b64-compiled-steps20-seed0.json", "cpu-fast-e1-b64-bf16-steps20-seed0.json",
+                 "cpu-fast-e1-b64-resnet-steps20-seed0.json"):
         record = read_record(folder / name)
         assert record["status"] == "incomplete" and record["max_steps"] == 20  # a check, never a headline record
         assert record["epochs"][0]["steps"] == 20 and 0 <= record["test_accuracy"] <= 100
-    assert read_record(folder / "cpu-fast-e1-b64-compiled-seed0.json")["execution"]["compiled"]
+    assert read_record(folder / "cpu-fast-e1-b64-compiled-steps20-seed0.json")["execution"]["compiled"]
     # The future-work stages: mixed precision and the residual network.
-    assert read_record(folder / "cpu-fast-e1-b64-bf16-seed0.json")["config"]["amp"] == "bf16"
-    assert read_record(folder / "cpu-fast-e1-b64-resnet-seed0.json")["config"]["model"] == "resnet"
+    assert read_record(folder / "cpu-fast-e1-b64-bf16-steps20-seed0.json")["config"]["amp"] == "bf16"
+    assert read_record(folder / "cpu-fast-e1-b64-resnet-steps20-seed0.json")["config"]["model"] == "resnet"
     bench = read_record(folder / "bench-cpu.json")
     assert bench["kind"] == "bench" and bench["max_steps"] == 20 and bench["status"] == "incomplete"
     # Unpacked into results/, the folder holds nothing the book's record loader cannot read.
