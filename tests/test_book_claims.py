@@ -87,7 +87,7 @@ def verdict_text(chapter: str, rows, results_dir) -> str:
     source = next("".join(c["source"]) for c in cells if "chapter_verdicts" in "".join(c["source"]))
     shown = []
     exec(source, {"scorecard": scorecard, "rows": rows, "results_dir": results_dir, "Markdown": str,
-                  "display": shown.append})
+                  "display": shown.append, "NOT_MEASURED": NOT_MEASURED})
     return "\n".join(shown)
 
 
