@@ -246,14 +246,13 @@ def robustness_markdown(results_dir=None) -> str:
 
     folder = queries.results_folder(results_dir)
     parts = []
-    for name, limits in ROBUSTNESS_RECORDS.items():
-        path = folder / name
-        if not path.exists():
-            continue
+    # Wherever they lie under the folder: a timing session keeps its records in a folder of its own.
+    found = [(path, limits) for name, limits in ROBUSTNESS_RECORDS.items() for path in sorted(folder.rglob(name))]
+    for path, limits in found:
         record = json.loads(path.read_text())
         summary, shares = record["summary"], record["ceiling"]["fraction_of_matmul"]
         fast = record["runs"]["fast"][0]["execution"]
-        parts.append(f"**{queries.machine(record)}, {limits}** (`{name}`; torch.mm "
+        parts.append(f"**{queries.machine(record)}, {limits}** (`{path.relative_to(folder)}`; torch.mm "
                      f"{record['ceiling']['matmul']['gflops']:,.0f} GFLOP/s; the fast path's step: "
                      f"{fast.get('cpu_step')}, {fast.get('isa') or 'no native build'})\n")
         parts.append("| way | quiet: s/epoch | % of torch.mm | one core busy: s/epoch | busy / quiet |")
