@@ -173,7 +173,7 @@ def test_cpu_steps_train_as_autograd_steps_do(mnist, kind):
 
 @pytest.mark.parametrize("options, kind", [
     ({}, "native"),
-    ({"amp": True}, "forward"),
+    ({"amp": "bf16"}, "forward"),
     ({"variant": "lenet1998"}, "module"),
 ])
 @pytest.mark.slow  # trains or builds
