@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from hdr_lib import settings
 from hdr_lib.fast import torch_cpu
 from hdr_lib.measure.machine import cpu_model
 from hdr_lib.model import LeNet5
@@ -83,11 +84,11 @@ def build_directory(isa_name: str | None = None) -> Path:
 
 
 def _disabled() -> bool:
-    return os.environ.get("HDR_NATIVE", "").strip().lower() in ("0", "false", "no", "off")
+    return settings.switch("HDR_NATIVE") is False
 
 
 def _forced() -> bool:
-    return os.environ.get("HDR_NATIVE", "").strip().lower() in ("1", "true", "yes", "on")
+    return settings.switch("HDR_NATIVE") is True
 
 
 # The AVX2 build is chosen wherever AVX-512 is not: under AVX2 limits on the project's 2-core Xeon, its fast path

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hdr_lib import settings
 from hdr_lib.measure.machine import CpuMeter, NvmlSampler, peak_rss_bytes
 from hdr_lib.measure.records import SCHEMA
 from hdr_lib.measure.timing import synchronize
@@ -138,7 +139,7 @@ def progress_enabled(progress: bool | None) -> bool:
     """Bars where asked; else not with HDR_PROGRESS=0, and only on a terminal or in a notebook."""
     if progress is not None:
         return progress
-    if os.environ.get("HDR_PROGRESS", "").lower() in ("0", "false", "no", "off"):
+    if settings.switch("HDR_PROGRESS") is False:
         return False
     if sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty():
         return True
