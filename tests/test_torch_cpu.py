@@ -216,5 +216,4 @@ def test_the_native_ab_script_checks_the_gradients_before_it_times(data_root, tm
     lines = out.stdout.splitlines()
     assert lines[0].startswith("loss and gradients: differ: conv1.weight by ")
     assert "loss by" not in lines[0] and "fc3.bias by" in lines[0]
-    for part in ("conv1 forward", "conv1 backward", "conv2 forward", "conv2 backward", "whole step"):
-        assert any(line.startswith(part) and line.rstrip().endswith(")") for line in lines), part
+    assert any(line.startswith("whole step") and line.rstrip().endswith(")") for line in lines)
