@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "canonical (torchvision dataset + DataLoader)")
     p.add_argument("--contention", action="store_true",
                    help="time every way again with one core made busy by the benchmark (a spinning process)")
+    p.add_argument("--profile", action="store_true",
+                   help="on the CPU, also say where the native step's time goes, part by part (ms per step)")
     p.add_argument("--out", default=None, help="benchmark record file (default: <records>/bench-<device>.json; "
                                                "with a Keras --framework, <records>/bench-<device>-<framework>.json; "
                                                "-steps<N> before .json with --max-steps; <records>: see below)")
@@ -344,7 +346,7 @@ def _dispatch(args, written: _Written, dist_ctx=None) -> int:
             bench(config, rounds=args.rounds, out=out, data_root=args.data_dir, progress=progress,
                   variants=tuple(args.fast_variant), max_steps=args.max_steps, framework=args.framework,
                   keras_ways=(args.keras_way,) if args.keras_way else None, loops=tuple(args.loop),
-                  contention=args.contention)
+                  contention=args.contention, profile=args.profile)
         return 0
     raise AssertionError(args.command)
 

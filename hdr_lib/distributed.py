@@ -215,9 +215,9 @@ class NativeStep:
         self.step, self.ctx = step, ctx
         self.flat, step.grads = flat_gradients(step.params)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         s = self.step
-        loss = s.ops.gradients_into(x, y, s.weights, s.grads)  # the build for this CPU (native.ops)
+        loss = s.ops.gradients_into(x, y, idx, s.weights, s.grads)  # the build for this CPU (native.ops)
         for p, g in zip(s.params, s.grads):
             if p.grad is not g:
                 p.grad = g

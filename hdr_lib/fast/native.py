@@ -1,19 +1,23 @@
 """The fast path's native CPU step: `csrc/lenet5_cpu.cpp`, compiled for this machine on first use.
 
 It computes what `hdr_lib.fast.torch_cpu.loss_and_gradients` computes (the loss and every parameter's gradient, without
-an autograd graph) in one C++ operator, `torch.ops.hdr_lenet5.loss_and_gradients`:
+an autograd graph) in one C++ operator, `torch.ops.hdr_lenet5.gradients_into`:
 
-- each convolution, with its ReLU and its 2x2 max pooling, is one hand-vectorised loop forward and one backward
-  (conv1 computes the four corners of 12 pooling windows side by side; conv2 holds a pixel's 16 channels in one
-  vector), with max pooling's own rule for which value gets a window's gradient;
-- the fully connected layers call the same ATen operators (MKL) as the Python step, and the loss is log_softmax
-  and nll_loss, as in F.cross_entropy;
+- a batch is cut into chunks of 16 images, and each chunk runs through the whole step (both convolutions with their
+  ReLU and pooling, the fully connected layers, the loss, and back) in one parallel region, with its maps stored
+  pixel by pixel and the 16 images side by side, so that a vector register holds one pixel of 16 (or 8) images and
+  every product is a weight broadcast to all lanes: no idle lanes at any map size, and no sums across lanes inside
+  a loop;
+- the batch is read by index from the whole training set (no copy of it is made), and the gradients are written
+  into the tensors the optimiser reads; each chunk's gradients are summed over its images in a fixed order, then
+  the chunks in order, so a run computes the same numbers whatever the number of threads;
+- the operator clocks each part of the step in each thread (`PART_NAMES`; `bench --profile` reports them);
 - nothing returns to Python between operators; `TrainStep` then updates the weights with the fused SGD kernel
   that optimizer.step() calls, on the optimiser's own state.
 
 It is built for one of two instruction sets (`ISAS`), chosen at run time from the CPU's flags (`isa()`): AVX-512
-(32 vector registers of 16 floats) or AVX2 with FMA (16 of 8; the source keeps fewer sums in registers at a time,
-and is compiled with -mno-avx512f). PyTorch's own switch ATEN_CPU_CAPABILITY=avx2 (or default) is honoured as a
+(32 vector registers of 16 floats) or AVX2 with FMA (16 of 8: a chunk is two halves of 8 images, and the source keeps fewer sums in registers at a
+time; compiled with -mno-avx512f). Both add the same terms in the same order: the same bits. PyTorch's own switch ATEN_CPU_CAPABILITY=avx2 (or default) is honoured as a
 limit, so that an AVX2 machine can be imitated on an AVX-512 one; the record names the set used (`execution.isa`).
 
 The build needs a C++ compiler with OpenMP and ninja (torch.utils.cpp_extension); it takes about 15 s once and is
@@ -51,6 +55,9 @@ ISAS = {
 # ATEN_CPU_CAPABILITY's values, and the widest of our sets each allows.
 CAPABILITY_LIMIT = {"avx512": "avx512", "avx2": "avx2", "default": None}
 
+# The parts of the step that the operator clocks (torch.ops.<ns>.part_seconds), in its order (enum Part).
+PART_NAMES = ("images into lanes", "conv1 forward", "conv2 forward", "fully connected forward", "loss",
+              "fully connected backward", "conv2 backward", "conv1 backward", "sums over lanes and chunks")
 _state: dict = {}  # "ok": bool, "reason": str | None, "isa": str; filled by the first load()
 _namespaces: dict = {}  # operator namespace -> the library file that registered it
 _loaded: dict = {}  # library file -> None (loaded) or the reason it could not be (load_isa)
@@ -91,9 +98,9 @@ def _forced() -> bool:
     return settings.switch("HDR_NATIVE") is True
 
 
-# The AVX2 build is chosen wherever AVX-512 is not: under AVX2 limits on the project's 2-core Xeon, its fast path
-# took 2.60 and 2.72 s per epoch against the explicit step's 3.29 and 3.51 (quiet, one round each, in turn:
-# results/session-cpu-quiet-2026-12-06a/bench-cpu-avx2-{native,explicit}-run*.json).
+# The AVX2 build is chosen wherever AVX-512 is not: under AVX2 limits on the project's 2-core Xeon, even its first
+# version (16-lane sums split in two) took 2.60 and 2.72 s per epoch against the explicit step's 3.29 and 3.51
+# (quiet, one round each, in turn: results/session-cpu-quiet-2026-12-06a/bench-cpu-avx2-{native,explicit}-run*.json).
 
 
 def capability_limit() -> str | None:
@@ -248,8 +255,9 @@ class TrainStep:
         self.direct = direct_update and _plain_fused_sgd(optimizer, self.params)
         self.ops = ops()
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = self.ops.gradients_into(x, y, self.weights, self.grads)
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """One step on images x and labels y, or on their rows `idx` (gathered inside the operator, no copy)."""
+        loss = self.ops.gradients_into(x, y, idx, self.weights, self.grads)
         for p, g in zip(self.params, self.grads):
             if p.grad is not g:  # the first step, or after something set the gradients to None
                 p.grad = g

@@ -85,6 +85,14 @@ class NativeStep(FastStep):
         self.native = native.TrainStep(self.model, self.optimizer)
         if dist_ctx is not None:
             self.native = distributed.NativeStep(self.native, dist_ctx)
+        # The operator reads a batch's images and labels by index from the whole set, where the set is laid out as
+        # it reads it; else each batch is gathered first.
+        self.indexed = self.x_all.is_contiguous() and self.y_all.dtype == torch.int64 and self.y_all.is_contiguous()
+
+    def train_on(self, idx):
+        if self.indexed:
+            return self.native(self.x_all, self.y_all, idx.contiguous())
+        return super().train_on(idx)
 
     def step(self, x, y):
         return self.native(x, y)

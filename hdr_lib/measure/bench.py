@@ -25,7 +25,7 @@ VARIANTS = {"no-triton": {"triton": False}, "no-cuda-graph": {"cuda_graph": Fals
 def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None, data_root=None,
           progress: bool | None = None, variants: tuple[str, ...] = (), max_steps: int | None = None,
           framework: str = "torch", keras_ways: tuple[str, ...] | None = None, loops: tuple[str, ...] = (),
-          contention: bool = False) -> dict:
+          contention: bool = False, profile: bool = False) -> dict:
     """Time one epoch of each path `rounds` times, alternating, so both see the same machine state: round 1 runs
     (reference, fast), round 2 (fast, reference), and so on, so that neither path always runs second in a
     process that may slow down as it goes. Every epoch starts from the same seed: the same work, the same accuracy.
@@ -46,7 +46,9 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     batches by index) and "canonical" (torchvision's dataset and a DataLoader). `contention` times every way a
     second time, as "<way> busy", with one core made busy by the benchmark itself (baselines.busy_core, for that
     epoch only), in the same rotation; the record's `contention` compares each way's busy and quiet medians and
-    the fast path with the canonical loop under the same load. The CPU's limits in force (ATEN_CPU_CAPABILITY,
+    the fast path with the canonical loop under the same load. `profile` adds, on a CPU with the native step, where
+    its time goes part by part (hdr_lib.measure.profiling.native_step_profile), as the record's `profile`. The CPU's
+    limits in force (ATEN_CPU_CAPABILITY,
     ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS, set before the process starts) are kept in `config`.
     """
     config.validate()
@@ -116,7 +118,17 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
         "status": "complete" if max_steps is None else "incomplete",
         "max_steps": max_steps,
     }
+    if profile and device.type == "cpu":
+        from hdr_lib.data import to_float
+        from hdr_lib.measure.profiling import native_step_profile
+
+        record["profile"] = native_step_profile(to_float(data.train_images).view(-1, 1, 28, 28), data.train_labels,
+                                                batch_size=config.batch_size)
     _print_summary(record, names)
+    if record.get("profile"):
+        prof = record["profile"]
+        print(f"native step ({prof['isa']}, {prof['threads']} threads), {prof['ms_per_step']:.3f} ms per step: "
+              + ", ".join(f"{name} {ms:.3f}" for name, ms in prof["parts"].items()))
     if contention:
         for line in record["contention"]["lines"]:
             print(line)

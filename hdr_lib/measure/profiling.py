@@ -108,3 +108,52 @@ def step_profile(config: TrainConfig, data, steps: int = 60) -> dict:
     order = sorted(kinds, key=kinds.get, reverse=True)
     return {"ms_per_step": step_ms, "steps": steps, "path": config.path, "device": record["config"]["device"],
             "kinds": {k: kinds[k] for k in order}, "ops": {k: dict(ops[k]) for k in order if k in ops}}
+
+
+def native_step_profile(x_all, y_all, *, batch_size: int = 64, steps: int = 300, seed: int = 0) -> dict | None:
+    """Where the native CPU step's time goes, part by part (`hdr_lib.fast.native.PART_NAMES`): `steps` steps of
+    `native.TrainStep` on random batches of x_all/y_all (after 20 not counted), with the thread count the process
+    has. The operator clocks each part in each thread (`part_seconds`); a part's milliseconds per step are its
+    thread time over the thread count. Beside them: the time inside the operator not in any part (threads waiting
+    for the slowest, the call itself), the fused SGD update, and the rest of a step (Python, the loop). The parts
+    add up to `ms_per_step`, the steps' wall time. None where the native step does not run here."""
+    import time
+
+    import torch
+
+    from hdr_lib.fast import native
+    from hdr_lib.model import LeNet5
+
+    if not native.use():
+        return None
+    torch.manual_seed(seed)
+    model = LeNet5()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, fused=True)
+    step = native.TrainStep(model, optimizer)
+    x_all, y_all = x_all.contiguous(), y_all.long().contiguous()
+    batches = [torch.randint(0, x_all.shape[0], (batch_size,)) for _ in range(steps + 20)]
+    threads = torch.get_num_threads()
+    operator = update = 0.0
+    for i, idx in enumerate(batches):
+        if i == 20:
+            step.ops.part_seconds(True)
+            operator = update = 0.0
+            start = time.perf_counter()
+        t0 = time.perf_counter()
+        step.ops.gradients_into(x_all, y_all, idx, step.weights, step.grads)
+        t1 = time.perf_counter()
+        for p, g in zip(step.params, step.grads):
+            p.grad = g
+        step._update()
+        t2 = time.perf_counter()
+        operator, update = operator + t1 - t0, update + t2 - t1
+    wall = time.perf_counter() - start
+    parts = dict(zip(native.PART_NAMES, (s * 1e3 / threads / steps for s in step.ops.part_seconds(True).tolist())))
+    ms = {"operator": operator * 1e3 / steps, "update": update * 1e3 / steps, "step": wall * 1e3 / steps}
+    parts["waiting and calling (inside the operator)"] = max(ms["operator"] - sum(parts.values()), 0.0)
+    parts["update (fused SGD)"] = ms["update"]
+    parts["the loop (Python)"] = max(ms["step"] - ms["operator"] - ms["update"], 0.0)
+    return {"path": "fast", "step": "native", "isa": native.loaded_isa(), "threads": threads, "steps": steps,
+            "batch_size": batch_size, "ms_per_step": sum(parts.values()), "parts": parts,
+            "how": "thread time per part (the operator's own clocks) over the thread count; the rest timed around "
+                   "the calls; random batches, one process, after 20 steps not counted"}

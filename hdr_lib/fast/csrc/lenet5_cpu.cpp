@@ -32,6 +32,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -52,12 +55,21 @@ constexpr int64_t kL = 16;  // images per chunk: the lanes of a pixel
 // A chunk's weight gradients, in PyTorch's layouts, one after the other: conv1's weight and bias, conv2's.
 constexpr int64_t kGradW1 = 0, kGradB1 = kCh1 * kTaps1, kGradW2 = kGradB1 + kCh1, kGradB2 = kGradW2 + kCh2 * kTaps2;
 constexpr int64_t kGrads = (kGradB2 + kCh2 + kL - 1) / kL * kL;  // rounded up to whole vectors of 16
+// The fully connected layers: 256 -> 120 -> 84 -> 10. Their inputs, image by image, are kept in rows rounded up to
+// 64 floats (zeros after the end), for their weight gradients.
+constexpr int64_t kF0 = kCh2 * kP2 * kP2, kF1 = 120, kF2 = 84, kF3 = 10;
+constexpr int64_t kRow0 = 256, kRow1 = 128, kRow2 = 128;
+// A chunk's fully connected gradients, in padded rows: fc1's weight [120][256] and bias, fc2's [84][128] and bias,
+// fc3's [10][128] and bias.
+constexpr int64_t kFcW1 = 0, kFcB1 = kFcW1 + kF1 * kRow0, kFcW2 = kFcB1 + 128, kFcB2 = kFcW2 + kF2 * kRow1,
+                  kFcW3 = kFcB2 + 128, kFcB3 = kFcW3 + kF3 * kRow2, kFcGrads = kFcB3 + 16;
 
 #if defined(HDR_AVX2)
 #define HDR_W 8
 #define HDR_NS hdr_lenet5_avx2
 // How many sums each loop keeps in registers, for 16 registers of 8 floats.
-constexpr int64_t kConv1Channels = 3;   // conv1 forward: channels of a pooling window (x 4 outputs)
+constexpr int64_t kConv1Windows = 1;    // conv1 forward: pooling windows of a row (x 4 outputs)...
+constexpr int64_t kConv1Channels = 2;   // ... for this many channels
 constexpr int64_t kConv2Channels = 2;   // conv2 forward: output channels of a pooling window (x 4 outputs)
 constexpr int64_t kConv1TapRows = 2;    // conv1 weight gradient: tap rows (x 5 taps)
 constexpr int64_t kConv2Outputs = 2;    // conv2 weight gradient: output channels (x 5 taps)
@@ -65,7 +77,8 @@ constexpr int64_t kInputChannels = 1;   // conv2 input gradient: input channels 
 #else
 #define HDR_W 16
 #define HDR_NS hdr_lenet5
-constexpr int64_t kConv1Channels = 6;
+constexpr int64_t kConv1Windows = 2;
+constexpr int64_t kConv1Channels = 3;
 constexpr int64_t kConv2Channels = 4;
 constexpr int64_t kConv1TapRows = 5;
 constexpr int64_t kConv2Outputs = 4;
@@ -121,10 +134,19 @@ struct Chunk {
   float* g_conv1;  // conv1's output gradient, one channel at a time [24][24][16]
   float* lanes;    // weight gradients per lane [kGrads][16]
   float* grads;    // weight gradients of the chunk [kGrads]
+  float* h1;       // relu(fc1) [120][16]
+  float* h2;       // relu(fc2) [84][16]
+  float* z;        // the logits [10][16]; then their gradient
+  float* g_h1;     // gradients of h1, h2 (lanes)
+  float* g_h2;
+  float* rows;     // h0, h1, h2 image by image: [16][256], [16][128], [16][128]
+  float* fc;       // the chunk's fully connected gradients [kFcGrads]
+  float* losses;   // each image's loss [16]
 };
 constexpr int64_t kChunkFloats = kIn * kIn * kL + kCh1 * kP1 * kP1 * kL * 5 / 4 + kCh2 * kP2 * kP2 * kL * 5 / 4 +
                                  kCh2 * kP2 * kP2 * kL + kCh1 * kP1 * kP1 * kL + kCh2 * kC2 * kC2 * kL +
-                                 kC1 * kC1 * kL + kGrads * kL + kGrads;
+                                 kC1 * kC1 * kL + kGrads * kL + kGrads + (kF1 + kF2 + 16) * kL +
+                                 (kF1 + kF2) * kL + kL * (kRow0 + kRow1 + kRow2) + kFcGrads + kL;
 static_assert(kChunkFloats % 16 == 0, "each chunk's maps start on a 64-byte boundary");
 
 // The workspace of the calling thread's steps, kept from step to step (allocating it each step would fault its
@@ -149,7 +171,15 @@ Chunk chunk_at(float* space, int64_t chunk) {
   c.g_conv2 = p, p += kCh2 * kC2 * kC2 * kL;
   c.g_conv1 = p, p += kC1 * kC1 * kL;
   c.lanes = p, p += kGrads * kL;
-  c.grads = p;
+  c.grads = p, p += kGrads;
+  c.h1 = p, p += kF1 * kL;
+  c.h2 = p, p += kF2 * kL;
+  c.z = p, p += 16 * kL;
+  c.g_h1 = p, p += kF1 * kL;
+  c.g_h2 = p, p += kF2 * kL;
+  c.rows = p, p += kL * (kRow0 + kRow1 + kRow2);
+  c.fc = p, p += kFcGrads;
+  c.losses = p;
   return c;
 }
 
@@ -158,39 +188,42 @@ inline int64_t at(int64_t channel, int64_t row, int64_t column, int64_t side, in
   return ((channel * side + row) * side + column) * kL + h * kW;
 }
 
-// conv1 with ReLU and pooling for channels C0 .. C0 + NC - 1 of lane group h: each pooling window's four outputs
-// for NC channels are NC x 4 sums in registers; each of the 6 x 6 input pixels under the window is loaded once and
-// added to every output it reaches (taps in row-major order for each output).
-template <int64_t C0, int64_t NC>
-inline void conv1_channels(const Chunk& c, const float* w, const float* b, int64_t h) {
+// conv1 with ReLU and pooling for channels c0 .. c0 + NC - 1 of lane group h, NW pooling windows of a row at a time:
+// their 4 NW outputs for NC channels are sums in registers. Tap by tap (row-major, so each output adds its taps in
+// that order), the NC weights are broadcast once and each of the 4 NW inputs under the tap loaded once for all NC.
+template <int64_t NW, int64_t NC>
+inline void conv1_channels(const Chunk& c, int64_t c0, const float* w, const float* b, int64_t h) {
   for (int64_t pi = 0; pi < kP1; ++pi) {
-    for (int64_t pj = 0; pj < kP1; ++pj) {
-      vf acc[NC][4];
+    for (int64_t pj = 0; pj < kP1; pj += NW) {
+      vf acc[NC][2][2 * NW];  // [channel][output row][output column]
       for (int64_t k = 0; k < NC; ++k)
-        for (auto& corner_sum : acc[k]) corner_sum = vf{} + b[C0 + k];
-#pragma GCC unroll 6
-      for (int64_t ry = 0; ry < kK + 1; ++ry) {
-#pragma GCC unroll 6
-        for (int64_t rx = 0; rx < kK + 1; ++rx) {
-          const vf in = load(c.x + at(0, 2 * pi + ry, 2 * pj + rx, kIn, h));
+        for (auto& row : acc[k])
+          for (auto& out : row) out = vf{} + b[c0 + k];
+#pragma GCC unroll 5
+      for (int64_t ky = 0; ky < kK; ++ky) {
+#pragma GCC unroll 5
+        for (int64_t kx = 0; kx < kK; ++kx) {
+          vf wv[NC];
+          for (int64_t k = 0; k < NC; ++k) wv[k] = vf{} + w[(c0 + k) * kTaps1 + ky * kK + kx];
 #pragma GCC unroll 2
           for (int64_t dy = 0; dy < 2; ++dy) {
-#pragma GCC unroll 2
-            for (int64_t dx = 0; dx < 2; ++dx) {
-              const int64_t ky = ry - dy, kx = rx - dx;
-              if (ky < 0 || ky >= kK || kx < 0 || kx >= kK) continue;
-#pragma GCC unroll 6
-              for (int64_t k = 0; k < NC; ++k) acc[k][2 * dy + dx] += in * w[(C0 + k) * kTaps1 + ky * kK + kx];
+#pragma GCC unroll 4
+            for (int64_t col = 0; col < 2 * NW; ++col) {
+              const vf in = load(c.x + at(0, 2 * pi + dy + ky, 2 * pj + col + kx, kIn, h));
+#pragma GCC unroll 3
+              for (int64_t k = 0; k < NC; ++k) acc[k][dy][col] += in * wv[k];
             }
           }
         }
       }
       for (int64_t k = 0; k < NC; ++k) {
-        vf relu;
-        vi corner;
-        pool_relu(acc[k][0], acc[k][1], acc[k][2], acc[k][3], relu, corner);
-        store(c.a1 + at(C0 + k, pi, pj, kP1, h), relu);
-        store_corner(c.c1 + at(C0 + k, pi, pj, kP1, h), corner);
+        for (int64_t q = 0; q < NW; ++q) {
+          vf relu;
+          vi corner;
+          pool_relu(acc[k][0][2 * q], acc[k][0][2 * q + 1], acc[k][1][2 * q], acc[k][1][2 * q + 1], relu, corner);
+          store(c.a1 + at(c0 + k, pi, pj + q, kP1, h), relu);
+          store_corner(c.c1 + at(c0 + k, pi, pj + q, kP1, h), corner);
+        }
       }
     }
   }
@@ -259,14 +292,24 @@ inline vf spread(const float* grad, const float* out, const int8_t* corner, floa
 // (row-major) of the output gradient times the input under each tap, per lane, into `lanes`.
 template <int64_t KY0, int64_t NKY>
 inline void conv1_tap_rows(const Chunk& c, int64_t channel, int64_t h) {
+  constexpr int64_t kRun = 4;  // outputs of a row at a time: each input vector under them is loaded once
   vf acc[NKY][kK] = {};
   for (int64_t y = 0; y < kC1; ++y) {
-    for (int64_t x = 0; x < kC1; ++x) {
-      const vf g = load(c.g_conv1 + at(0, y, x, kC1, h));
+    for (int64_t x0 = 0; x0 < kC1; x0 += kRun) {
+      vf g[kRun];
+      for (int64_t q = 0; q < kRun; ++q) g[q] = load(c.g_conv1 + at(0, y, x0 + q, kC1, h));
 #pragma GCC unroll 5
-      for (int64_t ky = 0; ky < NKY; ++ky)
-#pragma GCC unroll 5
-        for (int64_t kx = 0; kx < kK; ++kx) acc[ky][kx] += g * load(c.x + at(0, y + KY0 + ky, x + kx, kIn, h));
+      for (int64_t ky = 0; ky < NKY; ++ky) {
+#pragma GCC unroll 8
+        for (int64_t col = 0; col < kRun + kK - 1; ++col) {
+          const vf in = load(c.x + at(0, y + KY0 + ky, x0 + col, kIn, h));
+#pragma GCC unroll 4
+          for (int64_t q = 0; q < kRun; ++q) {  // output x0 + q, tap col - q: outputs in row-major order per tap
+            const int64_t kx = col - q;
+            if (kx >= 0 && kx < kK) acc[ky][kx] += g[q] * in;
+          }
+        }
+      }
     }
   }
   for (int64_t ky = 0; ky < NKY; ++ky)
@@ -370,201 +413,366 @@ inline void lane_sums(const float* p, float* out) {
 
 inline int64_t chunks_of(int64_t batch) { return (batch + kL - 1) / kL; }
 
-// Forward, chunk by chunk: the images into lanes, then relu(max_pool2d(conv1)) [6, 12, 12] with its winning
-// corners. Images past the batch's end (its last chunk may be short) are zeros.
-void conv1_pool_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, float* space) {
-  RECORD_FUNCTION("hdr_lenet5::conv1_pool_forward", std::vector<c10::IValue>());  // a span for the profiler
-  const int64_t batch = x.size(0), chunks = chunks_of(batch);
-  const float* xp = x.data_ptr<float>();
-  const float* w = weight.data_ptr<float>();
-  const float* b = bias.data_ptr<float>();
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      const Chunk c = chunk_at(space, k);
-      const int64_t images = std::min(kL, batch - k * kL);
-      for (int64_t lane = 0; lane < kL; ++lane) {
-        const float* image = xp + (k * kL + lane) * kIn * kIn;
-        for (int64_t p = 0; p < kIn * kIn; ++p) c.x[p * kL + lane] = lane < images ? image[p] : 0.f;
-      }
-      for (int64_t h = 0; h < kV; ++h) {
-        if constexpr (kConv1Channels == 6) {
-          conv1_channels<0, 6>(c, w, b, h);
-        } else {
-          conv1_channels<0, 3>(c, w, b, h);
-          conv1_channels<3, 3>(c, w, b, h);
-        }
-      }
+// out[j] = b[j] + sum_k w[j][k] in[k] (k ascending), then ReLU if `relu`, for lane group h of maps stored [K][16]
+// and [J][16]; NJ outputs at a time (NJ divides J), each input vector loaded once for them.
+template <int64_t NJ>
+inline void dense_forward(const float* w, const float* b, const float* in, float* out, int64_t J, int64_t K,
+                          bool relu, int64_t h) {
+  for (int64_t j0 = 0; j0 < J; j0 += NJ) {
+    vf acc[NJ];
+    for (int64_t j = 0; j < NJ; ++j) acc[j] = vf{} + b[j0 + j];
+    for (int64_t k = 0; k < K; ++k) {
+      const vf x = load(in + k * kL + h * kW);
+#pragma GCC unroll 12
+      for (int64_t j = 0; j < NJ; ++j) acc[j] += x * w[(j0 + j) * K + k];
     }
-  });
-}
-
-// relu(max_pool2d(conv2(a1))) per chunk, with its winning corners; returns it as [B, 256] in the order
-// torch.flatten gives the NCHW pooled map (channel, row, column), for the fully connected layers.
-at::Tensor conv2_pool_forward(int64_t batch, const at::Tensor& weight, const at::Tensor& bias, float* space) {
-  RECORD_FUNCTION("hdr_lenet5::conv2_pool_forward", std::vector<c10::IValue>());  // a span for the profiler
-  const int64_t chunks = chunks_of(batch);
-  auto out = at::empty({batch, kCh2 * kP2 * kP2}, weight.options());
-  const float* w = weight.data_ptr<float>();
-  const float* b = bias.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      const Chunk c = chunk_at(space, k);
-      for (int64_t h = 0; h < kV; ++h)
-        for (int64_t c0 = 0; c0 < kCh2; c0 += kConv2Channels) conv2_channels<kConv2Channels>(c, c0, w, b, h);
-      const int64_t images = std::min(kL, batch - k * kL);
-      for (int64_t lane = 0; lane < images; ++lane)
-        for (int64_t p = 0; p < kCh2 * kP2 * kP2; ++p) op[(k * kL + lane) * kCh2 * kP2 * kP2 + p] = c.h0[p * kL + lane];
-    }
-  });
-  return out;
-}
-
-// Given `grad`, the gradient of conv2_pool_forward's output [B, 256]: per chunk, conv2's output gradient (each
-// window's gradient at its winning corner, none where ReLU cut), the gradient of conv2's input a1, and the lanes'
-// gradients of conv2's weight and bias.
-void conv2_pool_backward(const at::Tensor& grad, const at::Tensor& weight, float* space) {
-  RECORD_FUNCTION("hdr_lenet5::conv2_pool_backward", std::vector<c10::IValue>());  // a span for the profiler
-  const int64_t batch = grad.size(0), chunks = chunks_of(batch);
-  const float* gp = grad.data_ptr<float>();
-  const float* w = weight.data_ptr<float>();
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      const Chunk c = chunk_at(space, k);
-      const int64_t images = std::min(kL, batch - k * kL);
-      for (int64_t lane = 0; lane < kL; ++lane)
-        for (int64_t p = 0; p < kCh2 * kP2 * kP2; ++p)
-          c.g_h0[p * kL + lane] = lane < images ? gp[(k * kL + lane) * kCh2 * kP2 * kP2 + p] : 0.f;
-      for (int64_t h = 0; h < kV; ++h) {
-        for (int64_t co = 0; co < kCh2; ++co) {
-          const vf bias = spread(c.g_h0, c.h0, c.c2, c.g_conv2 + at(co, 0, 0, kC2, 0), kP2, h, co);
-          store(c.lanes + (kGradB2 + co) * kL + h * kW, bias);
-        }
-        for (int64_t c0 = 0; c0 < kCh2; c0 += kConv2Outputs)
-          for (int64_t ci = 0; ci < kCh1; ++ci)
-            for (int64_t ky = 0; ky < kK; ++ky) conv2_taps<kConv2Outputs>(c, c0, ci, ky, h);
-        for (int64_t c0 = 0; c0 < kCh1; c0 += kInputChannels)
-          for (int64_t y = 0; y < kP1; ++y) conv2_input_row<kInputChannels>(c, w, c0, y, h);
-      }
-    }
-  });
-}
-
-// Per chunk: conv1's output gradient, channel by channel, from a1's, and the lanes' gradients of conv1's weight and
-// bias; then each chunk's gradients summed over its 16 lanes (lane_sums' fixed tree), and the chunks in order.
-// Returns conv1's weight and bias gradients and conv2's.
-std::vector<at::Tensor> conv1_pool_backward(int64_t batch, const at::TensorOptions& options, float* space) {
-  RECORD_FUNCTION("hdr_lenet5::conv1_pool_backward", std::vector<c10::IValue>());  // a span for the profiler
-  const int64_t chunks = chunks_of(batch);
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      const Chunk c = chunk_at(space, k);
-      for (int64_t h = 0; h < kV; ++h) {
-        for (int64_t channel = 0; channel < kCh1; ++channel) {
-          const vf bias = spread(c.g_a1, c.a1, c.c1, c.g_conv1, kP1, h, channel);
-          store(c.lanes + (kGradB1 + channel) * kL + h * kW, bias);
-          conv1_taps<0>(c, channel, h);
-        }
-      }
-      for (int64_t i = kGradB2 + kCh2; i < kGrads; ++i) std::memset(c.lanes + i * kL, 0, kL * sizeof(float));
-      for (int64_t i = 0; i < kGrads; i += kL) {
-        lane_sums(c.lanes + i * kL, c.grads + i);
-      }
-    }
-  });
-  auto total = at::empty({kGrads}, options);
-  float* t = total.data_ptr<float>();
-  for (int64_t i = 0; i < kGrads; ++i) {
-    float s = chunk_at(space, 0).grads[i];
-    for (int64_t k = 1; k < chunks; ++k) s += chunk_at(space, k).grads[i];
-    t[i] = s;
+    const vf zero = {};
+    for (int64_t j = 0; j < NJ; ++j) store(out + (j0 + j) * kL + h * kW, relu ? (acc[j] > zero ? acc[j] : zero) : acc[j]);
   }
-  return {total.narrow(0, kGradW1, kGradB1 - kGradW1).view({kCh1, 1, kK, kK}),
-          total.narrow(0, kGradB1, kCh1), total.narrow(0, kGradW2, kGradB2 - kGradW2).view({kCh2, kCh1, kK, kK}),
-          total.narrow(0, kGradB2, kCh2)};
 }
 
-// The mean cross-entropy of logits [B, 10] against labels y, and its gradient for the logits:
-// (softmax - one_hot(y)) / B. Computed as log_softmax then the negative log-likelihood, like F.cross_entropy.
-std::vector<at::Tensor> cross_entropy_forward_backward(const at::Tensor& logits, const at::Tensor& y) {
-  RECORD_FUNCTION("hdr_lenet5::cross_entropy_forward_backward", std::vector<c10::IValue>());  // a span for the profiler
-  auto log_p = at::log_softmax(logits, 1);
-  auto loss = at::nll_loss(log_p, y);
-  auto grad = log_p.exp_();
-  const int64_t batch = logits.size(0), classes = logits.size(1);
-  float* gp = grad.data_ptr<float>();
-  const int64_t* yp = y.data_ptr<int64_t>();
+// The gradient for the inputs of dense_forward: in_grad[k] = sum_j w[j][k] g[j] (j ascending), set to zero where
+// the input (a ReLU's output) is zero when `mask` is given; NK inputs at a time (NK divides K).
+template <int64_t NK>
+inline void dense_input_gradient(const float* w, const float* g, const float* mask, float* in_grad, int64_t J,
+                                 int64_t K, int64_t h) {
+  for (int64_t k0 = 0; k0 < K; k0 += NK) {
+    vf acc[NK] = {};
+    for (int64_t j = 0; j < J; ++j) {
+      const vf gv = load(g + j * kL + h * kW);
+#pragma GCC unroll 16
+      for (int64_t k = 0; k < NK; ++k) acc[k] += gv * w[j * K + k0 + k];
+    }
+    const vf zero = {};
+    for (int64_t k = 0; k < NK; ++k) {
+      const int64_t i = (k0 + k) * kL + h * kW;
+      store(in_grad + i, mask ? (load(mask + i) > zero ? acc[k] : zero) : acc[k]);
+    }
+  }
+}
+
+// A map [K][16] (lanes) as rows, image by image: rows[n][k], zeros after K up to `row`.
+inline void to_rows(const float* map, float* rows, int64_t K, int64_t row) {
+  for (int64_t n = 0; n < kL; ++n) {
+    for (int64_t k = 0; k < K; ++k) rows[n * row + k] = map[k * kL + n];
+    for (int64_t k = K; k < row; ++k) rows[n * row + k] = 0.f;
+  }
+}
+
+// A fully connected layer's weight and bias gradients over a chunk, in padded rows: dw[j][k] = sum over the chunk's
+// 16 images n (in order) of g[j][n] rows[n][k]; db[j] = sum over n of g[j][n]. Two output rows at a time.
+inline void dense_weight_gradient(const float* g, const float* rows, float* dw, float* db, int64_t J, int64_t row) {
+  constexpr int64_t kBlock = 4;  // vectors of a row done at a time
+  for (int64_t j = 0; j < J; j += 2) {
+    for (int64_t k0 = 0; k0 < row; k0 += kBlock * kW) {
+      vf acc[2][kBlock] = {};
+      for (int64_t n = 0; n < kL; ++n) {
+        const float g0 = g[j * kL + n], g1 = g[(j + 1) * kL + n];
+#pragma GCC unroll 4
+        for (int64_t v = 0; v < kBlock; ++v) {
+          const vf r = load(rows + n * row + k0 + v * kW);
+          acc[0][v] += r * g0;
+          acc[1][v] += r * g1;
+        }
+      }
+      for (int64_t v = 0; v < kBlock; ++v) {
+        store(dw + j * row + k0 + v * kW, acc[0][v]);
+        store(dw + (j + 1) * row + k0 + v * kW, acc[1][v]);
+      }
+    }
+    for (int64_t jj = j; jj < j + 2; ++jj) {
+      float sum = 0.f;
+      for (int64_t n = 0; n < kL; ++n) sum += g[jj * kL + n];
+      db[jj] = sum;
+    }
+  }
+}
+
+// Thread-time per part of the step, in nanoseconds since the last part_seconds(true): a profile that costs two
+// clock reads per part and chunk. The parts, in the order of PART_NAMES in hdr_lib/fast/native.py.
+enum Part { kToLanes, kConv1Forward, kConv2Forward, kFcForward, kLoss, kFcBackward, kConv2Backward, kConv1Backward,
+            kSums, kParts };
+std::atomic<int64_t> part_nanoseconds[kParts];
+
+struct PartClock {
+  std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
+  void lap(Part part) {
+    const auto now = std::chrono::steady_clock::now();
+    part_nanoseconds[part].fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(now - last).count(),
+                                     std::memory_order_relaxed);
+    last = now;
+  }
+};
+
+// The whole step for chunk k: forward through the network, the loss, and backward to every weight gradient (each
+// summed over the chunk's lanes), with the maps in the chunk's workspace; the weights in PyTorch's layouts.
+struct Weights {
+  const float *w1, *b1, *w2, *b2, *f1, *fb1, *f2, *fb2, *f3, *fb3;
+};
+
+// The images of chunk k (rows idx[n] of xp, or rows n where idx is null) into lanes: x[pixel][image], zeros for
+// the lanes past the batch's end.
+inline void to_lanes(const Chunk& c, const float* xp, const int64_t* idx, int64_t k, int64_t images) {
+  const float* image[kL];
+  for (int64_t n = 0; n < images; ++n) image[n] = xp + (idx ? idx[k * kL + n] : k * kL + n) * kIn * kIn;
+#if !defined(HDR_AVX2)
+  if (images == kL) {
+    // 16 pixels of 16 images at a time, transposed in registers (swapping ever smaller blocks).
+    for (int64_t p0 = 0; p0 < kIn * kIn; p0 += kL) {
+      v16 a[kL];
+      for (int64_t n = 0; n < kL; ++n) a[n] = *reinterpret_cast<const v16*>(image[n] + p0);
+      for (int64_t i = 0; i < kL; ++i) {
+        if (i & 8) continue;
+        const v16 lo = __builtin_shufflevector(a[i], a[i + 8], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+        a[i + 8] = __builtin_shufflevector(a[i], a[i + 8], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+        a[i] = lo;
+      }
+      for (int64_t i = 0; i < kL; ++i) {
+        if (i & 4) continue;
+        const v16 lo = __builtin_shufflevector(a[i], a[i + 4], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+        a[i + 4] = __builtin_shufflevector(a[i], a[i + 4], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+        a[i] = lo;
+      }
+      for (int64_t i = 0; i < kL; ++i) {
+        if (i & 2) continue;
+        const v16 lo = __builtin_shufflevector(a[i], a[i + 2], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+        a[i + 2] = __builtin_shufflevector(a[i], a[i + 2], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+        a[i] = lo;
+      }
+      for (int64_t i = 0; i < kL; i += 2) {
+        const v16 lo = __builtin_shufflevector(a[i], a[i + 1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+        a[i + 1] = __builtin_shufflevector(a[i], a[i + 1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+        a[i] = lo;
+      }
+      for (int64_t i = 0; i < kL; ++i) *reinterpret_cast<v16*>(c.x + (p0 + i) * kL) = a[i];
+    }
+    return;
+  }
+#endif
+  for (int64_t n = 0; n < kL; ++n)
+    for (int64_t i = 0; i < kIn * kIn; ++i) c.x[i * kL + n] = n < images ? image[n][i] : 0.f;
+}
+
+void chunk_step(const Chunk& c, const float* xp, const int64_t* yp, const int64_t* idx, int64_t k, int64_t batch,
+                const Weights& p) {
+  PartClock clock;
+  const int64_t images = std::min(kL, batch - k * kL);
+  to_lanes(c, xp, idx, k, images);
+  clock.lap(kToLanes);
+  for (int64_t h = 0; h < kV; ++h) {
+    for (int64_t c0 = 0; c0 < kCh1; c0 += kConv1Channels)
+      conv1_channels<kConv1Windows, kConv1Channels>(c, c0, p.w1, p.b1, h);
+  }
+  clock.lap(kConv1Forward);
+  for (int64_t h = 0; h < kV; ++h)
+    for (int64_t c0 = 0; c0 < kCh2; c0 += kConv2Channels) conv2_channels<kConv2Channels>(c, c0, p.w2, p.b2, h);
+  clock.lap(kConv2Forward);
+  constexpr int64_t kOutputs = kW == 16 ? 12 : 6;  // outputs of a dense layer at a time
+  for (int64_t h = 0; h < kV; ++h) {
+    dense_forward<kOutputs>(p.f1, p.fb1, c.h0, c.h1, kF1, kF0, true, h);
+    dense_forward<kOutputs>(p.f2, p.fb2, c.h1, c.h2, kF2, kF1, true, h);
+    dense_forward<kF3>(p.f3, p.fb3, c.h2, c.z, kF3, kF2, false, h);
+  }
+  clock.lap(kFcForward);
+  // The loss of each image, log_softmax then the negative log-likelihood as in F.cross_entropy, and the logits'
+  // gradient of the batch's mean, (softmax - one_hot(y)) / B; none for the lanes past the batch's end.
   const float scale = 1.f / static_cast<float>(batch);
-  for (int64_t n = 0; n < batch; ++n) {
-    gp[n * classes + yp[n]] -= 1.f;
-    for (int64_t k = 0; k < classes; ++k) gp[n * classes + k] *= scale;
+  for (int64_t n = 0; n < kL; ++n) {
+    if (n >= images) {
+      for (int64_t j = 0; j < kF3; ++j) c.z[j * kL + n] = 0.f;
+      c.losses[n] = 0.f;
+      continue;
+    }
+    float top = c.z[n];
+    for (int64_t j = 1; j < kF3; ++j) top = std::max(top, c.z[j * kL + n]);
+    float sum = 0.f;
+    for (int64_t j = 0; j < kF3; ++j) sum += std::exp(c.z[j * kL + n] - top);
+    const float log_sum = std::log(sum);
+    const int64_t label = yp[idx ? idx[k * kL + n] : k * kL + n];
+    c.losses[n] = -(c.z[label * kL + n] - top - log_sum);
+    for (int64_t j = 0; j < kF3; ++j) {
+      float g = std::exp(c.z[j * kL + n] - top - log_sum);
+      if (j == label) g -= 1.f;
+      c.z[j * kL + n] = g * scale;
+    }
   }
-  return {loss, grad};
+  clock.lap(kLoss);
+  for (int64_t h = 0; h < kV; ++h) {
+    dense_input_gradient<kW == 16 ? 12 : 7>(p.f3, c.z, c.h2, c.g_h2, kF3, kF2, h);
+    dense_input_gradient<kW == 16 ? 12 : 8>(p.f2, c.g_h2, c.h1, c.g_h1, kF2, kF1, h);
+    dense_input_gradient<kW == 16 ? 16 : 8>(p.f1, c.g_h1, nullptr, c.g_h0, kF1, kF0, h);  // h0's ReLU: in spread
+  }
+  float* rows0 = c.rows;
+  float* rows1 = rows0 + kL * kRow0;
+  float* rows2 = rows1 + kL * kRow1;
+  to_rows(c.h0, rows0, kF0, kRow0);
+  to_rows(c.h1, rows1, kF1, kRow1);
+  to_rows(c.h2, rows2, kF2, kRow2);
+  dense_weight_gradient(c.z, rows2, c.fc + kFcW3, c.fc + kFcB3, kF3, kRow2);
+  dense_weight_gradient(c.g_h2, rows1, c.fc + kFcW2, c.fc + kFcB2, kF2, kRow1);
+  dense_weight_gradient(c.g_h1, rows0, c.fc + kFcW1, c.fc + kFcB1, kF1, kRow0);
+  clock.lap(kFcBackward);
+  for (int64_t h = 0; h < kV; ++h) {
+    for (int64_t co = 0; co < kCh2; ++co) {
+      const vf bias = spread(c.g_h0, c.h0, c.c2, c.g_conv2 + at(co, 0, 0, kC2, 0), kP2, h, co);
+      store(c.lanes + (kGradB2 + co) * kL + h * kW, bias);
+    }
+    for (int64_t c0 = 0; c0 < kCh2; c0 += kConv2Outputs)
+      for (int64_t ci = 0; ci < kCh1; ++ci)
+        for (int64_t ky = 0; ky < kK; ++ky) conv2_taps<kConv2Outputs>(c, c0, ci, ky, h);
+    for (int64_t c0 = 0; c0 < kCh1; c0 += kInputChannels)
+      for (int64_t y = 0; y < kP1; ++y) conv2_input_row<kInputChannels>(c, p.w2, c0, y, h);
+  }
+  clock.lap(kConv2Backward);
+  for (int64_t h = 0; h < kV; ++h) {
+    for (int64_t channel = 0; channel < kCh1; ++channel) {
+      const vf bias = spread(c.g_a1, c.a1, c.c1, c.g_conv1, kP1, h, channel);
+      store(c.lanes + (kGradB1 + channel) * kL + h * kW, bias);
+      conv1_taps<0>(c, channel, h);
+    }
+  }
+  clock.lap(kConv1Backward);
+  for (int64_t i = kGradB2 + kCh2; i < kGrads; ++i) std::memset(c.lanes + i * kL, 0, kL * sizeof(float));
+  for (int64_t i = 0; i < kGrads; i += kL) lane_sums(c.lanes + i * kL, c.grads + i);
+  clock.lap(kSums);
 }
 
-// y = relu?(x W^T + b) backward: (dW, db) and the gradient for x.
-inline at::Tensor linear_backward(const at::Tensor& grad, const at::Tensor& inputs, const at::Tensor& weight,
-                                  std::vector<at::Tensor>& grads) {
-  grads.push_back(grad.t().mm(inputs));
-  grads.push_back(grad.sum(0));
-  return grad.mm(weight);
+// The loss of the paper's LeNet-5 on B images with their labels, and the gradients of its ten parameters, written
+// to `grads` (in the order of model.parameters(): conv1 weight, bias, conv2, fc1, fc2, fc3; contiguous float32).
+// The images are rows idx[0 .. B-1] of xp (and their labels of yp), or its first B rows where idx is null. The
+// chunks of 16 images run in parallel, each through the whole step; then their gradients and losses are summed
+// in order, so the result is the same whatever the number of threads.
+float step(const float* xp, const int64_t* yp, const int64_t* idx, int64_t batch, const at::Tensor (&weights)[10],
+           float* const (&grads)[10]) {
+  at::NoGradGuard no_grad;
+  RECORD_FUNCTION("hdr_lenet5::chunks", std::vector<c10::IValue>());  // a span for the profiler
+  const int64_t chunks = chunks_of(batch);
+  const Weights p = {weights[0].data_ptr<float>(), weights[1].data_ptr<float>(), weights[2].data_ptr<float>(),
+                     weights[3].data_ptr<float>(), weights[4].data_ptr<float>(), weights[5].data_ptr<float>(),
+                     weights[6].data_ptr<float>(), weights[7].data_ptr<float>(), weights[8].data_ptr<float>(),
+                     weights[9].data_ptr<float>()};
+  float* space = workspace(chunks);
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) chunk_step(chunk_at(space, k), xp, yp, idx, k, batch, p);
+  });
+  // The chunks' sums, in order.
+  PartClock clock;
+  float loss = 0.f;
+  for (int64_t k = 0; k < chunks; ++k)
+    for (int64_t n = 0; n < kL; ++n) loss += chunk_at(space, k).losses[n];
+  // Each parameter's gradient in a chunk's conv or fc gradients: offset, rows, row length there and in the parameter.
+  struct Piece { bool fc; int64_t from, rows, stride, length; };
+  static constexpr Piece pieces[10] = {{false, kGradW1, 1, 0, kGradB1 - kGradW1}, {false, kGradB1, 1, 0, kCh1},
+                                       {false, kGradW2, 1, 0, kGradB2 - kGradW2}, {false, kGradB2, 1, 0, kCh2},
+                                       {true, kFcW1, kF1, kRow0, kF0}, {true, kFcB1, 1, 0, kF1},
+                                       {true, kFcW2, kF2, kRow1, kF1}, {true, kFcB2, 1, 0, kF2},
+                                       {true, kFcW3, kF3, kRow2, kF2}, {true, kFcB3, 1, 0, kF3}};
+  for (int64_t i = 0; i < 10; ++i) {
+    const Piece& piece = pieces[i];
+    for (int64_t r = 0; r < piece.rows; ++r) {
+      float* to = grads[i] + r * piece.length;
+      for (int64_t k = 0; k < chunks; ++k) {
+        const Chunk c = chunk_at(space, k);
+        const float* from = (piece.fc ? c.fc : c.grads) + piece.from + r * piece.stride;
+        if (k == 0) {
+          std::memcpy(to, from, piece.length * sizeof(float));
+        } else {
+          for (int64_t e = 0; e < piece.length; ++e) to[e] += from[e];
+        }
+      }
+    }
+  }
+  clock.lap(kSums);
+  return loss / static_cast<float>(batch);
 }
 
-// The loss of the paper's LeNet-5 on images x [B, 1, 28, 28] with labels y, and the gradients of its ten
-// parameters in the order of model.parameters(): conv1 (weight, bias), conv2, fc1, fc2, fc3.
+// The parameters, checked, contiguous.
+void check_weights(at::TensorList given, at::Tensor (&weights)[10]) {
+  TORCH_CHECK(given.size() == 10, "hdr_lenet5: LeNet-5 has 10 parameter tensors");
+  static const std::vector<std::vector<int64_t>> shapes = {{kCh1, 1, kK, kK}, {kCh1}, {kCh2, kCh1, kK, kK}, {kCh2},
+                                                           {kF1, kF0}, {kF1}, {kF2, kF1}, {kF2}, {kF3, kF2}, {kF3}};
+  for (int64_t i = 0; i < 10; ++i) {
+    TORCH_CHECK(given[i].scalar_type() == at::kFloat && given[i].sizes() == at::IntArrayRef(shapes[i]),
+                "hdr_lenet5: parameter ", i, " must be float32 of the paper's LeNet-5 shape");
+    weights[i] = given[i].contiguous();
+  }
+}
+
+void check_images(const at::Tensor& x, const at::Tensor& y) {
+  TORCH_CHECK(x.dim() == 4 && x.size(1) == 1 && x.size(2) == kIn && x.size(3) == kIn && x.is_contiguous() &&
+                  x.scalar_type() == at::kFloat,
+              "hdr_lenet5: x must be a contiguous float32 tensor [B, 1, 28, 28]");
+  TORCH_CHECK(y.dim() == 1 && y.size(0) == x.size(0) && y.scalar_type() == at::kLong && y.is_contiguous(),
+              "hdr_lenet5: y must be int64 labels [B]");
+}
+
+// The labels of the images picked (rows idx, or the first `batch`) are classes 0 to 9.
+void check_labels(const at::Tensor& y, const int64_t* idx, int64_t batch) {
+  const int64_t* yp = y.data_ptr<int64_t>();
+  for (int64_t n = 0; n < batch; ++n) {
+    const int64_t label = yp[idx ? idx[n] : n];
+    TORCH_CHECK(label >= 0 && label < kF3, "hdr_lenet5: labels must be 0 to 9, not ", label);
+  }
+}
+
+// The loss and the gradients of the ten parameters, as new tensors: [loss, conv1 weight, conv1 bias, ...].
 std::vector<at::Tensor> loss_and_gradients(const at::Tensor& x, const at::Tensor& y, const at::Tensor& conv1_weight,
                                            const at::Tensor& conv1_bias, const at::Tensor& conv2_weight,
                                            const at::Tensor& conv2_bias, const at::Tensor& fc1_weight,
                                            const at::Tensor& fc1_bias, const at::Tensor& fc2_weight,
                                            const at::Tensor& fc2_bias, const at::Tensor& fc3_weight,
                                            const at::Tensor& fc3_bias) {
-  TORCH_CHECK(x.dim() == 4 && x.size(1) == 1 && x.size(2) == kIn && x.size(3) == kIn && x.is_contiguous() &&
-                  x.scalar_type() == at::kFloat,
-              "hdr_lenet5: x must be a contiguous float32 tensor [B, 1, 28, 28]");
-  TORCH_CHECK(y.dim() == 1 && y.size(0) == x.size(0) && y.scalar_type() == at::kLong,
-              "hdr_lenet5: y must be int64 labels [B]");
+  check_images(x, y);
   TORCH_CHECK(x.size(0) > 0, "hdr_lenet5: the batch is empty");
-  at::NoGradGuard no_grad;
-  const int64_t batch = x.size(0);
-  float* space = workspace(chunks_of(batch));
-  const auto w1 = conv1_weight.contiguous(), b1 = conv1_bias.contiguous();
-  const auto w2 = conv2_weight.contiguous(), b2 = conv2_bias.contiguous();
-  // Forward, keeping what the backward pass reads (in the workspace).
-  conv1_pool_forward(x, w1, b1, space);
-  const at::Tensor h0 = conv2_pool_forward(batch, w2, b2, space);
-  at::Tensor h1, h2, logits;
-  {
-    RECORD_FUNCTION("hdr_lenet5::fully_connected", std::vector<c10::IValue>());
-    h1 = at::linear(h0, fc1_weight, fc1_bias).relu_();
-    h2 = at::linear(h1, fc2_weight, fc2_bias).relu_();
-    logits = at::linear(h2, fc3_weight, fc3_bias);
-  }
-  auto loss_grad = cross_entropy_forward_backward(logits, y);
-  // Backward, from the loss to conv1.
-  std::vector<at::Tensor> fc3, fc2, fc1;
-  at::Tensor grad;
-  {
-    RECORD_FUNCTION("hdr_lenet5::fully_connected", std::vector<c10::IValue>());
-    grad = at::threshold_backward(linear_backward(loss_grad[1], h2, fc3_weight, fc3), h2, 0);
-    grad = at::threshold_backward(linear_backward(grad, h1, fc2_weight, fc2), h1, 0);
-    grad = linear_backward(grad, h0, fc1_weight, fc1).contiguous();
-  }
-  conv2_pool_backward(grad, w2, space);
-  auto conv = conv1_pool_backward(batch, x.options(), space);
-  return {loss_grad[0], conv[0], conv[1], conv[2], conv[3], fc1[0], fc1[1], fc2[0], fc2[1], fc3[0], fc3[1]};
+  check_labels(y, nullptr, x.size(0));
+  at::Tensor weights[10];
+  check_weights({conv1_weight, conv1_bias, conv2_weight, conv2_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                 fc3_weight, fc3_bias}, weights);
+  std::vector<at::Tensor> out(11);
+  float* grads[10];
+  for (int64_t i = 0; i < 10; ++i) grads[i] = (out[i + 1] = at::empty(weights[i].sizes(), x.options())).data_ptr<float>();
+  const float loss = step(x.data_ptr<float>(), y.data_ptr<int64_t>(), nullptr, x.size(0), weights, grads);
+  out[0] = at::full({}, loss, x.options());
+  return out;
 }
 
 // The same, written into the parameters' gradient tensors `grads` (in place; what the optimiser reads), given the
-// parameters as `weights`, both in the order of model.parameters(); returns the loss.
-at::Tensor gradients_into(const at::Tensor& x, const at::Tensor& y, at::TensorList weights, at::TensorList grads) {
-  TORCH_CHECK(weights.size() == 10 && grads.size() == 10, "hdr_lenet5: LeNet-5 has 10 parameter tensors");
-  auto out = loss_and_gradients(x, y, weights[0], weights[1], weights[2], weights[3], weights[4], weights[5],
-                                weights[6], weights[7], weights[8], weights[9]);
-  for (size_t k = 0; k < grads.size(); ++k) {
-    TORCH_CHECK(grads[k].sizes() == out[k + 1].sizes(), "hdr_lenet5: gradient ", k, " has the wrong shape");
-    grads[k].copy_(out[k + 1]);
+// parameters as `weights`, both in the order of model.parameters(), for the images idx of x (and their labels in y);
+// returns the loss. The batch is gathered inside the step: no copy of it is made.
+at::Tensor gradients_into(const at::Tensor& x, const at::Tensor& y, const c10::optional<at::Tensor>& idx,
+                          at::TensorList given, at::TensorList grads) {
+  check_images(x, y);
+  at::Tensor weights[10];
+  check_weights(given, weights);
+  TORCH_CHECK(grads.size() == 10, "hdr_lenet5: LeNet-5 has 10 parameter tensors");
+  float* out[10];
+  for (int64_t i = 0; i < 10; ++i) {
+    TORCH_CHECK(grads[i].sizes() == weights[i].sizes() && grads[i].is_contiguous() &&
+                    grads[i].scalar_type() == at::kFloat,
+                "hdr_lenet5: gradient ", i, " must be a contiguous float32 tensor of its parameter's shape");
+    out[i] = grads[i].data_ptr<float>();
   }
-  return out[0];
+  const int64_t* picked = nullptr;
+  int64_t batch = x.size(0);
+  if (idx.has_value()) {
+    TORCH_CHECK(idx->dim() == 1 && idx->scalar_type() == at::kLong && idx->is_contiguous(),
+                "hdr_lenet5: idx must be int64 indices [B]");
+    picked = idx->data_ptr<int64_t>();
+    batch = idx->size(0);
+    for (int64_t n = 0; n < batch; ++n)
+      TORCH_CHECK(picked[n] >= 0 && picked[n] < x.size(0), "hdr_lenet5: index ", picked[n], " is out of range");
+  }
+  TORCH_CHECK(batch > 0, "hdr_lenet5: the batch is empty");
+  check_labels(y, picked, batch);
+  return at::full({}, step(x.data_ptr<float>(), y.data_ptr<int64_t>(), picked, batch, weights, out), x.options());
+}
+
+// Seconds of thread time spent in each part of the step (Part, in order) since the last call with reset = true.
+at::Tensor part_seconds(bool reset) {
+  auto out = at::empty({kParts}, at::kDouble);
+  for (int64_t i = 0; i < kParts; ++i)
+    out[i] = static_cast<double>(reset ? part_nanoseconds[i].exchange(0) : part_nanoseconds[i].load()) * 1e-9;
+  return out;
 }
 
 }  // namespace
@@ -577,10 +785,13 @@ HDR_LIBRARY(HDR_NS, m) {
   m.def("loss_and_gradients(Tensor x, Tensor y, Tensor conv1_weight, Tensor conv1_bias, Tensor conv2_weight, "
         "Tensor conv2_bias, Tensor fc1_weight, Tensor fc1_bias, Tensor fc2_weight, Tensor fc2_bias, "
         "Tensor fc3_weight, Tensor fc3_bias) -> Tensor[]");
-  m.def("gradients_into(Tensor x, Tensor y, Tensor[] weights, Tensor(a!)[] grads) -> Tensor");
+  m.def("gradients_into(Tensor x, Tensor y, Tensor? idx, Tensor[] weights, Tensor(a!)[] grads) -> Tensor");
+  m.def("part_seconds(bool reset) -> Tensor");
 }
 
 HDR_LIBRARY_IMPL(HDR_NS, CPU, m) {
   m.impl("loss_and_gradients", &loss_and_gradients);
   m.impl("gradients_into", &gradients_into);
 }
+
+HDR_LIBRARY_IMPL(HDR_NS, CatchAll, m) { m.impl("part_seconds", &part_seconds); }
