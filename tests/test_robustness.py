@@ -8,6 +8,7 @@ import pytest
 
 from hdr_lib.book import figures
 from hdr_lib.measure import robustness
+from hdr_lib.measure.machine import machine_label
 from hdr_lib.measure.records import RecordError
 
 from conftest import REPO
@@ -41,18 +42,19 @@ def test_robustness_tables_come_from_the_records_wherever_they_lie(tmp_path):
     tables = robustness.robustness_tables(tmp_path)
     assert [t["file"] for t in tables] == ["a-session/bench-cpu-contention.json", "other/deeper/bench-cpu-avx2.json"]
     full, limited = tables
-    assert full["machine"] == "Intel(R) Xeon(R) Processor, AVX-512 (2 threads)" and full["isa"] == "avx512"
-    assert limited["machine"] == "Intel(R) Xeon(R) Processor, AVX-512 limited to AVX2 (2 threads)"
-    table = full["table"]
-    assert list(table.index) == ["reference", "fast", "tight", "canonical"]  # the busy rounds are columns, not ways
-    summary = contention["summary"]
+    assert (full["machine"], limited["machine"]) == (machine_label(contention), machine_label(avx2))
+    assert full["isa"] == contention["runs"]["fast"][0]["execution"]["isa"]
+    table, summary = full["table"], contention["summary"]
+    busy = [way for way in summary if way.endswith(" busy")]
+    assert busy and list(table.index) == [way for way in summary if way not in busy]  # busy rounds: columns, not ways
     fast = summary["fast"]["seconds_per_epoch_median"]
     assert table.loc["fast", "quiet: s / epoch"] == pytest.approx(fast)
     assert table.loc["fast", "busy / quiet"] == pytest.approx(summary["fast busy"]["seconds_per_epoch_median"] / fast)
     shares = contention["ceiling"]["fraction_of_matmul"]
     assert table.loc["fast", "% of torch.mm"] == pytest.approx(100 * shares["fast"])
     slow = robustness.slowdowns(table)
-    assert list(slow) == sorted(slow) and len(slow) == 4
+    assert list(slow) == sorted(slow) and len(slow) == len(busy)
+    assert not any(way.endswith(" busy") for way in avx2["summary"])  # the AVX2 record ran quiet only
     assert limited["table"]["busy / quiet"].isna().all() and robustness.slowdowns(limited["table"]).empty
     assert robustness.profile_rows(tmp_path) == []  # neither record carries a profile
 
@@ -63,7 +65,7 @@ def test_a_profile_gives_its_parts_in_order_and_a_record_without_one_gives_none(
     rows = robustness.profile_rows(tmp_path)
     assert [row["file"] for row in rows] == ["s/bench-cpu-contention.json"]
     row = rows[0]
-    assert row["machine"] == "Intel(R) Xeon(R) Processor, AVX-512 (2 threads)"
+    assert row["machine"] == machine_label(row["record"]) and row["profile"]["parts"] == PARTS
     assert list(row["table"].index) == list(PARTS)
     assert row["table"]["ms / step"].tolist() == pytest.approx(list(PARTS.values()))
     assert row["table"]["share of the step, %"].sum() == pytest.approx(100)
