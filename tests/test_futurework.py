@@ -10,6 +10,7 @@ from hdr_lib.measure import futurework as fw
 from hdr_lib.config import PAPER, TrainConfig
 from hdr_lib.validation import ConfigError
 from hdr_lib.measure.replicate import record_name
+from hdr_lib.measure.records import RecordError
 
 from conftest import REPO
 
@@ -142,3 +143,38 @@ def test_ddp_sessions_are_kept_apart_and_the_verdict_compares_within_one(tmp_pat
     two, one = fw.ddp_compared(tmp_path)  # the session that ran both, not the loaded one
     assert two["session"] == one["session"] == "quiet"
     assert two["seconds_per_epoch"]["mean"] / one["seconds_per_epoch"]["mean"] == pytest.approx(1.5)
+
+
+def test_a_cpu_with_a_bfloat16_unit_is_compared_apart_path_by_path_and_seed_for_seed(tmp_path):
+    amx = {"avx2": True, "avx512f": True, "avx512_bf16": True, "amx_bf16": True}
+    f32 = _record(0, 99.05, 0.8)
+    f32["execution"]["cpu_step"] = "native"
+    b16 = [_record(s, a, 2.8, amp="bf16") for s, a in ((0, 99.17), (1, 99.02))]
+    for r in b16:
+        r["execution"]["cpu_step"] = "forward"
+    ref32 = _record(0, 99.03, 5.0, path="reference")
+    ref16 = [_record(s, a, t, amp="bf16", path="reference") for s, a, t in ((0, 99.12, 5.2), (1, 99.14, 4.6))]
+    for r in [f32, *b16, ref32, *ref16]:
+        r["environment"]["cpu_flags"] = amx
+    epyc = [_record(0, 99.1, 6.0), _record(0, 99.1, 29.0, amp="bf16")]  # no bfloat16 unit recorded: never here
+    _write(tmp_path, [f32, *b16, ref32, *ref16, *epyc])
+
+    rows = {(r["path"], r["amp"]): r for r in fw.matrix_unit_rows(tmp_path)}
+    assert {r["machine"] for r in fw.matrix_unit_rows(tmp_path)} == {"AMD EPYC, AVX-512 (2 threads)"}
+    assert rows[("fast", "bf16")]["seeds"] == [0, 1] and rows[("fast", "off")]["seeds"] == [0]
+    assert rows[("fast", "bf16")]["units"] == ["amx_bf16", "avx512_bf16"]
+    assert rows[("fast", "bf16")]["seconds"]["mean"] == pytest.approx(56.0)  # 20 epochs of 2.8 s
+    compared = {c["path"]: c for c in fw.matrix_unit_comparison(tmp_path)}
+    fast, ref = compared["fast"], compared["reference"]
+    assert fast["time_ratio"] == pytest.approx(3.5) and fast["time"] == "slower"
+    assert fast["accuracy_difference"]["n"] == 1 and fast["accuracy_difference"]["mean"] == pytest.approx(0.12)
+    assert fast["steps"] == {"off": ["native"], "bf16": ["forward"]}
+    assert ref["time_ratio"] == pytest.approx(0.98) and ref["time"] == "same"  # inside the runs' own spread
+    assert ref["steps"] == {"off": ["reference"], "bf16": ["reference"]}
+    assert fw.matrix_unit_rows(tmp_path / "none") == [] and fw.matrix_unit_comparison(tmp_path / "none") == []
+
+
+def test_the_amp_ab_record_is_checked_as_every_record_is(tmp_path):
+    (tmp_path / "ab-amp-cpu.json").write_text('{"schema": "hdr-run/2", "kind": "ab-amp"}')
+    with pytest.raises(RecordError, match="ab-amp-cpu.json: field"):
+        fw.amp_ab(tmp_path)

@@ -217,14 +217,15 @@ def bench_bars(rows: list[dict], unit: str = "seconds per epoch") -> go.Figure:
     return _layout(fig, "Fast path (data on device, fused SGD, CUDA graph) vs plain PyTorch loop", barmode="group")
 
 
-def step_time_split(profile: dict, top_ops: int = 4) -> go.Figure:
+def step_time_split(profile: dict, top_ops: int = 4, title: str | None = None) -> go.Figure:
     """One training step's wall time split by kind of operator (`hdr_lib.measure.profiling.step_profile`), largest first;
-    hovering a bar lists the operators behind it."""
-    kinds = list(profile["kinds"].items())[::-1]  # plotly draws the first bar at the bottom
-    hover = []
-    for kind, _ in kinds:
-        ops = sorted(profile["ops"].get(kind, {}).items(), key=lambda item: item[1], reverse=True)[:top_ops]
-        hover.append("<br>".join(f"{name}: {ms:.3f} ms" for name, ms in ops) or "time no operator accounts for")
+    hovering a bar lists the operators behind it. A bench record's `profile` (its `parts`, no operators) is split by
+    part in its order, titled `title`."""
+    kinds = list((profile.get("kinds") or profile["parts"]).items())[::-1]  # plotly draws the first bar at the bottom
+    none = "time no operator accounts for" if "ops" in profile else ""  # a bench profile's parts name no operators
+    top = {kind: sorted(profile.get("ops", {}).get(kind, {}).items(), key=lambda item: item[1], reverse=True)[:top_ops]
+           for kind, _ in kinds}
+    hover = ["<br>".join(f"{name}: {ms:.3f} ms" for name, ms in top[kind]) or none for kind, _ in kinds]
     total = profile["ms_per_step"]
     fig = go.Figure(go.Bar(x=[ms for _, ms in kinds], y=[kind for kind, _ in kinds], orientation="h",
                            marker_color=DEVICE_COLOURS["cpu"], customdata=hover,
@@ -232,7 +233,7 @@ def step_time_split(profile: dict, top_ops: int = 4) -> go.Figure:
                            hovertemplate="%{y}: %{x:.3f} ms per step<br>%{customdata}<extra></extra>"))
     fig.update_xaxes(title=f"ms per step (mean of {profile['steps']} profiled steps)")
     fig.update_yaxes(automargin=True)  # room for the kinds' names, however long
-    return _layout(fig, f"Where a training step's {total:.2f} ms go ({profile['path']} path, "
+    return _layout(fig, title or f"Where a training step's {total:.2f} ms go ({profile['path']} path, "
                         f"{profile['device'].upper()}, under the profiler)", height=140 + 36 * len(kinds))
 
 

@@ -3,14 +3,13 @@ as rows and summaries of the records in results/; nothing typed in by hand. The 
 
 from __future__ import annotations
 
-import json
-
 from hdr_lib.measure import stats
 from hdr_lib.measure.flops import training_flops
 from hdr_lib.model import ResNet, LeNet5, count_parameters
 from hdr_lib.measure import queries
 from hdr_lib.measure import evidence
 from hdr_lib.measure.evidence import is_default_way, processor, session as session_of
+from hdr_lib.measure.records import read_record
 
 
 
@@ -112,9 +111,71 @@ def bf16_environment(results_dir=None) -> dict | None:
 
 
 def amp_ab(results_dir=None) -> dict | None:
-    """The A/B record of scripts/ab_amp_cpu.py (float32 against bfloat16, one step at a time), if there is one."""
+    """The A/B record of scripts/ab_amp_cpu.py (float32 against bfloat16, one step at a time), if there is one
+    (results/ab-amp-cpu.json, checked as every record is)."""
     path = queries.results_folder(results_dir) / "ab-amp-cpu.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_record(path) if path.is_file() else None
+
+
+# --- mixed precision on a CPU that computes in bfloat16 ------------------------------------------------------------
+
+BF16_UNITS = ("amx_bf16", "avx512_bf16")  # `environment.cpu_flags` of instructions that compute in bfloat16
+
+
+def bf16_units(record: dict) -> list[str]:
+    """The bfloat16 units (BF16_UNITS) of the record's CPU; [] where it has none or its flags are not recorded."""
+    flags = record["environment"].get("cpu_flags") or {}
+    return [name for name in BF16_UNITS if flags.get(name)]
+
+
+def matrix_unit_rows(results_dir=None) -> list[dict]:
+    """float32 against bfloat16 on each CPU machine with a bfloat16 unit (`bf16_units`) that ran bfloat16: complete
+    runs of the paper's configuration but `amp` (one process, the default way), one row per machine, path and
+    precision, a row with no runs included. Machines (`evidence.machine`) are never pooled; a machine's sessions are.
+    `seconds` are every run's 20-epoch training times, `accuracy` one test accuracy per seed."""
+    runs = [r for r in evidence.load(results_dir).table["record"]
+            if any(evidence.is_future_work_base(r, "cpu", path) for path in evidence.PATHS) and bf16_units(r)]
+    rows = []
+    for name in sorted({evidence.machine(r) for r in runs if r["config"]["amp"] == "bf16"}):
+        for path in evidence.PATHS:
+            for mode in ("off", "bf16"):
+                group = [r for r in runs if evidence.machine(r) == name and r["config"]["path"] == path
+                         and r["config"]["amp"] == mode]
+                rows.append({"machine": name, "path": path, "amp": mode, "runs": group,
+                             "units": bf16_units(group[0]) if group else [],
+                             "seeds": sorted({r["config"]["seed"] for r in group}),
+                             "seconds": stats.summarize([r["total_train_seconds"] for r in group]),
+                             "accuracy": stats.summarize([r["test_accuracy"] for r in evidence.one_per_seed(group)]),
+                             # the fast path's step (`execution.cpu_step`); the reference path has one way
+                             "steps": sorted({(queries.step_key(r, "cpu") if path == "fast" else None) or path
+                                              for r in group})})
+    return rows
+
+
+def matrix_unit_comparison(results_dir=None) -> list[dict]:
+    """Per machine and path of `matrix_unit_rows` with runs in both precisions: bfloat16's mean 20-epoch time over
+    float32's (`time_ratio`); `time_spread`, the larger relative range (max - min) / mean of the two precisions'
+    times, and `time`, "slower" or "faster" where the ratio lies further from 1 than that spread, else "same";
+    the test accuracy's difference, bfloat16 minus float32 seed for seed, in points; and the steps each precision
+    ran (the fast path's `queries.step_key`; "reference" for the reference path): where they differ, part of the
+    gap is the code, not the precision."""
+    by = {(r["machine"], r["path"], r["amp"]): r for r in matrix_unit_rows(results_dir)}
+    out = []
+    for (name, path, mode), b16 in by.items():
+        f32 = by[(name, path, "off")]
+        if mode != "bf16" or not (b16["runs"] and f32["runs"]):
+            continue
+        ratio = b16["seconds"]["mean"] / f32["seconds"]["mean"]
+        acc32, acc16 = ({r["config"]["seed"]: r["test_accuracy"] for r in evidence.one_per_seed(row["runs"])}
+                        for row in (f32, b16))
+        spread = max((s["max"] - s["min"]) / s["mean"] for s in (f32["seconds"], b16["seconds"]))
+        out.append({"machine": name, "path": path, "units": b16["units"], "time_ratio": ratio, "time_spread": spread,
+                    "time": "same" if abs(ratio - 1) <= spread else ("slower" if ratio > 1 else "faster"),
+                    "accuracy_difference": stats.summarize([acc16[seed] - acc32[seed] for seed in acc16
+                                                            if seed in acc32]),
+                    "seeds": {"off": f32["seeds"], "bf16": b16["seeds"]},
+                    "steps": {"off": f32["steps"], "bf16": b16["steps"]}})
+    return out
 
 
 # --- data parallelism ----------------------------------------------------------------------------------------------

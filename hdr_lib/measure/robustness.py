@@ -1,0 +1,83 @@
+"""Chapter 09's robustness benchmark (issue 32) as tables: each way's epoch quiet and with one core busy, under the
+CPU's full instruction set and under AVX2 limits, and the fast step's time per part where a bench record profiled
+it. Rows and tables from the records (read and checked by hdr_lib.measure.evidence); the chapter words them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from hdr_lib.measure import evidence
+from hdr_lib.measure.machine import machine_label
+from hdr_lib.measure.records import RecordError, is_finite
+
+# The records of the robustness benchmark, by the CPU limits they ran under, found anywhere under the results
+# folder (a timing session keeps its records in a folder of its own).
+ROBUSTNESS_RECORDS = {"bench-cpu-contention.json": "this CPU's full instruction set",
+                      "bench-cpu-avx2.json": "AVX2 limits (ATEN_CPU_CAPABILITY=avx2, oneDNN and MKL likewise)"}
+BUSY = " busy"  # a way's contended rounds are recorded as "<way> busy"
+
+
+def _bench_records(results_dir=None) -> list[dict]:
+    """Every bench record under the results folder, in path order (each read and checked once)."""
+    ev = evidence.load(results_dir)
+    return sorted((r for r in ev.records if r["kind"] == "bench"), key=lambda r: r["_path"])
+
+
+def _shown(record: dict, results_dir=None) -> str:
+    """The record's file, relative to the results folder."""
+    return str(Path(record["_path"]).relative_to(evidence.load(results_dir).folder))
+
+
+def robustness_tables(results_dir=None) -> list[dict]:
+    """One entry per robustness record (`ROBUSTNESS_RECORDS`, by name, each file in path order): its `record`,
+    `file` (relative to the results folder), `limits`, `machine` (`machine_label`), `matmul_gflops` (the same
+    run's torch.mm rate), the fast path's `step` and `isa`, and `table`: per way, the median seconds per epoch quiet,
+    its share of torch.mm's rate (%), the median with one core busy and busy over quiet (NaN where the record has
+    no busy rounds). [] where no such record exists."""
+    benches = _bench_records(results_dir)
+    out = []
+    for name, limits in ROBUSTNESS_RECORDS.items():
+        for record in (r for r in benches if Path(r["_path"]).name == name):
+            summary, shares = record["summary"], record["ceiling"]["fraction_of_matmul"]
+            rows = []
+            for way in (w for w in summary if not w.endswith(BUSY)):
+                quiet = summary[way]["seconds_per_epoch_median"]
+                busy = (summary.get(way + BUSY) or {}).get("seconds_per_epoch_median")
+                rows.append({"way": way, "quiet: s / epoch": quiet, "% of torch.mm": 100 * shares[way],
+                             "one core busy: s / epoch": busy, "busy / quiet": busy / quiet if busy else None})
+            fast = record["runs"]["fast"][0]["execution"] if record["runs"].get("fast") else {}
+            out.append({"record": record, "file": _shown(record, results_dir), "limits": limits,
+                        "machine": machine_label(record), "matmul_gflops": record["ceiling"]["matmul"]["gflops"],
+                        "step": fast.get("cpu_step"), "isa": fast.get("isa"),
+                        "table": pd.DataFrame(rows).set_index("way").astype(float)})
+    return out
+
+
+def slowdowns(table: pd.DataFrame) -> pd.Series:
+    """Busy over quiet per way of a `robustness_tables` table, least slowed first; empty without busy rounds."""
+    return table["busy / quiet"].dropna().sort_values()
+
+
+def profile_rows(results_dir=None) -> list[dict]:
+    """One entry per bench record that carries a `profile` (the fast step's time per part): its `record`, `file`,
+    `machine`, the `profile` itself and `table`, one row per part in the record's order with its ms per step and
+    its share of the step (%). A record without `profile` gives none. A profile whose parts are not finite
+    milliseconds is a RecordError naming the file."""
+    out = []
+    for record in _bench_records(results_dir):
+        profile = record.get("profile")
+        if profile is None:
+            continue
+        parts = profile.get("parts") if isinstance(profile, dict) else None
+        total = profile.get("ms_per_step") if isinstance(profile, dict) else None
+        if not (isinstance(parts, dict) and parts and all(is_finite(v) and v >= 0 for v in parts.values())
+                and is_finite(total) and total > 0):
+            raise RecordError(f"run record {record['_path']}: field profile: needs parts (name: ms per step, each "
+                              "finite and >= 0) and ms_per_step (> 0)")
+        table = pd.DataFrame({"ms / step": pd.Series(parts, dtype=float)}).rename_axis("part")
+        table["share of the step, %"] = 100 * table["ms / step"] / total
+        out.append({"record": record, "file": _shown(record, results_dir), "machine": machine_label(record),
+                    "profile": profile, "table": table})
+    return out
