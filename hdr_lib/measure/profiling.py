@@ -6,18 +6,16 @@ import os
 import re
 from collections import defaultdict
 
-from hdr_lib.fast import torch_cpu
+from hdr_lib.fast import native, torch_cpu
 from hdr_lib.config import TrainConfig
 from hdr_lib.train import TRAIN_STEPS_LABEL, train
 
 # Operator names (as the profiler reports them, lower-cased) -> what they do in LeNet-5's step: each key is a regular
 # expression searched for in the name, and the first kind with a match wins.
 KINDS = (
-    # The fast path on the CPU builds conv1's corner kernels from its weight by padding and stacking (fastcpu); its
-    # native step computes each convolution with its ReLU and pooling in one loop (hdr_lenet5::conv1_pool_*,
-    # hdr_lenet5::conv2_pool_*), which counts as convolution: nearly all of its arithmetic is the convolution's.
-    ("convolutions (forward and backward)", ("convolution", "constant_pad_nd", "aten::cat", "aten::repeat",
-                                             r"conv\d_pool")),
+    # The fast path on the CPU builds conv1's corner kernels from its weight by padding and stacking (fastcpu). (Its
+    # native step is one operator: step_profile splits it by its own clocks, NATIVE_PART_KINDS.)
+    ("convolutions (forward and backward)", ("convolution", "constant_pad_nd", "aten::cat", "aten::repeat")),
     ("max pooling (forward and backward)", ("max_pool",)),
     ("ReLU (forward and backward)", ("relu", "clamp_min", "threshold")),
     ("fully connected layers", ("addmm", "aten::mm", "aten::t$", "linear")),  # aten::t, not aten::to
@@ -42,17 +40,27 @@ SPAN_FALLBACK_KINDS = (
     (torch_cpu.SPANS["conv2"], "convolutions (forward and backward)"),
     (torch_cpu.SPANS["fc"], "fully connected layers"),
     (torch_cpu.SPANS["loss"], "loss (softmax, cross-entropy)"),
-    # The native step's operators and spans (hdr_lib.fast.native): the allocations and sums inside them.
-    ("hdr_lenet5::conv1_pool", "convolutions (forward and backward)"),
-    ("hdr_lenet5::conv2_pool", "convolutions (forward and backward)"),
-    ("hdr_lenet5::fully_connected", "fully connected layers"),
-    ("hdr_lenet5::cross_entropy", "loss (softmax, cross-entropy)"),
 )
 UNSORTED = "other operators"
 # Spans that only mark: their own time is the Python between their operators, so it stays with OUTSIDE.
 # The native operator's own time is its C++ between the operators it calls.
 MARKS = {TRAIN_STEPS_LABEL, *torch_cpu.SPANS.values(), "hdr_lenet5::loss_and_gradients", "hdr_lenet5::gradients_into",
-         "hdr_lenet5::fully_connected"}
+         "hdr_lenet5::chunks", "hdr_lenet5_avx2::gradients_into", "hdr_lenet5_avx2::loss_and_gradients"}
+
+
+# The native step's parts (hdr_lib.fast.native.PART_NAMES), by kind.
+NATIVE_PART_KINDS = {"images into lanes": "loading the batch", "conv1 forward": "convolutions (forward and backward)",
+                     "conv2 forward": "convolutions (forward and backward)",
+                     "fully connected forward": "fully connected layers", "loss": "loss (softmax, cross-entropy)",
+                     "fully connected backward": "fully connected layers",
+                     "conv2 backward": "convolutions (forward and backward)",
+                     "conv1 backward": "convolutions (forward and backward)",
+                     "sums over lanes and chunks": UNSORTED}
+
+
+def _native_clocks():
+    """The loaded native build's operators (with its part clocks), or None."""
+    return native.ops() if native.loaded_isa() else None
 
 
 def kind_of(op: str) -> str:
@@ -76,6 +84,9 @@ def step_profile(config: TrainConfig, data, steps: int = 60) -> dict:
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     config = config.replace(epochs=1).validate()
     train(config, data=data, progress=False, max_steps=min(10, steps))  # warm-up: allocator, kernel choices
+    clocks = _native_clocks()
+    if clocks is not None:
+        clocks.part_seconds(True)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         record = train(config, data=data, progress=False, max_steps=steps)
     events = prof.events()
@@ -102,6 +113,13 @@ def step_profile(config: TrainConfig, data, steps: int = 60) -> dict:
         if kind == UNSORTED:
             kind = span_kind(t, filling) or UNSORTED
         ops[kind][e.name] += e.self_cpu_time_total / 1e3 / steps
+    # The native step is one operator: its parts come from its own clocks (thread time over the threads the steps
+    # used), by what they compute.
+    if clocks is not None and record["execution"].get("cpu_step") == "native":
+        used = record["execution"].get("thread_steps_per_epoch", [{}])[0]
+        threads = sum(int(t) * n for t, n in used.items()) / max(sum(used.values()), 1) or 1
+        for part, seconds in zip(native.PART_NAMES, clocks.part_seconds(True).tolist()):
+            ops[NATIVE_PART_KINDS[part]][f"hdr_lenet5: {part}"] += seconds * 1e3 / threads / steps
     step_ms = record["epochs"][0]["train_seconds"] * 1e3 / steps
     kinds = {kind: sum(by_op.values()) for kind, by_op in ops.items()}
     kinds[OUTSIDE] = max(step_ms - sum(kinds.values()), 0.0)
