@@ -57,7 +57,8 @@ CAPABILITY_LIMIT = {"avx512": "avx512", "avx2": "avx2", "default": None}
 
 # The parts of the step that the operator clocks (torch.ops.<ns>.part_seconds), in its order (enum Part).
 PART_NAMES = ("images into lanes", "conv1 forward", "conv2 forward", "fully connected forward", "loss",
-              "fully connected backward", "conv2 backward", "conv1 backward", "sums over lanes and chunks")
+              "fully connected backward", "conv2 backward", "conv1 backward", "sums over lanes and chunks",
+              "update (fused SGD)")
 _state: dict = {}  # "ok": bool, "reason": str | None, "isa": str; filled by the first load()
 _namespaces: dict = {}  # operator namespace -> the library file that registered it
 _loaded: dict = {}  # library file -> None (loaded) or the reason it could not be (load_isa)
@@ -257,20 +258,39 @@ class TrainStep:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """One step on images x and labels y, or on their rows `idx` (gathered inside the operator, no copy)."""
+        buffers = self._buffers()
+        if buffers is not None:  # gradients and update in one call (the operator runs torch._fused_sgd_)
+            group = self.optimizer.param_groups[0]
+            loss = self.ops.train_step(x, y, idx, self.weights, self.grads, buffers, float(group["lr"]),
+                                       float(group["momentum"]))
+            self._attach()
+            return loss
         loss = self.ops.gradients_into(x, y, idx, self.weights, self.grads)
-        for p, g in zip(self.params, self.grads):
-            if p.grad is not g:  # the first step, or after something set the gradients to None
-                p.grad = g
+        self._attach()
         self._update()
         return loss
 
-    def _update(self) -> None:
+    def _attach(self) -> None:
+        for p, g in zip(self.params, self.grads):
+            if p.grad is not g:  # the first step, or after something set the gradients to None
+                p.grad = g
+
+    def _buffers(self) -> list[torch.Tensor] | None:
+        """The optimiser's momentum buffers, where the update may bypass optimizer.step() (`direct`, no hooks, after
+        the first step); read each step: load_state_dict replaces them."""
+        if not self.direct or _has_step_hooks(self.optimizer):
+            return None
         state = self.optimizer.state
-        if not self.direct or _has_step_hooks(self.optimizer) or "momentum_buffer" not in state[self.params[0]]:
+        if "momentum_buffer" not in state[self.params[0]]:
+            return None
+        return [state[p]["momentum_buffer"] for p in self.params]
+
+    def _update(self) -> None:
+        buffers = self._buffers()
+        if buffers is None:
             self.optimizer.step()
             return
         group = self.optimizer.param_groups[0]
-        buffers = [state[p]["momentum_buffer"] for p in self.params]  # read each step: load_state_dict replaces them
         torch._fused_sgd_(self.weights, self.grads, buffers, weight_decay=0.0, momentum=group["momentum"],
                           lr=group["lr"], dampening=0.0, nesterov=False, maximize=False, is_first_step=False)
 

@@ -55,7 +55,8 @@ NATIVE_PART_KINDS = {"images into lanes": "loading the batch", "conv1 forward": 
                      "fully connected backward": "fully connected layers",
                      "conv2 backward": "convolutions (forward and backward)",
                      "conv1 backward": "convolutions (forward and backward)",
-                     "sums over lanes and chunks": UNSORTED}
+                     "sums over lanes and chunks": UNSORTED,
+                     "update (fused SGD)": "optimiser (fused SGD, zeroing gradients)"}
 
 
 def _native_clocks():
@@ -132,8 +133,8 @@ def native_step_profile(x_all, y_all, *, batch_size: int = 64, steps: int = 300,
     """Where the native CPU step's time goes, part by part (`hdr_lib.fast.native.PART_NAMES`): `steps` steps of
     `native.TrainStep` on random batches of x_all/y_all (after 20 not counted), with the thread count the process
     has. The operator clocks each part in each thread (`part_seconds`); a part's milliseconds per step are its
-    thread time over the thread count. Beside them: the time inside the operator not in any part (threads waiting
-    for the slowest, the call itself), the fused SGD update, and the rest of a step (Python, the loop). The parts
+    thread time over the thread count (the fused SGD update is one of them). Beside them: the time of the step's call
+    not in any part (threads waiting for the slowest, the call itself) and the rest of a step (the loop). The parts
     add up to `ms_per_step`, the steps' wall time. None where the native step does not run here."""
     import time
 
@@ -151,26 +152,20 @@ def native_step_profile(x_all, y_all, *, batch_size: int = 64, steps: int = 300,
     x_all, y_all = x_all.contiguous(), y_all.long().contiguous()
     batches = [torch.randint(0, x_all.shape[0], (batch_size,)) for _ in range(steps + 20)]
     threads = torch.get_num_threads()
-    operator = update = 0.0
+    operator, start = 0.0, time.perf_counter()
     for i, idx in enumerate(batches):
         if i == 20:
             step.ops.part_seconds(True)
-            operator = update = 0.0
+            operator = 0.0
             start = time.perf_counter()
         t0 = time.perf_counter()
-        step.ops.gradients_into(x_all, y_all, idx, step.weights, step.grads)
-        t1 = time.perf_counter()
-        for p, g in zip(step.params, step.grads):
-            p.grad = g
-        step._update()
-        t2 = time.perf_counter()
-        operator, update = operator + t1 - t0, update + t2 - t1
+        step(x_all, y_all, idx)
+        operator += time.perf_counter() - t0
     wall = time.perf_counter() - start
     parts = dict(zip(native.PART_NAMES, (s * 1e3 / threads / steps for s in step.ops.part_seconds(True).tolist())))
-    ms = {"operator": operator * 1e3 / steps, "update": update * 1e3 / steps, "step": wall * 1e3 / steps}
-    parts["waiting and calling (inside the operator)"] = max(ms["operator"] - sum(parts.values()), 0.0)
-    parts["update (fused SGD)"] = ms["update"]
-    parts["the loop (Python)"] = max(ms["step"] - ms["operator"] - ms["update"], 0.0)
+    ms = {"operator": operator * 1e3 / steps, "step": wall * 1e3 / steps}
+    parts["waiting and calling (the step's call)"] = max(ms["operator"] - sum(parts.values()), 0.0)
+    parts["the loop (Python)"] = max(ms["step"] - ms["operator"], 0.0)
     return {"path": "fast", "step": "native", "isa": native.loaded_isa(), "threads": threads, "steps": steps,
             "batch_size": batch_size, "ms_per_step": sum(parts.values()), "parts": parts,
             "how": "thread time per part (the operator's own clocks) over the thread count; the rest timed around "

@@ -491,7 +491,7 @@ inline void dense_weight_gradient(const float* g, const float* rows, float* dw, 
 // Thread-time per part of the step, in nanoseconds since the last part_seconds(true): a profile that costs two
 // clock reads per part and chunk. The parts, in the order of PART_NAMES in hdr_lib/fast/native.py.
 enum Part { kToLanes, kConv1Forward, kConv2Forward, kFcForward, kLoss, kFcBackward, kConv2Backward, kConv1Backward,
-            kSums, kParts };
+            kSums, kUpdate, kParts };
 std::atomic<int64_t> part_nanoseconds[kParts];
 
 struct PartClock {
@@ -637,13 +637,29 @@ void chunk_step(const Chunk& c, const float* xp, const int64_t* yp, const int64_
   clock.lap(kSums);
 }
 
+// Each parameter's gradient in a chunk's conv or fc gradients: offset, rows, row length there and in the parameter.
+struct Piece { bool fc; int64_t from, rows, stride, length; };
+constexpr Piece kPieces[10] = {{false, kGradW1, 1, 0, kGradB1 - kGradW1}, {false, kGradB1, 1, 0, kCh1},
+                               {false, kGradW2, 1, 0, kGradB2 - kGradW2}, {false, kGradB2, 1, 0, kCh2},
+                               {true, kFcW1, kF1, kRow0, kF0}, {true, kFcB1, 1, 0, kF1},
+                               {true, kFcW2, kF2, kRow1, kF1}, {true, kFcB2, 1, 0, kF2},
+                               {true, kFcW3, kF3, kRow2, kF2}, {true, kFcB3, 1, 0, kF3}};
+// The parameters in two groups of about the same size (fc1's weight cut at a row), whose gradients are summed over
+// the chunks, and updated, in parallel: (parameter, first row, rows).
+struct Rows { int64_t param, first, rows; };
+constexpr int64_t kSplit = 76;  // fc1's weight rows in the first group
+constexpr Rows kGroups[2][6] = {{{0, 0, 1}, {1, 0, 1}, {2, 0, 1}, {3, 0, 1}, {4, 0, kSplit}, {5, 0, 1}},
+                                {{4, kSplit, kF1 - kSplit}, {6, 0, kF2}, {7, 0, 1}, {8, 0, kF3}, {9, 0, 1}, {-1, 0, 0}}};
+
 // The loss of the paper's LeNet-5 on B images with their labels, and the gradients of its ten parameters, written
 // to `grads` (in the order of model.parameters(): conv1 weight, bias, conv2, fc1, fc2, fc3; contiguous float32).
 // The images are rows idx[0 .. B-1] of xp (and their labels of yp), or its first B rows where idx is null. The
-// chunks of 16 images run in parallel, each through the whole step; then their gradients and losses are summed
-// in order, so the result is the same whatever the number of threads.
+// chunks of 16 images run in parallel, each through the whole step; then their gradients are summed in order (in
+// parallel over the parameters), so the result is the same whatever the number of threads. Where `update` is
+// given, each group of parameters is then updated by it, in the same parallel region.
+template <typename Update>
 float step(const float* xp, const int64_t* yp, const int64_t* idx, int64_t batch, const at::Tensor (&weights)[10],
-           float* const (&grads)[10]) {
+           float* const (&grads)[10], const Update& update) {
   at::NoGradGuard no_grad;
   RECORD_FUNCTION("hdr_lenet5::chunks", std::vector<c10::IValue>());  // a span for the profiler
   const int64_t chunks = chunks_of(batch);
@@ -655,36 +671,37 @@ float step(const float* xp, const int64_t* yp, const int64_t* idx, int64_t batch
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) chunk_step(chunk_at(space, k), xp, yp, idx, k, batch, p);
   });
-  // The chunks' sums, in order.
-  PartClock clock;
+  at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t group = begin; group < end; ++group) {
+      PartClock clock;
+      for (const Rows& part : kGroups[group]) {
+        if (part.param < 0) continue;
+        const Piece& piece = kPieces[part.param];
+        for (int64_t r = part.first; r < part.first + part.rows; ++r) {
+          float* to = grads[part.param] + r * piece.length;
+          for (int64_t k = 0; k < chunks; ++k) {
+            const Chunk c = chunk_at(space, k);
+            const float* from = (piece.fc ? c.fc : c.grads) + piece.from + r * piece.stride;
+            if (k == 0) {
+              std::memcpy(to, from, piece.length * sizeof(float));
+            } else {
+              for (int64_t e = 0; e < piece.length; ++e) to[e] += from[e];
+            }
+          }
+        }
+      }
+      clock.lap(kSums);
+      update(kGroups[group]);
+      clock.lap(kUpdate);
+    }
+  });
   float loss = 0.f;
   for (int64_t k = 0; k < chunks; ++k)
     for (int64_t n = 0; n < kL; ++n) loss += chunk_at(space, k).losses[n];
-  // Each parameter's gradient in a chunk's conv or fc gradients: offset, rows, row length there and in the parameter.
-  struct Piece { bool fc; int64_t from, rows, stride, length; };
-  static constexpr Piece pieces[10] = {{false, kGradW1, 1, 0, kGradB1 - kGradW1}, {false, kGradB1, 1, 0, kCh1},
-                                       {false, kGradW2, 1, 0, kGradB2 - kGradW2}, {false, kGradB2, 1, 0, kCh2},
-                                       {true, kFcW1, kF1, kRow0, kF0}, {true, kFcB1, 1, 0, kF1},
-                                       {true, kFcW2, kF2, kRow1, kF1}, {true, kFcB2, 1, 0, kF2},
-                                       {true, kFcW3, kF3, kRow2, kF2}, {true, kFcB3, 1, 0, kF3}};
-  for (int64_t i = 0; i < 10; ++i) {
-    const Piece& piece = pieces[i];
-    for (int64_t r = 0; r < piece.rows; ++r) {
-      float* to = grads[i] + r * piece.length;
-      for (int64_t k = 0; k < chunks; ++k) {
-        const Chunk c = chunk_at(space, k);
-        const float* from = (piece.fc ? c.fc : c.grads) + piece.from + r * piece.stride;
-        if (k == 0) {
-          std::memcpy(to, from, piece.length * sizeof(float));
-        } else {
-          for (int64_t e = 0; e < piece.length; ++e) to[e] += from[e];
-        }
-      }
-    }
-  }
-  clock.lap(kSums);
   return loss / static_cast<float>(batch);
 }
+
+inline void no_update(const Rows (&)[6]) {}
 
 // The parameters, checked, contiguous.
 void check_weights(at::TensorList given, at::Tensor (&weights)[10]) {
@@ -731,28 +748,25 @@ std::vector<at::Tensor> loss_and_gradients(const at::Tensor& x, const at::Tensor
   std::vector<at::Tensor> out(11);
   float* grads[10];
   for (int64_t i = 0; i < 10; ++i) grads[i] = (out[i + 1] = at::empty(weights[i].sizes(), x.options())).data_ptr<float>();
-  const float loss = step(x.data_ptr<float>(), y.data_ptr<int64_t>(), nullptr, x.size(0), weights, grads);
+  const float loss = step(x.data_ptr<float>(), y.data_ptr<int64_t>(), nullptr, x.size(0), weights, grads, no_update);
   out[0] = at::full({}, loss, x.options());
   return out;
 }
 
-// The same, written into the parameters' gradient tensors `grads` (in place; what the optimiser reads), given the
-// parameters as `weights`, both in the order of model.parameters(), for the images idx of x (and their labels in y);
-// returns the loss. The batch is gathered inside the step: no copy of it is made.
-at::Tensor gradients_into(const at::Tensor& x, const at::Tensor& y, const c10::optional<at::Tensor>& idx,
-                          at::TensorList given, at::TensorList grads) {
+// The images picked (rows idx of x, or all of x) and the gradients' pointers, checked.
+int64_t picked_batch(const at::Tensor& x, const at::Tensor& y, const c10::optional<at::Tensor>& idx,
+                     at::TensorList given, at::TensorList grads, at::Tensor (&weights)[10], float* (&out)[10],
+                     const int64_t*& picked) {
   check_images(x, y);
-  at::Tensor weights[10];
   check_weights(given, weights);
   TORCH_CHECK(grads.size() == 10, "hdr_lenet5: LeNet-5 has 10 parameter tensors");
-  float* out[10];
   for (int64_t i = 0; i < 10; ++i) {
     TORCH_CHECK(grads[i].sizes() == weights[i].sizes() && grads[i].is_contiguous() &&
                     grads[i].scalar_type() == at::kFloat,
                 "hdr_lenet5: gradient ", i, " must be a contiguous float32 tensor of its parameter's shape");
     out[i] = grads[i].data_ptr<float>();
   }
-  const int64_t* picked = nullptr;
+  picked = nullptr;
   int64_t batch = x.size(0);
   if (idx.has_value()) {
     TORCH_CHECK(idx->dim() == 1 && idx->scalar_type() == at::kLong && idx->is_contiguous(),
@@ -764,7 +778,54 @@ at::Tensor gradients_into(const at::Tensor& x, const at::Tensor& y, const c10::o
   }
   TORCH_CHECK(batch > 0, "hdr_lenet5: the batch is empty");
   check_labels(y, picked, batch);
-  return at::full({}, step(x.data_ptr<float>(), y.data_ptr<int64_t>(), picked, batch, weights, out), x.options());
+  return batch;
+}
+
+// The same, written into the parameters' gradient tensors `grads` (in place; what the optimiser reads), given the
+// parameters as `weights`, both in the order of model.parameters(), for the images idx of x (and their labels in y);
+// returns the loss. The batch is gathered inside the step: no copy of it is made.
+at::Tensor gradients_into(const at::Tensor& x, const at::Tensor& y, const c10::optional<at::Tensor>& idx,
+                          at::TensorList given, at::TensorList grads) {
+  at::Tensor weights[10];
+  float* out[10];
+  const int64_t* picked;
+  const int64_t batch = picked_batch(x, y, idx, given, grads, weights, out, picked);
+  return at::full({}, step(x.data_ptr<float>(), y.data_ptr<int64_t>(), picked, batch, weights, out, no_update),
+                  x.options());
+}
+
+// gradients_into, then SGD with momentum (no dampening, weight decay or Nesterov) on the parameters `params` (the
+// tensors the optimiser holds, updated in place) with their momentum buffers: by torch._fused_sgd_, the kernel
+// that torch.optim.SGD(fused=True).step() calls after its first step, so the same arithmetic and the same state, run
+// on each group of parameters in the threads that summed their gradients (the kernel's own parallel loop would be a
+// region per tensor). Returns the loss.
+at::Tensor train_step(const at::Tensor& x, const at::Tensor& y, const c10::optional<at::Tensor>& idx,
+                      at::TensorList params, at::TensorList grads, at::TensorList buffers, double lr,
+                      double momentum) {
+  at::Tensor weights[10];
+  float* out[10];
+  const int64_t* picked;
+  const int64_t batch = picked_batch(x, y, idx, params, grads, weights, out, picked);
+  TORCH_CHECK(buffers.size() == 10, "hdr_lenet5: one momentum buffer per parameter");
+  for (int64_t i = 0; i < 10; ++i)
+    TORCH_CHECK(params[i].is_contiguous() && buffers[i].sizes() == params[i].sizes() &&
+                    buffers[i].is_contiguous() && buffers[i].scalar_type() == at::kFloat,
+                "hdr_lenet5: parameter ", i, " and its momentum buffer must be contiguous float32 of one shape");
+  auto update = [&](const Rows (&group)[6]) {
+    std::vector<at::Tensor> p, g, b;
+    for (const Rows& part : group) {
+      if (part.param < 0) continue;
+      const int64_t i = part.param;
+      // A piece of rows (of a fully connected weight, its rows are the tensor's), or the whole tensor.
+      const bool whole = kPieces[i].rows == 1 || (part.first == 0 && part.rows == kPieces[i].rows);
+      p.push_back(whole ? params[i] : params[i].narrow(0, part.first, part.rows));
+      g.push_back(whole ? grads[i] : grads[i].narrow(0, part.first, part.rows));
+      b.push_back(whole ? buffers[i] : buffers[i].narrow(0, part.first, part.rows));
+    }
+    at::_fused_sgd_(p, g, b, 0.0, momentum, lr, 0.0, false, false, false, c10::nullopt, c10::nullopt);
+  };
+  return at::full({}, step(x.data_ptr<float>(), y.data_ptr<int64_t>(), picked, batch, weights, out, update),
+                  x.options());
 }
 
 // Seconds of thread time spent in each part of the step (Part, in order) since the last call with reset = true.
@@ -786,12 +847,15 @@ HDR_LIBRARY(HDR_NS, m) {
         "Tensor conv2_bias, Tensor fc1_weight, Tensor fc1_bias, Tensor fc2_weight, Tensor fc2_bias, "
         "Tensor fc3_weight, Tensor fc3_bias) -> Tensor[]");
   m.def("gradients_into(Tensor x, Tensor y, Tensor? idx, Tensor[] weights, Tensor(a!)[] grads) -> Tensor");
+  m.def("train_step(Tensor x, Tensor y, Tensor? idx, Tensor(a!)[] params, Tensor(b!)[] grads, "
+        "Tensor(c!)[] buffers, float lr, float momentum) -> Tensor");
   m.def("part_seconds(bool reset) -> Tensor");
 }
 
 HDR_LIBRARY_IMPL(HDR_NS, CPU, m) {
   m.impl("loss_and_gradients", &loss_and_gradients);
   m.impl("gradients_into", &gradients_into);
+  m.impl("train_step", &train_step);
 }
 
 HDR_LIBRARY_IMPL(HDR_NS, CatchAll, m) { m.impl("part_seconds", &part_seconds); }
