@@ -56,16 +56,17 @@ class FastStep(Step):
                 on_step(1)
             return losses, self.weights(limit)
         threads_before = torch.get_num_threads()
+        kept = []  # on the CPU a list: writing each loss into a tensor costs a twentieth of a native step
         try:
-            for i, idx in enumerate(cuda_graphs.batches(order, self.batch_size, limit)):
+            for idx in cuda_graphs.batches(order, self.batch_size, limit):
                 governor.before_step()
-                losses[i] = self.train_on(idx)
+                kept.append(self.train_on(idx))
                 governor.after_step()
                 on_step(1)
         finally:
             torch.set_num_threads(threads_before)  # whatever runs next in the process (evaluation) gets them all
             governor.end_epoch()
-        return losses, self.weights(limit)
+        return (torch.stack(kept) if kept else losses), self.weights(limit)
 
     def thread_record(self) -> dict:
         """The record's view of the thread counts (`execution`): per epoch, and why; lists filled as epochs end."""

@@ -78,11 +78,11 @@ constexpr int64_t kInputChannels = 1;   // conv2 input gradient: input channels 
 #define HDR_W 16
 #define HDR_NS hdr_lenet5
 constexpr int64_t kConv1Windows = 2;
-constexpr int64_t kConv1Channels = 3;
-constexpr int64_t kConv2Channels = 4;
-constexpr int64_t kConv1TapRows = 5;
+constexpr int64_t kConv1Channels = 2;
+constexpr int64_t kConv2Channels = 2;
+constexpr int64_t kConv1TapRows = 3;
 constexpr int64_t kConv2Outputs = 4;
-constexpr int64_t kInputChannels = 2;
+constexpr int64_t kInputChannels = 1;
 #endif
 constexpr int64_t kW = HDR_W;      // lanes of a register
 constexpr int64_t kV = kL / kW;    // registers per pixel of a chunk
@@ -794,6 +794,24 @@ at::Tensor gradients_into(const at::Tensor& x, const at::Tensor& y, const c10::o
                   x.options());
 }
 
+// SGD with momentum on n floats (n a multiple of 16), as torch._fused_sgd_'s CPU kernel computes it in its vector
+// loop (ATen's sgd_math, float, after the first step, no dampening, weight decay or Nesterov), bit for bit: buf =
+// buf * momentum + grad * 1, the product and the sum rounded each on its own (the empty asm statement keeps the
+// compiler from fusing them, as the kernel's `* (1 - dampening)` does there), then param = param + buf * (-lr) as
+// one fused multiply-add (as the kernel's compiler contracts it). Elements that the kernel would leave to its
+// scalar loop (a tensor's last n % 16) are never given here: they go to the kernel itself. tests/test_native.py
+// compares the result with optimizer.step()'s, bit for bit.
+inline void sgd(float* param, const float* grad, float* buf, int64_t n, double momentum, double lr) {
+  const vf m = vf{} + static_cast<float>(momentum), step = vf{} + static_cast<float>(-lr);
+  for (int64_t i = 0; i < n; i += kW) {
+    vf kept = load(buf + i) * m;
+    asm("" : "+x"(kept));
+    const vf b = kept + load(grad + i);
+    store(buf + i, b);
+    store(param + i, load(param + i) + b * step);
+  }
+}
+
 // gradients_into, then SGD with momentum (no dampening, weight decay or Nesterov) on the parameters `params` (the
 // tensors the optimiser holds, updated in place) with their momentum buffers: by torch._fused_sgd_, the kernel
 // that torch.optim.SGD(fused=True).step() calls after its first step, so the same arithmetic and the same state, run
@@ -816,13 +834,21 @@ at::Tensor train_step(const at::Tensor& x, const at::Tensor& y, const c10::optio
     for (const Rows& part : group) {
       if (part.param < 0) continue;
       const int64_t i = part.param;
+      const int64_t length = kPieces[i].rows == 1 ? kPieces[i].length : part.rows * kPieces[i].length;
+      const int64_t from = kPieces[i].rows == 1 ? 0 : part.first * kPieces[i].length;
+      if (length % 16 == 0) {  // whole vectors only: see sgd below
+        sgd(params[i].data_ptr<float>() + from, grads[i].data_ptr<float>() + from,
+            buffers[i].data_ptr<float>() + from, length, momentum, lr);
+        continue;
+      }
       // A piece of rows (of a fully connected weight, its rows are the tensor's), or the whole tensor.
       const bool whole = kPieces[i].rows == 1 || (part.first == 0 && part.rows == kPieces[i].rows);
       p.push_back(whole ? params[i] : params[i].narrow(0, part.first, part.rows));
       g.push_back(whole ? grads[i] : grads[i].narrow(0, part.first, part.rows));
       b.push_back(whole ? buffers[i] : buffers[i].narrow(0, part.first, part.rows));
     }
-    at::_fused_sgd_(p, g, b, 0.0, momentum, lr, 0.0, false, false, false, c10::nullopt, c10::nullopt);
+    if (!p.empty())
+      at::_fused_sgd_(p, g, b, 0.0, momentum, lr, 0.0, false, false, false, c10::nullopt, c10::nullopt);
   };
   return at::full({}, step(x.data_ptr<float>(), y.data_ptr<int64_t>(), picked, batch, weights, out, update),
                   x.options());
