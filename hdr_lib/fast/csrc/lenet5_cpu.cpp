@@ -67,7 +67,7 @@ constexpr int64_t kFcW1 = 0, kFcB1 = kFcW1 + kF1 * kRow0, kFcW2 = kFcB1 + 128, k
 #if defined(HDR_AVX2)
 #define HDR_W 8
 #define HDR_NS hdr_lenet5_avx2
-// How many sums each loop keeps in registers, for 16 registers of 8 floats.
+// How many sums each loop keeps in registers, for 16 registers of 8 floats (by measurement, as below).
 constexpr int64_t kConv1Windows = 1;    // conv1 forward: pooling windows of a row (x 4 outputs)...
 constexpr int64_t kConv1Channels = 2;   // ... for this many channels
 constexpr int64_t kConv2Channels = 2;   // conv2 forward: output channels of a pooling window (x 4 outputs)
@@ -77,6 +77,8 @@ constexpr int64_t kInputChannels = 1;   // conv2 input gradient: input channels 
 #else
 #define HDR_W 16
 #define HDR_NS hdr_lenet5
+// For 32 registers of 16 floats. Chosen by measurement (per-part clocks, bench --profile): larger blocks made GCC
+// keep sums on the stack.
 constexpr int64_t kConv1Windows = 2;
 constexpr int64_t kConv1Channels = 2;
 constexpr int64_t kConv2Channels = 2;
