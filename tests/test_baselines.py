@@ -5,6 +5,7 @@ import pytest
 from hdr_lib import PAPER
 from hdr_lib.measure import baselines
 from hdr_lib.measure.bench import bench
+from hdr_lib.measure.records import read_record
 from hdr_lib.validation import ConfigError
 
 
@@ -33,8 +34,14 @@ def test_the_busy_core_is_gone_when_the_block_ends():
 @pytest.mark.slow  # trains
 def test_a_contended_bench_times_every_way_twice_and_compares_under_load(mnist, tmp_path):
     record = bench(PAPER.replace(device="cpu"), rounds=1, max_steps=3, loops=("canonical",), contention=True,
-                   out=tmp_path / "b.json", data_root=mnist.root, progress=False)
+                   out=tmp_path / "b.json", data_root=mnist.root, progress=False, profile=True)
     assert set(record["runs"]) == {"reference", "fast", "canonical", "reference busy", "fast busy", "canonical busy"}
     assert set(record["contention"]["slowdown_busy_over_quiet"]) == {"reference", "fast", "canonical"}
     assert record["contention"]["fast_over_canonical_busy"] > 0
     assert record["runs"]["fast"][0]["execution"]["threads_per_epoch"]  # the fast path says its threads
+    # --profile: where the native step's time goes, part by part, kept in the record (None where it does not run).
+    if record["runs"]["fast"][0]["execution"]["cpu_step"] == "native":
+        assert record["profile"]["parts"]["conv2 backward"] > 0
+        assert read_record(tmp_path / "b.json")["profile"] == record["profile"]
+    else:
+        assert record["profile"] is None

@@ -83,6 +83,13 @@ def test_wrong_inputs_get_a_clear_error_not_a_crash(mnist):
         torch.ops.hdr_lenet5.loss_and_gradients(F.pad(x, (2, 2, 2, 2)), y, *params)
     with pytest.raises(RuntimeError, match="y must be int64 labels"):
         torch.ops.hdr_lenet5.loss_and_gradients(x, y[:3], *params)
+    with pytest.raises(RuntimeError, match="labels must be 0 to 9"):
+        torch.ops.hdr_lenet5.loss_and_gradients(x, y + 10, *params)
+    # A batch picked by index from the whole set: indices out of the set are refused, before any work.
+    grads = [torch.zeros_like(p) for p in params]
+    with pytest.raises(RuntimeError, match="index 4 is out of range"):
+        torch.ops.hdr_lenet5.gradients_into(x, y, torch.tensor([0, 4]), params, grads)
+    assert all(not g.any() for g in grads)
     assert not native.applies(LeNet5("lenet1998"), x) and not native.applies(model, x.double())
 
 
@@ -186,3 +193,17 @@ def test_the_command_line_builds_it_and_says_where(data_root):
                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=1200)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("native CPU step") and str(native.build_directory()) in out.stdout
+
+
+def test_a_batch_picked_by_index_gives_what_the_gathered_batch_gives(mnist):
+    # The fast path hands the operator the whole training set and each batch's indices (no copy of the batch):
+    # the loss and every gradient must be those of the gathered batch, bit for bit, an uneven last chunk included.
+    x, y = _batch(mnist, 256)
+    torch.manual_seed(7)
+    params = [p.detach() for p in LeNet5().parameters()]
+    idx = torch.randperm(256)[:37]
+    expected = native.ops().loss_and_gradients(x.index_select(0, idx).contiguous(), y.index_select(0, idx), *params)
+    grads = [torch.empty_like(p) for p in params]
+    loss = native.ops().gradients_into(x, y, idx, params, grads)
+    assert torch.equal(loss, expected[0]) and all(torch.equal(a, b) for a, b in zip(grads, expected[1:]))
+

@@ -3,7 +3,9 @@
 import pytest
 
 from hdr_lib import PAPER
-from hdr_lib.measure.profiling import MARKS, OUTSIDE, kind_of, step_profile
+from hdr_lib.fast import native
+from hdr_lib.data import to_float
+from hdr_lib.measure.profiling import MARKS, OUTSIDE, kind_of, native_step_profile, step_profile
 
 pytestmark = pytest.mark.slow  # profiles training steps on the real MNIST
 
@@ -77,3 +79,16 @@ def test_reference_path_profile_counts_the_dataloader_as_loading(mnist):
 def test_an_epoch_shorter_than_the_steps_asked_for_is_profiled_whole(mnist):
     profile = step_profile(CPU.replace(batch_size=6000), mnist, steps=60)  # 10 steps per epoch
     assert profile["steps"] == 10
+
+
+def test_the_native_steps_profile_names_every_part_and_adds_up_to_the_step(mnist):
+    # bench --profile: the operator's own clocks per part, the rest of the step beside them.
+    x_all = to_float(mnist.train_images[:2048]).view(-1, 1, 28, 28)
+    profile = native_step_profile(x_all, mnist.train_labels[:2048], steps=30)
+    assert profile["isa"] == native.loaded_isa() and profile["steps"] == 30 and profile["threads"] >= 1
+    parts = profile["parts"]
+    assert list(parts)[:len(native.PART_NAMES)] == list(native.PART_NAMES)
+    assert all(ms >= 0 for ms in parts.values()) and sum(parts.values()) == pytest.approx(profile["ms_per_step"])
+    # Every part of the arithmetic ran (each convolution, the fully connected layers, the loss, the update).
+    assert all(parts[name] > 0 for name in native.PART_NAMES)
+

@@ -26,7 +26,8 @@ from collections import Counter
 
 import torch
 
-BLOCK = 8           # steps timed together: a decision compares blocks' median step times
+BLOCK = 8           # steps timed together: a decision compares blocks' median step times...
+PROBE = 4           # ...against a probe's median over this many steps (a probe of a losing count costs its steps)
 FIRST_PROBE = 8     # steps before the other counts are first tried, and after a count wins
 GROWTH = 4          # a count that loses is tried this many times less often...
 MAX_INTERVAL = 256  # ...but at least every this many steps
@@ -34,7 +35,7 @@ SLOWDOWN = 1.5      # the current count's block this much slower than its best: 
 ABORT = 3.0         # a probe's step this much slower than the current count's median ends the probe at once
 REASON = (f"threads revised during the run: it starts with 1 thread; most steps run with whichever of 1 and the "
           f"process's CPUs (affinity) gave the shortest median step time over its last {BLOCK} steps; the other is "
-          f"tried for up to {BLOCK} steps (ended after one step {ABORT:g}x slower) every {FIRST_PROBE} to "
+          f"tried for up to {PROBE} steps (ended after one step {ABORT:g}x slower) every {FIRST_PROBE} to "
           f"{MAX_INTERVAL} steps ({GROWTH}x less often each time it loses), and when the current count slows by "
           f"{SLOWDOWN}x (at most every {FIRST_PROBE} steps); an epoch is listed with the count that ran most of "
           f"its steps")
@@ -93,7 +94,7 @@ class Governor:
             block.clear()
             self._decide(self.probing, float("inf"))
             return
-        if len(block) < BLOCK:
+        if len(block) < (BLOCK if self.probing is None else PROBE):
             return
         median = statistics.median(block)
         block.clear()
