@@ -79,3 +79,26 @@ def test_a_profile_that_is_not_milliseconds_is_refused_naming_its_file(tmp_path)
     _write(tmp_path, "bench-cpu-contention.json", bad)
     with pytest.raises(RecordError, match="bench-cpu-contention.json: field profile"):
         robustness.profile_rows(tmp_path)
+
+
+def test_every_session_is_summarised_and_the_newest_shown_in_full(tmp_path):
+    # Two sessions of the same benchmark: both rows in the summary, oldest first; the newest one read in full.
+    import json
+    import shutil
+
+    from hdr_lib.measure import robustness
+
+    source = next(REPO.glob("results/session-*/bench-cpu-contention.json"))
+    for session, created in (("a-old", "2026-01-01T00:00:00+00:00"), ("b-new", "2026-02-01T00:00:00+00:00")):
+        record = json.loads(source.read_text())
+        record["environment"].update(session=f"test-{session}", created_at=created)
+        (tmp_path / session).mkdir()
+        (tmp_path / session / source.name).write_text(json.dumps(record))
+    tables = robustness.robustness_tables(tmp_path)
+    assert len(tables) == 2
+    summary = robustness.session_summary(tables)
+    assert list(summary.index) == ["test-a-old", "test-b-new"]
+    fast = tables[0]["table"].loc["fast"]
+    assert summary.loc["test-a-old", "fast: % of torch.mm"] == fast["% of torch.mm"]
+    assert summary.loc["test-a-old", "fast over canonical, busy"] > 1  # the recorded run: faster under load
+    assert [t["record"]["environment"]["session"] for t in robustness.newest(tables)] == ["test-b-new"]

@@ -81,3 +81,34 @@ def profile_rows(results_dir=None) -> list[dict]:
         out.append({"record": record, "file": _shown(record, results_dir), "machine": machine_label(record),
                     "profile": profile, "table": table})
     return out
+
+
+def newest(tables: list[dict]) -> list[dict]:
+    """Of `robustness_tables`' entries, the newest record under each set of CPU limits (by `environment.created_at`,
+    then path): the one a reader reads in full; the others stay in `session_summary`."""
+    latest: dict[str, dict] = {}
+    for t in tables:
+        key = (t["record"]["environment"].get("created_at") or "", t["file"])
+        if t["limits"] not in latest or key > latest[t["limits"]][0]:
+            latest[t["limits"]] = (key, t)
+    return [t for _, t in latest.values()]
+
+
+def session_summary(tables: list[dict]) -> pd.DataFrame:
+    """One row per robustness record (every session kept, each apart, oldest first), the fast path's figures: its
+    quiet epoch, its share of the same run's torch.mm rate, its busy over quiet epoch, and how many times the
+    canonical loop's epoch (with one core busy) and the tight loop's (quiet) it is."""
+    rows = []
+    for t in sorted(tables, key=lambda t: (t["record"]["environment"].get("created_at") or "", t["file"])):
+        table, record = t["table"], t["record"]
+        fast = table.loc["fast"] if "fast" in table.index else None
+        tight = table["quiet: s / epoch"].get("tight")
+        rows.append({"session": record["environment"].get("session"), "CPU limits": t["limits"].split(" (")[0],
+                     "torch.mm GFLOP/s": t["matmul_gflops"],
+                     "fast: s / epoch": None if fast is None else fast["quiet: s / epoch"],
+                     "fast: % of torch.mm": None if fast is None else fast["% of torch.mm"],
+                     "fast: busy / quiet": None if fast is None else fast["busy / quiet"],
+                     "fast over canonical, busy": (record.get("contention") or {}).get("fast_over_canonical_busy"),
+                     "fast over tight, quiet": None if fast is None or tight is None
+                     else tight / fast["quiet: s / epoch"]})
+    return pd.DataFrame(rows).set_index("session")
