@@ -4,12 +4,13 @@
 // hdr_lib.fast.torch_cpu.train_step computes the same with PyTorch operators called from Python. On a small CPU that
 // leaves much of the step to general kernels far from the arithmetic they need at these shapes (1 and 6 input
 // channels, 8x8 to 24x24 maps, a batch of 64), to scalar pooling loops, and to calling a hundred operators from
-// Python. Here the two convolutions, with their ReLU and 2x2 max pooling, run on images side by side:
-//  - a batch is cut into chunks of 16 images, and a chunk's maps are stored pixel by pixel with the 16 images'
-//    values next to each other ([channel][row][column][16 images]). A vector register then holds one pixel of 16
-//    images (AVX-512) or of 8 (AVX2, two registers per chunk), so every product of a convolution, forward or
-//    backward, is a weight broadcast to all lanes times one vector: no lane is idle at any map size, no sum runs
-//    across lanes inside a loop, and pooling and ReLU compare whole vectors;
+// Python. Here the whole step runs on images side by side:
+//  - a batch is cut into chunks of 16 images, each run through the whole step (both convolutions with their ReLU
+//    and 2x2 max pooling, the fully connected layers, the loss, and back) in one parallel region; a chunk's maps
+//    are stored pixel by pixel with the 16 images' values next to each other ([channel][row][column][16 images]).
+//    A vector register then holds one pixel of 16 images (AVX-512) or of 8 (AVX2, two registers per chunk), so
+//    every product, forward or backward, is a weight broadcast to all lanes times one vector: no lane is idle at
+//    any map size, no sum runs across lanes inside a loop, and pooling and ReLU compare whole vectors;
 //  - each loop keeps a block of sums in registers (a pooling window's four outputs for several channels; a group
 //    of taps' weight gradients; a row of input gradients), and reads each input vector once for all of them;
 //  - pooling sends each window's gradient to its first maximum in row-major order, as max_pool2d does, ties
@@ -17,8 +18,11 @@
 //    dense sums over it (the FLOPs counted for the step);
 //  - a chunk's weight gradients are summed over its 16 lanes in a fixed tree, then the chunks in order, so the
 //    result is the same whatever the number of threads, and the same in both builds;
-//  - the fully connected layers call ATen (MKL) on the pooled maps in the usual layout, and the loss is
-//    log_softmax and nll_loss as in F.cross_entropy;
+//  - the fully connected layers' weight gradients are sums over a chunk's images, vectorised along a weight row;
+//    the loss is log_softmax then the negative log-likelihood, as in F.cross_entropy, image by image;
+//  - the batch is read by index from the whole training set (no copy), the gradients are written where the
+//    optimiser reads them, and `train_step` then updates the weights as torch._fused_sgd_ does, bit for bit;
+//  - each part of the step is clocked in each thread (part_seconds; bench --profile reports them);
 //  - built twice: for AVX-512 (32 registers of 16 floats) and, with HDR_AVX2 and -mno-avx512f, for AVX2 (16 of 8),
 //    where a chunk is two halves of 8 lanes done one after the other and the blocks of sums are smaller; every sum
 //    adds the same terms in the same order, so both builds compute the same bits.
