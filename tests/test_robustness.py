@@ -102,3 +102,20 @@ def test_every_session_is_summarised_and_the_newest_shown_in_full(tmp_path):
     assert summary.loc["test-a-old", "fast: % of torch.mm"] == fast["% of torch.mm"]
     assert summary.loc["test-a-old", "fast over canonical, busy"] > 1  # the recorded run: faster under load
     assert [t["record"]["environment"]["session"] for t in robustness.newest(tables)] == ["test-b-new"]
+
+
+def test_the_ceiling_shows_each_machines_newest_benchmark_only(tmp_path):
+    # Chapter 09's ceiling tables: one per machine (its newest run), the older runs counted, not repeated.
+    import json
+
+    from hdr_lib.measure import robustness
+
+    source = next(REPO.glob("results/session-*/bench-cpu-contention.json"))
+    for session, created in (("a-old", "2026-01-01T00:00:00+00:00"), ("b-new", "2026-02-01T00:00:00+00:00")):
+        record = json.loads(source.read_text())
+        record["environment"].update(session=f"test-{session}", created_at=created)
+        (tmp_path / session).mkdir()
+        (tmp_path / session / source.name).write_text(json.dumps(record))
+    benches = [t["record"] for t in robustness.robustness_tables(tmp_path)]
+    newest, older = robustness.newest_per_machine(benches)
+    assert older == 1 and [r["environment"]["session"] for r in newest] == ["test-b-new"]

@@ -112,3 +112,16 @@ def session_summary(tables: list[dict]) -> pd.DataFrame:
                      "fast over tight, quiet": None if fast is None or tight is None
                      else tight / fast["quiet: s / epoch"]})
     return pd.DataFrame(rows).set_index("session")
+
+
+def newest_per_machine(records: list[dict]) -> tuple[list[dict], int]:
+    """Of bench records, the newest (`environment.created_at`) per machine (`machine_label`, which names CPU limits
+    too), device and framework, in their first-seen order; and how many older ones that leaves out (each kept in its
+    file, and the robustness runs among them in `session_summary`)."""
+    newest: dict[tuple, dict] = {}
+    for r in records:
+        key = (machine_label(r), r["config"].get("device"), r["config"].get("framework"))
+        if key not in newest or (r["environment"].get("created_at") or "") >= (
+                newest[key]["environment"].get("created_at") or ""):
+            newest[key] = r
+    return list(newest.values()), len(records) - len(newest)
