@@ -81,19 +81,17 @@ def test_a_profile_that_is_not_milliseconds_is_refused_naming_its_file(tmp_path)
         robustness.profile_rows(tmp_path)
 
 
+def _two_sessions(folder):
+    """The contention record twice, as two sessions made a month apart (the older first in path order)."""
+    for session, created in (("a-old", "2026-01-01T00:00:00+00:00"), ("b-new", "2026-02-01T00:00:00+00:00")):
+        record = _real("bench-cpu-contention.json")
+        record["environment"].update(session=f"test-{session}", created_at=created)
+        _write(folder / session, "bench-cpu-contention.json", record)
+
+
 def test_every_session_is_summarised_and_the_newest_shown_in_full(tmp_path):
     # Two sessions of the same benchmark: both rows in the summary, oldest first; the newest one read in full.
-    import json
-    import shutil
-
-    from hdr_lib.measure import robustness
-
-    source = next(REPO.glob("results/session-*/bench-cpu-contention.json"))
-    for session, created in (("a-old", "2026-01-01T00:00:00+00:00"), ("b-new", "2026-02-01T00:00:00+00:00")):
-        record = json.loads(source.read_text())
-        record["environment"].update(session=f"test-{session}", created_at=created)
-        (tmp_path / session).mkdir()
-        (tmp_path / session / source.name).write_text(json.dumps(record))
+    _two_sessions(tmp_path)
     tables = robustness.robustness_tables(tmp_path)
     assert len(tables) == 2
     summary = robustness.session_summary(tables)
@@ -106,16 +104,7 @@ def test_every_session_is_summarised_and_the_newest_shown_in_full(tmp_path):
 
 def test_the_ceiling_shows_each_machines_newest_benchmark_only(tmp_path):
     # Chapter 09's ceiling tables: one per machine (its newest run), the older runs counted, not repeated.
-    import json
-
-    from hdr_lib.measure import robustness
-
-    source = next(REPO.glob("results/session-*/bench-cpu-contention.json"))
-    for session, created in (("a-old", "2026-01-01T00:00:00+00:00"), ("b-new", "2026-02-01T00:00:00+00:00")):
-        record = json.loads(source.read_text())
-        record["environment"].update(session=f"test-{session}", created_at=created)
-        (tmp_path / session).mkdir()
-        (tmp_path / session / source.name).write_text(json.dumps(record))
+    _two_sessions(tmp_path)
     benches = [t["record"] for t in robustness.robustness_tables(tmp_path)]
     newest, older = robustness.newest_per_machine(benches)
     assert older == 1 and [r["environment"]["session"] for r in newest] == ["test-b-new"]

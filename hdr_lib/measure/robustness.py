@@ -83,15 +83,25 @@ def profile_rows(results_dir=None) -> list[dict]:
     return out
 
 
+def _made(record: dict) -> tuple[str, str]:
+    """When a record was made (`environment.created_at`), then its path: the order that "newest" follows."""
+    return record["environment"].get("created_at") or "", str(record["_path"])
+
+
+def _newest_by(items: list, group, record_of=lambda item: item) -> list:
+    """The newest item (by its record's `_made`) of each group (`group(item)`), groups in first-seen order."""
+    latest: dict = {}
+    for item in items:
+        key = group(item)
+        if key not in latest or _made(record_of(item)) >= _made(record_of(latest[key])):
+            latest[key] = item
+    return list(latest.values())
+
+
 def newest(tables: list[dict]) -> list[dict]:
-    """Of `robustness_tables`' entries, the newest record under each set of CPU limits (by `environment.created_at`,
-    then path): the one a reader reads in full; the others stay in `session_summary`."""
-    latest: dict[str, dict] = {}
-    for t in tables:
-        key = (t["record"]["environment"].get("created_at") or "", t["file"])
-        if t["limits"] not in latest or key > latest[t["limits"]][0]:
-            latest[t["limits"]] = (key, t)
-    return [t for _, t in latest.values()]
+    """Of `robustness_tables`' entries, the newest record under each set of CPU limits: the one a reader reads in
+    full; the others stay in `session_summary`."""
+    return _newest_by(tables, lambda t: t["limits"], lambda t: t["record"])
 
 
 def session_summary(tables: list[dict]) -> pd.DataFrame:
@@ -99,7 +109,7 @@ def session_summary(tables: list[dict]) -> pd.DataFrame:
     quiet epoch, its share of the same run's torch.mm rate, its busy over quiet epoch, and how many times the
     canonical loop's epoch (with one core busy) and the tight loop's (quiet) it is."""
     rows = []
-    for t in sorted(tables, key=lambda t: (t["record"]["environment"].get("created_at") or "", t["file"])):
+    for t in sorted(tables, key=lambda t: _made(t["record"])):
         table, record = t["table"], t["record"]
         fast = table.loc["fast"] if "fast" in table.index else None
         tight = table["quiet: s / epoch"].get("tight")
@@ -115,13 +125,8 @@ def session_summary(tables: list[dict]) -> pd.DataFrame:
 
 
 def newest_per_machine(records: list[dict]) -> tuple[list[dict], int]:
-    """Of bench records, the newest (`environment.created_at`) per machine (`machine_label`, which names CPU limits
+    """Of bench records, the newest (`_made`) per machine (`machine_label`, which names CPU limits
     too), device and framework, in their first-seen order; and how many older ones that leaves out (each kept in its
     file, and the robustness runs among them in `session_summary`)."""
-    newest: dict[tuple, dict] = {}
-    for r in records:
-        key = (machine_label(r), r["config"].get("device"), r["config"].get("framework"))
-        if key not in newest or (r["environment"].get("created_at") or "") >= (
-                newest[key]["environment"].get("created_at") or ""):
-            newest[key] = r
-    return list(newest.values()), len(records) - len(newest)
+    latest = _newest_by(records, lambda r: (machine_label(r), r["config"].get("device"), r["config"].get("framework")))
+    return latest, len(records) - len(latest)
