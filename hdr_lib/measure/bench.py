@@ -48,8 +48,8 @@ def bench(config: TrainConfig, *, rounds: int = 3, out: str | Path | None = None
     epoch only), in the same rotation; the record's `contention` compares each way's busy and quiet medians and
     the fast path with the canonical loop under the same load. `profile` adds, on a CPU with the native step, where
     its time goes part by part (hdr_lib.measure.profiling.native_step_profile), as the record's `profile`. The CPU's
-    limits in force (ATEN_CPU_CAPABILITY,
-    ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS, set before the process starts) are kept in `config`.
+    limits in force (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS, set before the process
+    starts) are kept in `config`.
     """
     config.validate()
     rounds = check("rounds", rounds)

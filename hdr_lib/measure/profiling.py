@@ -44,8 +44,9 @@ SPAN_FALLBACK_KINDS = (
 UNSORTED = "other operators"
 # Spans that only mark: their own time is the Python between their operators, so it stays with OUTSIDE.
 # The native operator's own time is its C++ between the operators it calls.
-MARKS = {TRAIN_STEPS_LABEL, *torch_cpu.SPANS.values(), "hdr_lenet5::loss_and_gradients", "hdr_lenet5::gradients_into",
-         "hdr_lenet5::chunks", "hdr_lenet5_avx2::gradients_into", "hdr_lenet5_avx2::loss_and_gradients"}
+MARKS = {TRAIN_STEPS_LABEL, *torch_cpu.SPANS.values(), "hdr_lenet5::chunks",
+         *(f"{isa['namespace']}::{op}" for isa in native.ISAS.values()
+           for op in ("loss_and_gradients", "gradients_into", "train_step"))}
 
 
 # The native step's parts (hdr_lib.fast.native.PART_NAMES), by kind.
@@ -62,6 +63,12 @@ NATIVE_PART_KINDS = {"images into lanes": "loading the batch", "conv1 forward": 
 def _native_clocks():
     """The loaded native build's operators (with its part clocks), or None."""
     return native.ops() if native.loaded_isa() else None
+
+
+def _native_parts(clocks, threads: float, steps: int) -> dict[str, float]:
+    """Milliseconds per step of each part of the native step since its clocks were last reset (resetting them):
+    each part's thread time over the thread count."""
+    return dict(zip(native.PART_NAMES, (s * 1e3 / threads / steps for s in clocks.part_seconds(True).tolist())))
 
 
 def kind_of(op: str) -> str:
@@ -119,8 +126,8 @@ def step_profile(config: TrainConfig, data, steps: int = 60) -> dict:
     if clocks is not None and record["execution"].get("cpu_step") == "native":
         used = record["execution"].get("thread_steps_per_epoch", [{}])[0]
         threads = sum(int(t) * n for t, n in used.items()) / max(sum(used.values()), 1) or 1
-        for part, seconds in zip(native.PART_NAMES, clocks.part_seconds(True).tolist()):
-            ops[NATIVE_PART_KINDS[part]][f"hdr_lenet5: {part}"] += seconds * 1e3 / threads / steps
+        for part, ms in _native_parts(clocks, threads, steps).items():
+            ops[NATIVE_PART_KINDS[part]][f"hdr_lenet5: {part}"] += ms
     step_ms = record["epochs"][0]["train_seconds"] * 1e3 / steps
     kinds = {kind: sum(by_op.values()) for kind, by_op in ops.items()}
     kinds[OUTSIDE] = max(step_ms - sum(kinds.values()), 0.0)
@@ -162,7 +169,7 @@ def native_step_profile(x_all, y_all, *, batch_size: int = 64, steps: int = 300,
         step(x_all, y_all, idx)
         operator += time.perf_counter() - t0
     wall = time.perf_counter() - start
-    parts = dict(zip(native.PART_NAMES, (s * 1e3 / threads / steps for s in step.ops.part_seconds(True).tolist())))
+    parts = _native_parts(step.ops, threads, steps)
     ms = {"operator": operator * 1e3 / steps, "step": wall * 1e3 / steps}
     parts["waiting and calling (the step's call)"] = max(ms["operator"] - sum(parts.values()), 0.0)
     parts["the loop (Python)"] = max(ms["step"] - ms["operator"], 0.0)
