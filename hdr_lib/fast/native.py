@@ -12,13 +12,15 @@ an autograd graph) in one C++ operator, `torch.ops.hdr_lenet5.gradients_into`:
   into the tensors the optimiser reads; each chunk's gradients are summed over its images in a fixed order, then
   the chunks in order, so a run computes the same numbers whatever the number of threads;
 - the operator clocks each part of the step in each thread (`PART_NAMES`; `bench --profile` reports them);
-- nothing returns to Python between operators; `TrainStep` then updates the weights with the fused SGD kernel
-  that optimizer.step() calls, on the optimiser's own state.
+- nothing returns to Python inside a step: after the first step, `TrainStep` has the operator update the weights
+  too (`train_step`), on the optimiser's own state, with the arithmetic of the fused SGD kernel that
+  optimizer.step() calls, bit for bit.
 
 It is built for one of two instruction sets (`ISAS`), chosen at run time from the CPU's flags (`isa()`): AVX-512
-(32 vector registers of 16 floats) or AVX2 with FMA (16 of 8: a chunk is two halves of 8 images, and the source keeps fewer sums in registers at a
-time; compiled with -mno-avx512f). Both add the same terms in the same order: the same bits. PyTorch's own switch ATEN_CPU_CAPABILITY=avx2 (or default) is honoured as a
-limit, so that an AVX2 machine can be imitated on an AVX-512 one; the record names the set used (`execution.isa`).
+(32 vector registers of 16 floats) or AVX2 with FMA (16 of 8: a chunk is two halves of 8 images, and the source
+keeps fewer sums in registers at a time; compiled with -mno-avx512f). Both add the same terms in the same order:
+the same bits. PyTorch's own switch ATEN_CPU_CAPABILITY=avx2 (or default) is honoured as a limit, so that an AVX2
+machine can be imitated on an AVX-512 one; the record names the set used (`execution.isa`).
 
 The build needs a C++ compiler with OpenMP and ninja (torch.utils.cpp_extension); it takes about 15 s once and is
 kept under ~/.cache/hdr_lib/native (HDR_NATIVE_CACHE), one build per source, flags, torch version and CPU. Where
@@ -243,10 +245,11 @@ class TrainStep:
     list of parameters, and the gradient tensors that the operator writes into and the optimiser reads.
 
     For SGD(fused=True) with momentum, in one parameter group and with no step hooks (the fast path's optimiser),
-    the update after the first step calls the kernel that optimizer.step() calls, torch._fused_sgd_, directly on
-    the optimiser's own momentum buffers, lr and momentum: the same arithmetic and the same state (so checkpoints
-    hold what step() would leave), without step()'s Python around the kernel, about a tenth of a CPU step here.
-    The first step, which creates the buffers, is optimizer.step() itself. `direct_update=False` always calls it."""
+    the update after the first step runs inside the operator's call (`train_step`) on the optimiser's own momentum
+    buffers, lr and momentum, with the arithmetic of the kernel optimizer.step() calls (torch._fused_sgd_): the same
+    numbers and the same state (so checkpoints hold what step() would leave), without step()'s Python around the
+    kernel. The first step, which creates the buffers, is optimizer.step() itself. `direct_update=False` always
+    calls it; `_update` (the all-reduced path of hdr_lib.distributed) calls the kernel directly."""
 
     def __init__(self, model: LeNet5, optimizer: torch.optim.Optimizer, direct_update: bool = True):
         self.params = list(model.parameters())
@@ -259,7 +262,7 @@ class TrainStep:
     def __call__(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """One step on images x and labels y, or on their rows `idx` (gathered inside the operator, no copy)."""
         buffers = self._buffers()
-        if buffers is not None:  # gradients and update in one call (the operator runs torch._fused_sgd_)
+        if buffers is not None:  # gradients and update in one call
             group = self.optimizer.param_groups[0]
             loss = self.ops.train_step(x, y, idx, self.weights, self.grads, buffers, float(group["lr"]),
                                        float(group["momentum"]))
