@@ -2,6 +2,7 @@
 and where it cannot be built the fast path still trains. (Its loss and gradients against autograd's, ties included,
 and ten training steps: tests/test_torch_cpu.py, beside the Python step's.)"""
 
+import math
 import os
 import subprocess
 import sys
@@ -207,3 +208,52 @@ def test_a_batch_picked_by_index_gives_what_the_gathered_batch_gives(mnist):
     loss = native.ops().gradients_into(x, y, idx, params, grads)
     assert torch.equal(loss, expected[0]) and all(torch.equal(a, b) for a, b in zip(grads, expected[1:]))
 
+
+
+def test_steps_in_one_call_update_exactly_as_one_step_at_a_time(mnist):
+    # The fast path runs an epoch's steps in blocks, each one call of the operator (TrainStep.steps, train_steps):
+    # each step's loss, the weights and the momentum buffers must be those of optimizer.step() after each batch, bit
+    # for bit: across calls of several sizes, a short last batch, an lr change between calls, and a call that a
+    # slow step ends early (stop_after 0: each step is "slow", so one runs).
+    x, y = _batch(mnist, 1000)
+    order = torch.randperm(1000, generator=torch.Generator().manual_seed(3))[:700]  # 10 batches of 64, then 60
+    (m_plain, opt_plain), (m_steps, opt_steps) = _model_and_sgd(), _model_and_sgd()
+    expected = []
+    for i in range(11):
+        if i == 6:
+            for opt in (opt_plain, opt_steps):
+                opt.param_groups[0]["lr"] = PAPER.lr * 0.1
+        idx = order[64 * i:64 * (i + 1)]
+        expected.append(native.train_step(m_plain, opt_plain, x.index_select(0, idx).contiguous(), y[idx]))
+    step = native.TrainStep(m_steps, opt_steps)
+    opt_steps.param_groups[0]["lr"] = PAPER.lr
+    losses, seconds = torch.full((11,), float("nan")), torch.zeros(11, dtype=torch.float64)
+    done, calls = 0, []
+    for count, stop_after in ((1, math.inf), (3, math.inf), (2, 0.0), (1, math.inf), (5, math.inf)):
+        if done == 6:
+            opt_steps.param_groups[0]["lr"] = PAPER.lr * 0.1
+        ran = step.steps(x, y, order[64 * done:64 * (done + count)], 64, losses[done:], seconds[done:], stop_after)
+        calls.append(ran)
+        done += ran
+    assert calls == [1, 3, 1, 1, 5] and done == 11  # the first step is optimizer.step(); (2, 0.0) stopped after one
+    assert torch.equal(losses, torch.stack(expected)) and bool((seconds > 0).all())
+    for (name, a), b in zip(m_plain.named_parameters(), m_steps.parameters()):
+        assert torch.equal(a, b), name
+        assert torch.equal(opt_plain.state[a]["momentum_buffer"], opt_steps.state[b]["momentum_buffer"]), name
+
+
+def test_steps_in_one_call_refuse_bad_input_before_any_work(mnist):
+    x, y = _batch(mnist, 256)
+    model, opt = _model_and_sgd()
+    step = native.TrainStep(model, opt)
+    step(x, y, torch.arange(64))  # the first step makes the momentum buffers
+    before = [p.detach().clone() for p in model.parameters()]
+    losses, seconds = torch.zeros(4), torch.zeros(4, dtype=torch.float64)
+    order = torch.arange(256)
+    with pytest.raises(RuntimeError, match="index 256 is out of range"):
+        step.steps(x, y, torch.cat([order[:200], torch.tensor([256])]), 64, losses, seconds)
+    with pytest.raises(RuntimeError, match="need room for 4 steps"):
+        step.steps(x, y, order, 64, losses[:3], seconds)
+    with pytest.raises(RuntimeError, match="batch_size must be positive"):
+        step.steps(x, y, order, 0, losses, seconds)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())) and not losses.any()

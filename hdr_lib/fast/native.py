@@ -14,7 +14,8 @@ an autograd graph) in one C++ operator, `torch.ops.hdr_lenet5.gradients_into`:
 - the operator clocks each part of the step in each thread (`PART_NAMES`; `bench --profile` reports them);
 - nothing returns to Python inside a step: after the first step, `TrainStep` has the operator update the weights
   too (`train_step`), on the optimiser's own state, with the arithmetic of the fused SGD kernel that
-  optimizer.step() calls, bit for bit.
+  optimizer.step() calls, bit for bit; and the fast path runs an epoch's steps in blocks, each one call
+  (`TrainStep.steps`, `train_steps`), so that Python runs between blocks, not between steps.
 
 It is built for one of two instruction sets (`ISAS`), chosen at run time from the CPU's flags (`isa()`): AVX-512
 (32 vector registers of 16 floats) or AVX2 with FMA (16 of 8: a chunk is two halves of 8 images, and the source
@@ -33,8 +34,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -272,6 +275,24 @@ class TrainStep:
         self._attach()
         self._update()
         return loss
+
+    def steps(self, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, batch_size: int, losses: torch.Tensor,
+              seconds: torch.Tensor, stop_after: float = math.inf) -> int:
+        """Steps on consecutive batches of `batch_size` of the rows `order` names (the last batch what is left), in one
+        call of the operator (`train_steps`) where the update runs in it, else one step: each step's loss into
+        `losses` (float32) and its seconds into `seconds` (float64), from their first element; a step slower than
+        `stop_after` seconds is the last. Returns the number of steps run."""
+        buffers = self._buffers()
+        if buffers is None:  # the first step (optimizer.step() makes the buffers), or an update the operator can't do
+            start = time.perf_counter()
+            losses[0] = self(x, y, order[:batch_size])
+            seconds[0] = time.perf_counter() - start
+            return 1
+        group = self.optimizer.param_groups[0]
+        ran = self.ops.train_steps(x, y, order, batch_size, self.weights, self.grads, buffers, float(group["lr"]),
+                                   float(group["momentum"]), stop_after, losses, seconds)
+        self._attach()
+        return ran
 
     def _attach(self) -> None:
         for p, g in zip(self.params, self.grads):

@@ -22,6 +22,7 @@
 //    the loss is log_softmax then the negative log-likelihood, as in F.cross_entropy, image by image;
 //  - the batch is read by index from the whole training set (no copy), the gradients are written where the
 //    optimiser reads them, and `train_step` then updates the weights as torch._fused_sgd_ does, bit for bit;
+//    `train_steps` runs a block of such steps over consecutive batches in one call (no Python between them);
 //  - each part of the step is clocked in each thread (part_seconds; bench --profile reports them);
 //  - built twice: for AVX-512 (32 registers of 16 floats) and, with HDR_AVX2 and -mno-avx512f, for AVX2 (16 of 8),
 //    where a chunk is two halves of 8 lanes done one after the other and the blocks of sums are smaller; every sum
@@ -818,31 +819,31 @@ inline void sgd(float* param, const float* grad, float* buf, int64_t n, double m
   }
 }
 
-// gradients_into, then SGD with momentum (no dampening, weight decay or Nesterov) on the parameters `params` (the
-// tensors the optimiser holds, updated in place) with their momentum buffers: by torch._fused_sgd_, the kernel
-// that torch.optim.SGD(fused=True).step() calls after its first step, so the same arithmetic and the same state, run
-// on each group of parameters in the threads that summed their gradients (the kernel's own parallel loop would be a
-// region per tensor). Returns the loss.
-at::Tensor train_step(const at::Tensor& x, const at::Tensor& y, const c10::optional<at::Tensor>& idx,
-                      at::TensorList params, at::TensorList grads, at::TensorList buffers, double lr,
-                      double momentum) {
-  at::Tensor weights[10];
-  float* out[10];
-  const int64_t* picked;
-  const int64_t batch = picked_batch(x, y, idx, params, grads, weights, out, picked);
+// The momentum buffers `buffers` of the parameters `params` (the tensors the optimiser holds), checked.
+void check_buffers(at::TensorList params, at::TensorList buffers) {
   TORCH_CHECK(buffers.size() == 10, "hdr_lenet5: one momentum buffer per parameter");
   for (int64_t i = 0; i < 10; ++i)
     TORCH_CHECK(params[i].is_contiguous() && buffers[i].sizes() == params[i].sizes() &&
                     buffers[i].is_contiguous() && buffers[i].scalar_type() == at::kFloat,
                 "hdr_lenet5: parameter ", i, " and its momentum buffer must be contiguous float32 of one shape");
-  auto update = [&](const Rows (&group)[6]) {
+}
+
+// SGD with momentum (no dampening, weight decay or Nesterov) on one group of parameters (`params`, updated in
+// place, with their momentum buffers): the arithmetic of torch._fused_sgd_, the kernel that
+// torch.optim.SGD(fused=True).step() calls after its first step, so the same numbers and the same state; run in the
+// threads that summed the group's gradients (the kernel's own parallel loop would be a region per tensor).
+struct FusedSgd {
+  at::TensorList params, grads, buffers;
+  double lr, momentum;
+
+  void operator()(const Rows (&group)[6]) const {
     std::vector<at::Tensor> p, g, b;
     for (const Rows& part : group) {
       if (part.param < 0) continue;
       const int64_t i = part.param;
       const int64_t length = kPieces[i].rows == 1 ? kPieces[i].length : part.rows * kPieces[i].length;
       const int64_t from = kPieces[i].rows == 1 ? 0 : part.first * kPieces[i].length;
-      if (length % 16 == 0) {  // whole vectors only: see sgd below
+      if (length % 16 == 0) {  // whole vectors only: see sgd above
         sgd(params[i].data_ptr<float>() + from, grads[i].data_ptr<float>() + from,
             buffers[i].data_ptr<float>() + from, length, momentum, lr);
         continue;
@@ -855,9 +856,53 @@ at::Tensor train_step(const at::Tensor& x, const at::Tensor& y, const c10::optio
     }
     if (!p.empty())
       at::_fused_sgd_(p, g, b, 0.0, momentum, lr, 0.0, false, false, false, c10::nullopt, c10::nullopt);
-  };
+  }
+};
+
+// gradients_into, then the update (FusedSgd) on the parameters `params` with their momentum buffers. Returns the
+// loss.
+at::Tensor train_step(const at::Tensor& x, const at::Tensor& y, const c10::optional<at::Tensor>& idx,
+                      at::TensorList params, at::TensorList grads, at::TensorList buffers, double lr,
+                      double momentum) {
+  at::Tensor weights[10];
+  float* out[10];
+  const int64_t* picked;
+  const int64_t batch = picked_batch(x, y, idx, params, grads, weights, out, picked);
+  check_buffers(params, buffers);
+  const FusedSgd update{params, grads, buffers, lr, momentum};
   return at::full({}, step(x.data_ptr<float>(), y.data_ptr<int64_t>(), picked, batch, weights, out, update),
                   x.options());
+}
+
+// train_step over consecutive batches of `order` (batch_size images each, the last one what is left), one after the
+// other in one call, so that no Python runs between them: step k's loss goes to losses[k] and its wall-clock
+// seconds to seconds[k]. A step that takes longer than `stop_after` seconds is the last one run (the thread
+// governor's probe of a slower thread count ends after one such step). Returns the number of steps run.
+int64_t train_steps(const at::Tensor& x, const at::Tensor& y, const at::Tensor& order, int64_t batch_size,
+                    at::TensorList params, at::TensorList grads, at::TensorList buffers, double lr, double momentum,
+                    double stop_after, const at::Tensor& losses, const at::Tensor& seconds) {
+  TORCH_CHECK(batch_size > 0, "hdr_lenet5: batch_size must be positive");
+  at::Tensor weights[10];
+  float* out[10];
+  const int64_t* picked;
+  const int64_t total = picked_batch(x, y, order, params, grads, weights, out, picked);  // every index checked once
+  check_buffers(params, buffers);
+  const int64_t steps = (total + batch_size - 1) / batch_size;
+  TORCH_CHECK(losses.scalar_type() == at::kFloat && losses.is_contiguous() && losses.numel() >= steps &&
+                  seconds.scalar_type() == at::kDouble && seconds.is_contiguous() && seconds.numel() >= steps,
+              "hdr_lenet5: losses (float32) and seconds (float64) need room for ", steps, " steps");
+  const FusedSgd update{params, grads, buffers, lr, momentum};
+  float* loss_out = losses.data_ptr<float>();
+  double* seconds_out = seconds.data_ptr<double>();
+  for (int64_t k = 0; k < steps; ++k) {
+    const auto start = std::chrono::steady_clock::now();
+    const int64_t first = k * batch_size;
+    loss_out[k] = step(x.data_ptr<float>(), y.data_ptr<int64_t>(), picked + first,
+                       std::min(batch_size, total - first), weights, out, update);
+    seconds_out[k] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (seconds_out[k] > stop_after) return k + 1;
+  }
+  return steps;
 }
 
 // Seconds of thread time spent in each part of the step (Part, in order) since the last call with reset = true.
@@ -881,6 +926,9 @@ HDR_LIBRARY(HDR_NS, m) {
   m.def("gradients_into(Tensor x, Tensor y, Tensor? idx, Tensor[] weights, Tensor(a!)[] grads) -> Tensor");
   m.def("train_step(Tensor x, Tensor y, Tensor? idx, Tensor(a!)[] params, Tensor(b!)[] grads, "
         "Tensor(c!)[] buffers, float lr, float momentum) -> Tensor");
+  m.def("train_steps(Tensor x, Tensor y, Tensor order, int batch_size, Tensor(a!)[] params, Tensor(b!)[] grads, "
+        "Tensor(c!)[] buffers, float lr, float momentum, float stop_after, Tensor(d!) losses, Tensor(e!) seconds) "
+        "-> int");
   m.def("part_seconds(bool reset) -> Tensor");
 }
 
@@ -888,6 +936,7 @@ HDR_LIBRARY_IMPL(HDR_NS, CPU, m) {
   m.impl("loss_and_gradients", &loss_and_gradients);
   m.impl("gradients_into", &gradients_into);
   m.impl("train_step", &train_step);
+  m.impl("train_steps", &train_steps);
 }
 
 HDR_LIBRARY_IMPL(HDR_NS, CatchAll, m) { m.impl("part_seconds", &part_seconds); }
