@@ -18,6 +18,24 @@ def _run(governor, seconds_for, steps, epochs=1):
         governor.end_epoch()
 
 
+def _run_in_blocks(governor, seconds_for, steps, epochs=1):
+    """The same, as the native fast path runs its steps: in blocks of `next_block`'s size, each ended early by a step
+    slower than its limit; the steps' times are given to the governor after the block."""
+    done = 0
+    for _ in range(epochs):
+        left = steps
+        while left:
+            count, stop_after = governor.next_block(left)
+            times = []
+            while len(times) < count and (not times or times[-1] <= stop_after):
+                times.append(seconds_for(done, torch.get_num_threads()))
+                done += 1
+            for seconds in times:
+                governor.after_step(seconds)
+            left -= len(times)
+        governor.end_epoch()
+
+
 @pytest.fixture(autouse=True)
 def _threads_back():
     before = torch.get_num_threads()
@@ -53,3 +71,26 @@ def test_one_cpu_means_one_thread_and_no_probes():
     governor = threads.Governor(max_threads=1)
     _run(governor, lambda i, t: 1.0, steps=50)
     assert not governor.active and governor.per_epoch == [1] and governor.steps_per_epoch == [{"1": 50}]
+
+
+@pytest.mark.parametrize("seconds_for", [
+    lambda i, t: 0.6 if t == 2 else 1.0,
+    lambda i, t: 30.0 if t == 2 else 1.2,
+    lambda i, t: (30.0 if t == 2 else 1.2) if 938 <= i < 2 * 938 or i % 300 < 40 else (0.6 if t == 2 else 1.0),
+], ids=["quiet", "core taken", "load coming and going"])
+def test_steps_run_in_blocks_get_the_same_thread_counts_as_one_at_a_time(seconds_for):
+    # A block ends where the governor decides (and a probe's block after a step too slow), so running the steps in
+    # blocks must run every step with the count that choosing before each gives.
+    ran = {"one": [], "blocks": []}
+
+    def recorded(name):
+        def seconds(i, t):
+            ran[name].append(t)
+            return seconds_for(i, t)
+        return seconds
+
+    one, blocks = threads.Governor(max_threads=2), threads.Governor(max_threads=2)
+    _run(one, recorded("one"), steps=938, epochs=3)
+    _run_in_blocks(blocks, recorded("blocks"), steps=938, epochs=3)
+    assert ran["blocks"] == ran["one"] and len(ran["one"]) == 3 * 938 and set(ran["one"]) == {1, 2}
+    assert blocks.steps_per_epoch == one.steps_per_epoch and blocks.per_epoch == one.per_epoch

@@ -74,20 +74,34 @@ class Governor:
         return len(self.counts) > 1
 
     def before_step(self) -> None:
+        """Sets the thread count for the next step."""
         threads = self.probing or self.current
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        self.epoch_counts[threads] += 1
         self._start = time.perf_counter()
+
+    def next_block(self, most: int) -> tuple[int, float]:
+        """Sets the thread count for the next steps, run together without a decision between them (the native
+        operator's train_steps); returns how many (at most `most`: up to the next decision) and the seconds after
+        which a step ends them early (a probe's step ABORT times slower than the current count's median; each step's
+        time then goes to `after_step`)."""
+        self.before_step()
+        if not self.active:
+            return min(most, BLOCK), float("inf")
+        threads = self.probing or self.current
+        left = (BLOCK if self.probing is None else PROBE) - len(self.times[threads])
+        stop = ABORT * getattr(self, "_current_median", float("inf")) if self.probing is not None else float("inf")
+        return max(1, min(most, left)), stop
 
     def after_step(self, seconds: float | None = None) -> None:
         """The step just run took `seconds` (by default, the time since `before_step`)."""
         if seconds is None:
             seconds = time.perf_counter() - self._start
+        threads = self.probing or self.current
+        self.epoch_counts[threads] += 1
         self.steps += 1
         if not self.active:
             return
-        threads = self.probing or self.current
         block = self.times[threads]
         block.append(seconds)
         if self.probing is not None and seconds > ABORT * getattr(self, "_current_median", float("inf")):
