@@ -95,6 +95,29 @@ class NativeStep(FastStep):
             return self.native(self.x_all, self.y_all, idx.contiguous())
         return super().train_on(idx)
 
+    def run_epoch(self, order, limit, on_step):
+        """On one process, the epoch's steps run in blocks, each one call of the operator (`TrainStep.steps`): as
+        many steps as the governor runs before its next decision, timed each inside the call."""
+        if not (self.indexed and self.governor is not None and isinstance(self.native, native.TrainStep)):
+            return super().run_epoch(order, limit, on_step)
+        order = order[:min(self.n, limit * self.batch_size)].contiguous()
+        losses, seconds = torch.empty(limit), torch.empty(limit, dtype=torch.float64)
+        governor, threads_before, done = self.governor, torch.get_num_threads(), 0
+        try:
+            while done < limit:
+                count, stop_after = governor.next_block(limit - done)
+                part = order[done * self.batch_size:(done + count) * self.batch_size]
+                ran = self.native.steps(self.x_all, self.y_all, part, self.batch_size, losses[done:], seconds[done:],
+                                        stop_after)
+                for step_seconds in seconds[done:done + ran].tolist():
+                    governor.after_step(step_seconds)
+                done += ran
+                on_step(ran)
+        finally:
+            torch.set_num_threads(threads_before)  # whatever runs next in the process (evaluation) gets them all
+            governor.end_epoch()
+        return losses, self.weights(limit)
+
     def step(self, x, y):
         return self.native(x, y)
 

@@ -138,16 +138,18 @@ def step_profile(config: TrainConfig, data, steps: int = 60) -> dict:
 
 def native_step_profile(x_all, y_all, *, batch_size: int = 64, steps: int = 300, seed: int = 0) -> dict | None:
     """Where the native CPU step's time goes, part by part (`hdr_lib.fast.native.PART_NAMES`): `steps` steps of
-    `native.TrainStep` on random batches of x_all/y_all (after 20 not counted), with the thread count the process
-    has. The operator clocks each part in each thread (`part_seconds`); a part's milliseconds per step are its
-    thread time over the thread count (the fused SGD update is one of them). Beside them: the time of the step's call
-    not in any part (threads waiting for the slowest, the call itself) and the rest of a step (the loop). The parts
-    add up to `ms_per_step`, the steps' wall time. None where the native step does not run here."""
+    `native.TrainStep` on random batches of x_all/y_all (after 20 not counted), run as the fast path runs them (in
+    blocks of the thread governor's size, one call of the operator each: `TrainStep.steps`), with the thread count
+    the process has. The operator clocks each part in each thread (`part_seconds`); a part's milliseconds per step
+    are its thread time over the thread count (the fused SGD update is one of them). Beside them: the time of the
+    steps, as the operator clocks each, not in any part (threads waiting for the slowest, starting a step) and the
+    rest (the calls and the loop around them). The parts add up to `ms_per_step`, the steps' wall time. None where
+    the native step does not run here."""
     import time
 
     import torch
 
-    from hdr_lib.fast import native
+    from hdr_lib.fast import native, threads as thread_counts
     from hdr_lib.model import LeNet5
 
     if not native.use():
@@ -157,23 +159,26 @@ def native_step_profile(x_all, y_all, *, batch_size: int = 64, steps: int = 300,
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, fused=True)
     step = native.TrainStep(model, optimizer)
     x_all, y_all = x_all.contiguous(), y_all.long().contiguous()
-    batches = [torch.randint(0, x_all.shape[0], (batch_size,)) for _ in range(steps + 20)]
+    warm, total = 20, steps + 20
+    order = torch.randint(0, x_all.shape[0], (total * batch_size,))
+    losses, seconds = torch.empty(total), torch.empty(total, dtype=torch.float64)
     threads = torch.get_num_threads()
-    operator, start = 0.0, time.perf_counter()
-    for i, idx in enumerate(batches):
-        if i == 20:
+    done, start = 0, 0.0
+    while done < total:
+        if done == warm:
             step.ops.part_seconds(True)
-            operator = 0.0
             start = time.perf_counter()
-        t0 = time.perf_counter()
-        step(x_all, y_all, idx)
-        operator += time.perf_counter() - t0
+        count = min(thread_counts.BLOCK, (warm if done < warm else total) - done)
+        done += step.steps(x_all, y_all, order[done * batch_size:(done + count) * batch_size], batch_size,
+                           losses[done:], seconds[done:])
     wall = time.perf_counter() - start
+    operator = float(seconds[warm:].sum())
     parts = _native_parts(step.ops, threads, steps)
     ms = {"operator": operator * 1e3 / steps, "step": wall * 1e3 / steps}
-    parts["waiting and calling (the step's call)"] = max(ms["operator"] - sum(parts.values()), 0.0)
-    parts["the loop (Python)"] = max(ms["step"] - ms["operator"], 0.0)
+    parts["waiting, in the operator (threads for the slowest)"] = max(ms["operator"] - sum(parts.values()), 0.0)
+    parts["calls and the loop (Python)"] = max(ms["step"] - ms["operator"], 0.0)
     return {"path": "fast", "step": "native", "isa": native.loaded_isa(), "threads": threads, "steps": steps,
             "batch_size": batch_size, "ms_per_step": sum(parts.values()), "parts": parts,
-            "how": "thread time per part (the operator's own clocks) over the thread count; the rest timed around "
-                   "the calls; random batches, one process, after 20 steps not counted"}
+            "how": "thread time per part (the operator's own clocks) over the thread count; waiting: the operator's "
+                   "clock of each step less its parts; calls and loop: the wall time less the steps; random batches, "
+                   f"in calls of {thread_counts.BLOCK} steps, one process, after {warm} steps not counted"}
