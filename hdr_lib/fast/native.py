@@ -60,6 +60,8 @@ ISAS = {
 # ATEN_CPU_CAPABILITY's values, and the widest of our sets each allows.
 CAPABILITY_LIMIT = {"avx512": "avx512", "avx2": "avx2", "default": None}
 
+# The operators that run a step (torch.ops.<ns>.<name>; part_seconds beside them reads the clocks).
+OPERATORS = ("loss_and_gradients", "gradients_into", "train_step", "train_steps")
 # The parts of the step that the operator clocks (torch.ops.<ns>.part_seconds), in its order (enum Part).
 PART_NAMES = ("images into lanes", "conv1 forward", "conv2 forward", "fully connected forward", "loss",
               "fully connected backward", "conv2 backward", "conv1 backward", "sums over lanes and chunks",

@@ -48,9 +48,9 @@ class FastStep(Step):
 
     def run_epoch(self, order, limit, on_step):
         order = order.to(self.device, non_blocking=True)
-        losses = torch.empty(limit, device=self.device)
         governor = self.governor
         if governor is None:
+            losses = torch.empty(limit, device=self.device)
             for i, idx in enumerate(cuda_graphs.batches(order, self.batch_size, limit)):
                 losses[i] = self.train_on(idx)
                 on_step(1)
@@ -66,7 +66,7 @@ class FastStep(Step):
         finally:
             torch.set_num_threads(threads_before)  # whatever runs next in the process (evaluation) gets them all
             governor.end_epoch()
-        return (torch.stack(kept) if kept else losses), self.weights(limit)
+        return (torch.stack(kept) if kept else torch.empty(0)), self.weights(limit)
 
     def thread_record(self) -> dict:
         """The record's view of the thread counts (`execution`): per epoch, and why; lists filled as epochs end."""

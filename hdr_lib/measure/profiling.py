@@ -45,8 +45,7 @@ UNSORTED = "other operators"
 # Spans that only mark: their own time is the Python between their operators, so it stays with OUTSIDE.
 # The native operator's own time is its C++ between the operators it calls.
 MARKS = {TRAIN_STEPS_LABEL, *torch_cpu.SPANS.values(), "hdr_lenet5::chunks",
-         *(f"{isa['namespace']}::{op}" for isa in native.ISAS.values()
-           for op in ("loss_and_gradients", "gradients_into", "train_step"))}
+         *(f"{isa['namespace']}::{op}" for isa in native.ISAS.values() for op in native.OPERATORS)}
 
 
 # The native step's parts (hdr_lib.fast.native.PART_NAMES), by kind.
