@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from hdr_lib import settings
 from hdr_lib.validation import ConfigError
 
 DEFAULT_TIMEOUT_S = 300.0  # a rank that waits this long for the others gives up (HDR_DIST_TIMEOUT overrides)
@@ -168,13 +169,7 @@ def from_environment(environ: dict | None = None) -> Context | None:
     if values["WORLD_SIZE"] < 1 or not 0 <= values["RANK"] < values["WORLD_SIZE"]:
         raise ConfigError(f"RANK {values['RANK']} and WORLD_SIZE {values['WORLD_SIZE']} in the environment do not "
                           "fit (0 <= RANK < WORLD_SIZE)")
-    timeout_text = environ.get("HDR_DIST_TIMEOUT", str(DEFAULT_TIMEOUT_S))
-    try:
-        timeout = float(timeout_text)
-    except ValueError:
-        timeout = -1.0
-    if not math.isfinite(timeout) or timeout <= 0:
-        raise ConfigError(f"HDR_DIST_TIMEOUT must be a positive number of seconds, got {timeout_text!r}")
+    timeout = settings.number("HDR_DIST_TIMEOUT", environ) or DEFAULT_TIMEOUT_S  # checked first by the CLI too
     return Context(rank=values["RANK"], world_size=values["WORLD_SIZE"], local_rank=values["LOCAL_RANK"],
                    master=f"{environ['MASTER_ADDR']}:{environ['MASTER_PORT']}", timeout_s=timeout)
 

@@ -1,5 +1,6 @@
 """Paths a user gives: output files and folders checked before any work, every OSError on them as one clear line;
-the checkout's own folder (`REPOSITORY`); and the lock that keeps a checkpoint folder to one run (`FolderLock`)."""
+the checkout's own folder (`REPOSITORY`); and the lock that keeps what a run writes (`WriteLock`), a checkpoint
+folder among them (`FolderLock`), to one run."""
 
 from __future__ import annotations
 
@@ -150,68 +151,40 @@ def os_error(exc: OSError, path, action: str, remedy: str) -> str:
     return f"cannot {action} {path}: {exc.strerror or exc}; {remedy}"
 
 
-class FolderLock:
-    """An exclusive lock on a checkpoint folder (fcntl.flock on its lock file), held while a run uses it: a second
-    run on the same folder is refused instead of mixing its checkpoints with the first's. The lock goes with the
-    process, however it ends."""
-
-    def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
-        self.fd = None
-
-    def acquire(self) -> "FolderLock":
-        if self.fd is not None or fcntl is None:
-            return self
-        lock = self.folder / LOCK_NAME
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise PathError(f"cannot use checkpoint folder {self.folder}: {exc.strerror or exc}; choose "
-                            f"another one") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise PathError(f"checkpoint folder {self.folder} is in use by another run (pid {owner}); wait "
-                            f"for it to end, or choose another checkpoint folder") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the only descriptor drops the flock
-            self.fd = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-
-
-_HELD: dict[str, list] = {}  # lock file -> [fd, count]: a process that holds a lock may take it again
+_HELD: dict[str, list] = {}  # lock file -> [fd, count]: the locks this process holds
 
 
 class WriteLock:
     """An exclusive lock on what a run writes (a record, an output folder): fcntl.flock on a hidden lock file
     beside it (`.<name>.lock`, in a folder `.hdr-folder.lock`), taken without waiting. A second writer is refused
-    with one line naming the process that holds it; the lock goes with the process, however it ends, and its file
-    is removed on release. The same process may take it again (a replicate's folder, then each record in it)."""
+    with one line naming the process that holds it; the lock goes with the process, however it ends (a dead
+    holder's file does not block), and its file is removed on release. The same process may take it again (a
+    replicate's folder, then each record in it). `FolderLock` is the same lock on a checkpoint folder."""
+
+    REENTRANT = True  # the same process may take it again (counted; released with the last)
+    KEEP_FILE = False  # the lock file stays after release
 
     def __init__(self, target: str | os.PathLike, what: str, folder: bool = False):
         target = Path(target)
         self.file = target / ".hdr-folder.lock" if folder else target.parent / f".{target.name}.lock"
         self.target, self.what, self.key, self.held = target, what, None, False
 
+    def cannot_open(self, exc: OSError) -> str:
+        """The line for a lock file that cannot be made or opened."""
+        return os_error(exc, self.target, f"lock {self.what}", "choose another place")
+
+    def in_use(self, owner: str) -> str:
+        """The line for a lock held by another run (`owner`: its pid, or "?")."""
+        return (f"{self.what} {self.target} is being written by another run (pid {owner}); wait for it to end, or "
+                f"choose another name")
+
     def acquire(self) -> "WriteLock":
         if self.held or fcntl is None:
             return self
         self.key = os.path.abspath(self.file)
         if self.key in _HELD:
+            if not self.REENTRANT:  # as another run in this process would find it: held
+                raise PathError(self.in_use(str(os.getpid())))
             _HELD[self.key][1] += 1
             self.held = True
             return self
@@ -220,14 +193,13 @@ class WriteLock:
                 self.file.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
-                raise PathError(os_error(exc, self.target, f"lock {self.what}", "choose another place")) from exc
+                raise PathError(self.cannot_open(exc)) from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
                 os.close(fd)
-                raise PathError(f"{self.what} {self.target} is being written by another run (pid {owner}); wait "
-                                f"for it to end, or choose another name") from None
+                raise PathError(self.in_use(owner)) from None
             try:  # the file may have been removed by its last holder between our open and our lock: take it anew
                 same = os.fstat(fd).st_ino == os.stat(self.file).st_ino
             except FileNotFoundError:
@@ -249,14 +221,34 @@ class WriteLock:
         entry[1] -= 1
         if entry[1] == 0:
             del _HELD[self.key]
-            try:
-                os.unlink(self.file)  # while still locked: a waiter that opened it sees another inode and retries
-            except OSError:
-                pass
-            os.close(entry[0])
+            if not self.KEEP_FILE:
+                try:
+                    os.unlink(self.file)  # while still locked: a waiter that opened it sees another inode and retries
+                except OSError:
+                    pass
+            os.close(entry[0])  # closing the only descriptor drops the flock
 
     def __enter__(self):
         return self.acquire()
 
     def __exit__(self, *exc):
         self.release()
+
+
+class FolderLock(WriteLock):
+    """The lock on a checkpoint folder (`.checkpoint.lock` in it, made with the folder), held while a run uses it:
+    a second run on the same folder, in another process or this one, is refused instead of mixing its checkpoints
+    with the first's. Its file stays after release (it names the last run that held it)."""
+
+    REENTRANT, KEEP_FILE = False, True
+
+    def __init__(self, folder: str | os.PathLike):
+        super().__init__(folder, "checkpoint folder", folder=True)
+        self.folder, self.file = self.target, self.target / LOCK_NAME
+
+    def cannot_open(self, exc: OSError) -> str:
+        return f"cannot use checkpoint folder {self.folder}: {exc.strerror or exc}; choose another one"
+
+    def in_use(self, owner: str) -> str:
+        return (f"checkpoint folder {self.folder} is in use by another run (pid {owner}); wait for it to end, or "
+                f"choose another checkpoint folder")

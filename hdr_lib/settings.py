@@ -2,8 +2,9 @@
 other value must be of the variable's kind (a switch, a positive number, a path, a name), else SettingError, one
 line naming the variable, what it takes and what it got (the command line exits 2 before any work).
 
-`check_environment()` checks them all at once (the command line calls it first); the readers here return the
-parsed value. Switches take 1/true/yes/on and 0/false/no/off (any case)."""
+`check_environment()` checks them all at once (the command line and `train` call it first); the readers here return
+the parsed value, or None where it is unset, and the module that uses it applies its default (HDR_DIST_TIMEOUT:
+300 s, in hdr_lib.distributed). Switches take 1/true/yes/on and 0/false/no/off (any case)."""
 
 from __future__ import annotations
 

@@ -104,6 +104,14 @@ def test_launcher_variables_that_do_not_fit_are_refused():
         distributed.from_environment({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "x", "MASTER_PORT": "1",
                                       "HDR_DIST_TIMEOUT": "soon"})
     assert distributed.from_environment({}) is None
+    launched = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "x", "MASTER_PORT": "1"}
+    for value in ("0", "-5", "inf", "nan"):  # the settings rule: one line naming it and what it takes
+        with pytest.raises(ConfigError, match=r"^HDR_DIST_TIMEOUT \(seconds .*\) must be a positive number of "
+                                              r"seconds, got '[^']+'; set it to one or unset it$"):
+            distributed.from_environment({**launched, "HDR_DIST_TIMEOUT": value})
+    assert distributed.from_environment({**launched, "HDR_DIST_TIMEOUT": "2.5"}).timeout_s == 2.5
+    assert distributed.from_environment({**launched, "HDR_DIST_TIMEOUT": ""}).timeout_s == distributed.DEFAULT_TIMEOUT_S
+    assert distributed.from_environment(launched).timeout_s == distributed.DEFAULT_TIMEOUT_S
 
 
 @pytest.mark.usefixtures("data_root")

@@ -273,6 +273,43 @@ def test_a_second_live_run_on_one_checkpoint_folder_is_refused(tmp_path, capsys,
     assert set(os.listdir(folder)) == {paths.LOCK_NAME}
 
 
+@pytest.mark.parametrize("kind", ["checkpoint folder", "record"])
+def test_a_lock_refuses_a_live_holder_not_a_dead_one(tmp_path, kind):
+    """Both locks (one code, paths.WriteLock): a live holder in another process refuses a second with its pid; a
+    holder killed without releasing leaves its lock file, which does not block. In this process the record's lock
+    may be taken again (a replicate's folder, then its records), the checkpoint folder's may not."""
+    folder = kind == "checkpoint folder"
+    target = tmp_path / ("ck" if folder else "run.json")
+    make = f"paths.FolderLock({str(target)!r})" if folder else f"paths.WriteLock({str(target)!r}, 'record')"
+    busy = "is in use by another run" if folder else "is being written by another run"
+
+    def lock():
+        return paths.FolderLock(target) if folder else paths.WriteLock(target, "record")
+
+    holder = subprocess.Popen([sys.executable, "-c", f"import time; from hdr_lib import paths; {make}.acquire(); "
+                               "print('locked', flush=True); time.sleep(120)"],
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(paths.PathError, match=f"{busy} \\(pid {holder.pid}\\)"):
+            lock().acquire()
+    finally:
+        holder.kill()  # SIGKILL: no release, its lock file stays
+        holder.wait()
+    assert lock().file.read_text() == str(holder.pid)
+    with lock() as mine:
+        assert mine.file.read_text() == str(os.getpid())
+        again = lock()
+        if folder:
+            with pytest.raises(paths.PathError, match=f"{busy} \\(pid {os.getpid()}\\)"):
+                again.acquire()
+        else:
+            with again:
+                assert again.held
+            assert mine.file.exists()  # still held by the first
+    assert mine.file.exists() == folder  # a record's lock file goes with its last release; a checkpoint folder's stays
+
+
 def _file_size_limit(limit):
     def preexec():  # a file system that fills up after `limit` bytes: writes beyond it fail with EFBIG
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

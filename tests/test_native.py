@@ -178,6 +178,7 @@ def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_one(monkeypatch, t
     # every later run wait forever. (The compiler here does not exist, so the build then fails at once.)
     monkeypatch.setenv("HDR_NATIVE_CACHE", str(tmp_path))
     folder = native.build_directory()
+    assert folder.parent == tmp_path  # $HDR_NATIVE_CACHE, read by hdr_lib.settings
     folder.mkdir(parents=True)
     lock = folder / "lock"
     lock.touch()  # just left: no age rule, the build's flock tells a dead build from a live one

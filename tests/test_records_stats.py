@@ -78,6 +78,24 @@ def test_records_under_results_do_not_mark_the_commit_dirty_but_code_changes_do(
     assert git_commit(clone) == head + "+dirty"
 
 
+def test_the_commit_and_session_from_the_environment_are_read_by_the_settings_rule(tmp_path, monkeypatch):
+    from hdr_lib.measure import machine
+    from hdr_lib.settings import SettingError
+
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # tmp_path is no git checkout
+    monkeypatch.setenv("HDR_GIT_COMMIT", " 90d4481 ")  # where git cannot say (the GPU machine's copy)
+    assert machine.git_commit(tmp_path) == "90d4481"
+    monkeypatch.setenv("HDR_GIT_COMMIT", "")  # empty is unset
+    assert machine.git_commit(tmp_path) is None
+    monkeypatch.setenv("HDR_GIT_COMMIT", "90d4481\nforged: line")
+    with pytest.raises(SettingError, match="HDR_GIT_COMMIT"):
+        machine.git_commit(tmp_path)
+    monkeypatch.setenv("HDR_SESSION", "gpu-replication 2026-12-06T19:00:00Z")
+    assert machine.environment()["session"] == "gpu-replication 2026-12-06T19:00:00Z"
+    monkeypatch.setenv("HDR_SESSION", " ")
+    assert machine.environment()["session"] == machine.SESSION
+
+
 def test_every_committed_record_is_hdr_run_2():
     records = load_records(REPO / "results", status=None)
     assert len(records) >= 80 and {r["schema"] for r in records} == {"hdr-run/2"}

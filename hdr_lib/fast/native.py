@@ -94,7 +94,7 @@ def build_directory(isa_name: str | None = None) -> Path:
     flags = _cflags(isa_name or isa() or "avx512")
     key = hashlib.sha256(b"\0".join(s.encode() for s in [
         SOURCE.read_text(), " ".join(flags + LDFLAGS), torch.__version__, cpu_model(), _flags_line()])).hexdigest()
-    base = Path(os.environ.get("HDR_NATIVE_CACHE") or Path.home() / ".cache" / "hdr_lib" / "native")
+    base = settings.path("HDR_NATIVE_CACHE") or Path.home() / ".cache" / "hdr_lib" / "native"
     return base / key[:16]
 
 

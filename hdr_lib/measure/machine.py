@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from hdr_lib import settings
 from hdr_lib.validation import ConfigError
 
 
@@ -78,7 +79,7 @@ def git_commit(root: Path | None = None) -> str | None:
                                 ":(exclude)results"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("HDR_GIT_COMMIT")
+        return settings.name("HDR_GIT_COMMIT")
 
 
 def gpu_info(device: torch.device | None = None) -> dict | None:
@@ -131,7 +132,7 @@ def environment(device: torch.device | None = None) -> dict:
         "hostname_hash": _host_hash(),
         # The timing session: $HDR_SESSION (a script's several commands), else this process's start (one
         # `replicate` or `bench` invocation). The book shows sessions apart or says that it pools them.
-        "session": os.environ.get("HDR_SESSION") or SESSION,
+        "session": settings.name("HDR_SESSION") or SESSION,
         # How busy the machine was when the record was made (1, 5 and 15 minute averages of runnable processes):
         # a timing made beside other work is slower, and the record says so rather than being dropped.
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
