@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hdr_lib import settings  # noqa: E402
 from hdr_lib.fast import torch_cpu  # noqa: E402
 from hdr_lib.config import PAPER  # noqa: E402
 from hdr_lib.data import load_mnist, to_float  # noqa: E402
@@ -58,6 +59,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.chunk < 1 or args.profile_steps < 1:
         print("ab_amp_cpu: --rounds, --chunk and --profile-steps must be positive", file=sys.stderr)
+        return 2
+    try:
+        settings.check_environment()  # HDR_SESSION and HDR_GIT_COMMIT go into the record: checked before any work
+    except settings.SettingError as error:
+        print(f"ab_amp_cpu: {error}", file=sys.stderr)
         return 2
     data = load_mnist(None)
     x_all, y_all = to_float(data.train_images, torch.device("cpu")), data.train_labels

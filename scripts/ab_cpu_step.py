@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hdr_lib import PAPER
+from hdr_lib import PAPER, settings
 from hdr_lib.fast import torch_cpu, native  # noqa: E402
 from hdr_lib.data import load_mnist, to_float  # noqa: E402
 from hdr_lib.measure.machine import environment  # noqa: E402
@@ -70,6 +70,10 @@ def main() -> None:
     args = parser.parse_args()
     if not (1 <= args.rounds <= 1000 and 1 <= args.chunk <= 10000):
         parser.exit(2, "error: --rounds must be 1..1000 and --chunk 1..10000\n")
+    try:
+        settings.check_environment()  # HDR_SESSION and HDR_GIT_COMMIT go into the record: checked before any work
+    except settings.SettingError as error:
+        parser.exit(2, f"error: {error}\n")
     if not native.load():
         parser.exit(2, f"error: the native step is not available here: {native.reason()}\n")
     data = load_mnist()
