@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from hdr_lib import PAPER
+from hdr_lib import PAPER, settings
 from hdr_lib.measure import machine
 from hdr_lib.fast import triton_step
 from hdr_lib.data import load_mnist, to_float
@@ -65,6 +65,11 @@ def main(argv=None) -> int:
     if args.launches < 1 or args.repeats < 1 or not warps or any(w not in (1, 2, 4, 8, 16, 32) for w in warps):
         print("cuda_kernel_times: --launches and --repeats must be at least 1, and --warps powers of 2 up to 32",
               file=sys.stderr)
+        return 2
+    try:
+        settings.check_environment()  # HDR_SESSION and HDR_GIT_COMMIT go into the record: checked before any work
+    except settings.SettingError as error:
+        print(f"cuda_kernel_times: {error}", file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
         print("cuda_kernel_times: needs a CUDA GPU (none on this machine)", file=sys.stderr)
