@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 
 import plotly.express as px
 import plotly.graph_objects as go
@@ -25,10 +26,12 @@ DEVICE_COLOURS = {"cpu": "#1f77b4", "cuda": "#2ca02c"}
 # the toolbar), but a subtitle below the title's real box. Each line stays short enough for a 390 px phone.
 TOOLBAR_PX = 32
 TITLE_LINE_PX, SUBTITLE_LINE_PX = 24, 20  # the template's 17 px title, a subtitle line of up to 14 px
+SUBTITLE_CHARS = 46  # characters a subtitle line holds at 390 px; longer plain lines are wrapped (a styled one is not)
 
 
 def _layout(fig: go.Figure, title: str, **kw) -> go.Figure:
     text, *subtitle = title.split("<br>")
+    subtitle = [part for line in subtitle for part in ([line] if "<" in line else textwrap.wrap(line, SUBTITLE_CHARS))]
     top = TOOLBAR_PX + TITLE_LINE_PX * bool(text) + SUBTITLE_LINE_PX * len(subtitle) + 26  # + room above the plot
     # (the margin is popped from kw before **kw is unpacked: arguments are evaluated in order)
     fig.update_layout(template=TEMPLATE, margin=dict(l=60, r=30, t=top, b=50) | kw.pop("margin", {}), **kw, title=dict(
@@ -235,8 +238,8 @@ def step_time_split(profile: dict, top_ops: int = 4, title: str | None = None) -
                            marker_color=DEVICE_COLOURS["cpu"], customdata=hover,
                            text=[f"{ms:.2f} ms ({100 * ms / total:.0f} %)" for _, ms in kinds], textposition="auto",
                            hovertemplate="%{y}: %{x:.3f} ms per step<br>%{customdata}<extra></extra>"))
-    fig.update_xaxes(title=f"ms per step (mean of {profile['steps']} profiled steps)")
-    fig.update_yaxes(automargin=True)  # room for the kinds' names, however long
+    # automargin: room for the kinds' names, however long
+    fig.update_xaxes(title=f"ms per step (mean of {profile['steps']} profiled steps)").update_yaxes(automargin=True)
     return _layout(fig, title or f"Where a training step's {total:.2f} ms go<br>{profile['path']} path, "
                         f"{profile['device'].upper()}, under the profiler", height=140 + 36 * len(kinds))
 
@@ -413,10 +416,8 @@ def network_figure(rows: list[dict]) -> go.Figure:
     point shows what the same GFLOP/s would give."""
     fig = go.Figure()
     names = {"lenet5": "LeNet-5", "resnet": "ResNet"}
-    for r in rows:
+    for r in (r for r in rows if r["seconds_per_epoch"]["n"]):
         s = r["seconds_per_epoch"]
-        if not s["n"]:
-            continue
         fig.add_scatter(x=[r["train_flops_per_epoch"]], y=[s["mean"]], mode="markers+text",
                         name=f"{names[r['model']]}, {r['path']} path, {r['device'].upper()}",
                         text=[f"{names[r['model']]} {r['path']}"], textposition="top center",
