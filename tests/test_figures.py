@@ -1,6 +1,8 @@
 """The figure functions on real MNIST and a real (short) training record: the traces, sliders and labels."""
 
 
+import re
+
 import pytest
 import torch
 
@@ -134,10 +136,63 @@ def test_chapter_11_figures_draw_the_measured_groups_and_name_the_missing_ones()
 
     precision = figures.precision_figure(fw.precision_rows())  # the committed records: CPU only
     assert {t.x[0] for t in precision.data} == {"CPU float32", "CPU bfloat16"}
-    assert "GPU float32, GPU bfloat16, GPU float16: not yet measured" in precision.layout.title.text
+    assert "GPU float32, GPU bfloat16, GPU float16:<br>not yet measured" in precision.layout.title.subtitle.text
     ddp = figures.ddp_figure(fw.ddp_rows())
     assert [t.name for t in ddp.data] == ["computing", "all-reduce"] and len(ddp.data[0].y) == len(fw.ddp_rows())
     assert "session" in ddp.data[0].y[0] and "cpu-" not in " ".join(ddp.data[0].y)  # numbered, not session ids
     network = figures.network_figure(fw.network_rows())
     names = [t.name for t in network.data]
     assert "ResNet, fast path, CPU" in names and any(n.startswith("LeNet-5 fast path's rate") for n in names)
+
+
+# What the title's line holds beside plotly's toolbar on a 390 px phone (the figure about 358 px wide, the title
+# indented 18 px): about 36 characters at the title's 17 px (a subtitle's lines: figures.SUBTITLE_CHARS).
+TITLE_CHARS = 36
+
+
+def assert_title_clear_of_toolbar(fig):
+    """The title starts below plotly's toolbar band at the container's top, every line of it is short enough for a
+    phone, and the top margin holds it all. A title of several lines in title.text would be drawn from its first
+    baseline, not its top, and run up under the toolbar: lines after the first belong to the subtitle."""
+    title = fig.layout.title
+    assert "<br>" not in (title.text or ""), title.text
+    assert (title.yref, title.y, title.yanchor) == ("container", 1, "top")
+    assert title.pad.t >= figures.TOOLBAR_PX >= 30  # the toolbar is 26 px high in the book's theme
+    subtitle = [line for line in (title.subtitle.text or "").split("<br>") if line]
+    visible = lambda line: re.sub(r"<[^>]+>", "", line)  # noqa: E731
+    assert len(visible(title.text or "")) <= TITLE_CHARS, title.text
+    assert all(len(visible(line)) <= figures.SUBTITLE_CHARS for line in subtitle), subtitle
+    needed = title.pad.t + figures.TITLE_LINE_PX * bool(title.text) + figures.SUBTITLE_LINE_PX * len(subtitle)
+    assert fig.layout.margin.t >= needed + 20  # and room between the title and the plot
+
+
+def test_every_figures_title_is_clear_of_the_toolbar_on_a_phone(data, run):
+    from hdr_lib.book import scorecard
+    from hdr_lib.measure import frameworks, futurework as fw
+    from tests.test_scorecard import make_record
+
+    record, _ = run
+    rows = scorecard.scorecard([make_record("cpu", seconds=120.0), make_record("cpu", seconds=130.0, seed=1)])
+    profile = {"ms_per_step": 182.84, "steps": 20, "path": "reference", "device": "cpu", "kinds": {"pooling": 0.4},
+               "ops": {}}
+    probs = torch.softmax(torch.randn(50, 10, generator=torch.Generator().manual_seed(0)), 1)
+    built = [figures.claims_figure(rows),  # the landing page's chart, where the defect was seen
+             figures.digit_grid(data.train_images, data.train_labels, n=20),
+             figures.class_balance(data.train_labels, data.test_labels), figures.pixel_histogram(data.test_images),
+             figures.epoch_curves({"a": record}),
+             figures.accuracy_ci({"ours CPU": [98.9, 99.0]}, figures.PAPER_ACCURACY),
+             figures.misclassified(data.test_images[:50], data.test_labels[:50], probs),
+             figures.probability_bars(probs[0], true_label=3),
+             figures.digit_image(data.test_images[0], "test image 0<br>true 7, predicted 7 (p = 1.000)"),
+             figures.bench_bars([{"device": "cpu", "path": p, "seconds": [2.0, 2.2]} for p in ("reference", "fast")]),
+             figures.step_time_split(profile), figures.lr_schedule([1, 2], [0.01, 0.001]),
+             figures.memory_bars({**flops.memory_estimate(), "ours: CUDA reserved": None}), figures.time_figure(rows),
+             figures.precision_figure(fw.precision_rows()),
+             figures.ddp_figure(fw.ddp_rows()), figures.network_figure(fw.network_rows()),
+             figures.frameworks_figure(frameworks.rows())]
+    built.append(figures.step_time_split(profile, title="A step<br>" + "a machine with a long name, " * 4))
+    for fig in built:
+        assert_title_clear_of_toolbar(fig)
+        titles = [step.args[1]["title.text"] for slider in fig.layout.sliders for step in slider.steps
+                  if len(step.args) > 1]  # the titles a slider sets (misclassified: one per digit)
+        assert all("<br>" not in t and len(t) <= TITLE_CHARS for t in titles), titles

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 
 import plotly.express as px
 import plotly.graph_objects as go
@@ -18,18 +19,23 @@ TEMPLATE = "plotly_white"
 PAPER_COLOUR = "#9e9e9e"  # every "paper (claimed)" mark is grey, every measurement coloured
 DEVICE_COLOURS = {"cpu": "#1f77b4", "cuda": "#2ca02c"}
 
-# Plotly's toolbar (the "modebar": zoom, pan, download) sits in the figure's top right corner, this high. The title
-# goes below that band, so that no toolbar covers it however narrow the output is (JupyterLab shows the toolbar
-# all the time, the book on hover).
-TOOLBAR_PX = 30
-TITLE_LINE_PX = 24  # one line of the title at the template's 17 px
+# Plotly's toolbar (the "modebar": zoom, pan, download) covers the figure's top right corner, this high (26 px in the
+# book's theme); on a phone it spans nearly the whole width. The title goes below that band, so that no toolbar covers
+# it however narrow the output is (JupyterLab shows the toolbar all the time, the book on hover). A title's lines after
+# its first are plotly's subtitle: plotly draws a title of several lines from its first baseline, not its top (up into
+# the toolbar), but a subtitle below the title's real box. Each line stays short enough for a 390 px phone.
+TOOLBAR_PX = 32
+TITLE_LINE_PX, SUBTITLE_LINE_PX = 24, 20  # the template's 17 px title, a subtitle line of up to 14 px
+SUBTITLE_CHARS = 46  # characters a subtitle line holds at 390 px; longer plain lines are wrapped (a styled one is not)
 
 
 def _layout(fig: go.Figure, title: str, **kw) -> go.Figure:
-    lines = title.count("<br>") + 1 if title else 0
-    margin = dict(l=60, r=30, t=TOOLBAR_PX + TITLE_LINE_PX * lines + 26, b=50) | kw.pop("margin", {})
-    fig.update_layout(template=TEMPLATE, margin=margin, **kw,
-                      title=dict(text=title, yref="container", y=1, yanchor="top", pad=dict(t=TOOLBAR_PX)))
+    text, *subtitle = title.split("<br>")
+    subtitle = [part for line in subtitle for part in ([line] if "<" in line else textwrap.wrap(line, SUBTITLE_CHARS))]
+    top = TOOLBAR_PX + TITLE_LINE_PX * bool(text) + SUBTITLE_LINE_PX * len(subtitle) + 26  # + room above the plot
+    # (the margin is popped from kw before **kw is unpacked: arguments are evaluated in order)
+    fig.update_layout(template=TEMPLATE, margin=dict(l=60, r=30, t=top, b=50) | kw.pop("margin", {}), **kw, title=dict(
+        text=text, subtitle_text="<br>".join(subtitle), yref="container", y=1, yanchor="top", pad=dict(t=TOOLBAR_PX)))
     return fig
 
 
@@ -109,7 +115,7 @@ def epoch_curves(runs: dict[str, dict], metrics=(("train_loss", "training loss")
     # The legend goes under the slider, where it can take as many lines as there are runs without
     # covering the title or the curves; the figure grows by one line per two runs.
     legend_lines = math.ceil(len(runs) / 2)
-    _layout(fig, "Per-epoch curves (drag the slider to replay them epoch by epoch)", height=460 + 22 * legend_lines,
+    _layout(fig, "Per-epoch curves<br>drag the slider to replay them epoch by epoch", height=480 + 22 * legend_lines,
             sliders=[dict(active=max(n_epochs - 1, 0), steps=steps, currentvalue=dict(prefix="up to epoch "),
                           pad=dict(t=50), y=0, yanchor="top")],
             legend=dict(orientation="h", x=0, y=0.01, yanchor="bottom", yref="container"))
@@ -139,7 +145,7 @@ def accuracy_ci(groups: dict[str, list[float]], claims: dict[str, float] | None 
                         marker=dict(symbol="diamond", size=12, color=PAPER_COLOUR), text=[f"{value} %"],
                         textposition="top center", cliponaxis=False)
     fig.update_yaxes(title="test accuracy (%)")
-    return _layout(fig, "Test accuracy: our runs with 95 % confidence intervals,<br>the paper's claims in grey",
+    return _layout(fig, "Test accuracy with 95 % intervals<br>our runs; the paper's claims in grey",
                    height=480, legend=dict(orientation="h", y=-0.15, x=0))
 
 
@@ -186,7 +192,7 @@ def probability_bars(probs: torch.Tensor, true_label: int | None = None) -> go.F
     """The model's softmax output for one image; the true digit's bar in green."""
     fig = go.Figure(_prob_bar(probs, true_label))
     fig.update_xaxes(title="digit", dtick=1).update_yaxes(title="probability", range=[0, 1])
-    title = "Predicted probabilities" + (f" (true digit {true_label} in green)" if true_label is not None else "")
+    title = "Predicted probabilities" + (f"<br>true digit {true_label} in green" if true_label is not None else "")
     return _layout(fig, title, height=320)
 
 
@@ -197,7 +203,8 @@ def digit_image(image: torch.Tensor, title: str = "") -> go.Figure:
     return _layout(fig, title, height=350, width=340, margin=dict(l=20, r=20))  # no tick labels: room for the title
 
 
-def bench_bars(rows: list[dict], unit: str = "seconds per epoch") -> go.Figure:
+def bench_bars(rows: list[dict], unit: str = "seconds per epoch",
+               title: str = "Fast path vs plain PyTorch loop<br>data on device, fused SGD, CUDA graph") -> go.Figure:
     """Training seconds of the fast and the reference path, per device (rows: device, path, seconds list)."""
     fig = go.Figure()
     # the fast path run other ways (bench --fast-variant), each in a colour of its own
@@ -214,7 +221,7 @@ def bench_bars(rows: list[dict], unit: str = "seconds per epoch") -> go.Figure:
                         error_y=dict(type="data", symmetric=False, array=[s["max"] - s["mean"]],
                                      arrayminus=[s["mean"] - s["min"]]))
     fig.update_yaxes(title=f"{unit} (mean; whiskers span min to max)")
-    return _layout(fig, "Fast path (data on device, fused SGD, CUDA graph) vs plain PyTorch loop", barmode="group")
+    return _layout(fig, title, barmode="group")
 
 
 def step_time_split(profile: dict, top_ops: int = 4, title: str | None = None) -> go.Figure:
@@ -231,10 +238,10 @@ def step_time_split(profile: dict, top_ops: int = 4, title: str | None = None) -
                            marker_color=DEVICE_COLOURS["cpu"], customdata=hover,
                            text=[f"{ms:.2f} ms ({100 * ms / total:.0f} %)" for _, ms in kinds], textposition="auto",
                            hovertemplate="%{y}: %{x:.3f} ms per step<br>%{customdata}<extra></extra>"))
-    fig.update_xaxes(title=f"ms per step (mean of {profile['steps']} profiled steps)")
-    fig.update_yaxes(automargin=True)  # room for the kinds' names, however long
-    return _layout(fig, title or f"Where a training step's {total:.2f} ms go ({profile['path']} path, "
-                        f"{profile['device'].upper()}, under the profiler)", height=140 + 36 * len(kinds))
+    # automargin: room for the kinds' names, however long
+    fig.update_xaxes(title=f"ms per step (mean of {profile['steps']} profiled steps)").update_yaxes(automargin=True)
+    return _layout(fig, title or f"Where a training step's {total:.2f} ms go<br>{profile['path']} path, "
+                        f"{profile['device'].upper()}, under the profiler", height=140 + 36 * len(kinds))
 
 
 def lr_schedule(epochs: list[int], lrs: list[float]) -> go.Figure:
@@ -263,7 +270,7 @@ def memory_bars(items: dict[str, int | None]) -> go.Figure:
     fig.update_xaxes(title="bytes (log scale)", type="log",
                      range=[math.log10(min(known)) - 0.3, math.log10(max(known)) + 0.6])
     fig.update_yaxes(autorange="reversed")
-    return _layout(fig, "Memory: what the network needs vs what was reported", height=140 + 45 * len(items))
+    return _layout(fig, "Memory: what the network needs<br>vs what was reported", height=140 + 45 * len(items))
 
 
 def time_figure(rows: list, live: dict | None = None) -> go.Figure:
@@ -310,11 +317,10 @@ def time_figure(rows: list, live: dict | None = None) -> go.Figure:
                                    yanchor="bottom", font=dict(size=11, color="#555"))
     # A log axis that starts a decade below the shortest bar: every bar tall enough to hold its label.
     low, high = math.log10(min(known)) - 1, math.log10(max(known)) + 0.3
-    fig.update_layout(title=f"Training time for {paper.EPOCHS} epochs", barmode="group", yaxis_type="log",
-                      yaxis_dtick=1, yaxis_tickformat=",d",  # one label a decade: 10, 100, 1,000 (no 2s and 5s)
-                      yaxis_title="training time (s, log scale)", yaxis_range=[low, high], height=440,
-                      uniformtext=dict(minsize=10, mode="show"), legend=dict(orientation="h", y=-0.15))
-    return fig
+    return _layout(fig, f"Training time for {paper.EPOCHS} epochs", barmode="group", yaxis_type="log",
+                   yaxis_dtick=1, yaxis_tickformat=",d",  # one label a decade: 10, 100, 1,000 (no 2s and 5s)
+                   yaxis_title="training time (s, log scale)", yaxis_range=[low, high], height=440,
+                   uniformtext=dict(minsize=10, mode="show"), legend=dict(orientation="h", y=-0.15), margin=dict(b=80))
 
 
 def _not_measured_bar(fig: go.Figure, x, col: int, text: str = NOT_MEASURED) -> None:
@@ -354,8 +360,8 @@ def claims_figure(rows: list) -> go.Figure:
         else:
             fig.update_yaxes(range=[0, 1.2 * max(values)], row=1, col=col)
     fig.update_annotations(font_size=13)
-    return _layout(fig, "The paper's claims (grey) beside ours<br><span style='font-size:12px'>speedup = CPU time / "
-                        "GPU time; ours: the reference path</span>", height=400, bargap=0.35,
+    return _layout(fig, "The paper's claims (grey) and ours<br>speedup = CPU time / GPU time<br>ours: the "
+                        "reference path", height=420, bargap=0.35,
                    margin=dict(l=40, r=20, b=40))
 
 
@@ -379,9 +385,9 @@ def precision_figure(rows: list[dict]) -> go.Figure:
     accuracies = [r["accuracy"]["mean"] for r in rows if r["accuracy"]["n"]]
     if accuracies:
         fig.update_yaxes(range=[min(accuracies) - 0.5, 100], row=1, col=2)
-    title = "Mixed precision: float32 against bfloat16"
+    title = "Mixed precision: float32 vs bfloat16"
     if missing:  # one line for every group with no record, not a label per bar
-        title += f"<br><span style='color:#c00;font-size:13px'>{', '.join(missing)}: {NOT_MEASURED}</span>"
+        title += f"<br><span style='color:#c00;font-size:13px'>{', '.join(missing)}:<br>{NOT_MEASURED}</span>"
     return _layout(fig, title, height=400)
 
 
@@ -400,7 +406,7 @@ def ddp_figure(rows: list[dict]) -> go.Figure:
                 marker_color="#ff7f0e", text=[f"{e:.1f} s/epoch" for e in epoch], textposition="outside",
                 cliponaxis=False)
     fig.update_xaxes(title="seconds per epoch (mean)").update_yaxes(autorange="reversed", automargin=True)
-    return _layout(fig, "Data parallelism on the CPU: where an epoch's time goes", barmode="stack",
+    return _layout(fig, "Data parallelism on the CPU<br>where an epoch's time goes", barmode="stack",
                    height=160 + 40 * len(rows), legend=dict(orientation="h", y=-0.25))
 
 
@@ -410,10 +416,8 @@ def network_figure(rows: list[dict]) -> go.Figure:
     point shows what the same GFLOP/s would give."""
     fig = go.Figure()
     names = {"lenet5": "LeNet-5", "resnet": "ResNet"}
-    for r in rows:
+    for r in (r for r in rows if r["seconds_per_epoch"]["n"]):
         s = r["seconds_per_epoch"]
-        if not s["n"]:
-            continue
         fig.add_scatter(x=[r["train_flops_per_epoch"]], y=[s["mean"]], mode="markers+text",
                         name=f"{names[r['model']]}, {r['path']} path, {r['device'].upper()}",
                         text=[f"{names[r['model']]} {r['path']}"], textposition="top center",
@@ -429,15 +433,15 @@ def network_figure(rows: list[dict]) -> go.Figure:
                         name=f"LeNet-5 fast path's rate ({rate / 1e9:.1f} GFLOP/s)", hoverinfo="skip")
     fig.update_xaxes(title="training FLOPs per epoch (log scale)", type="log", dtick=1, exponentformat="power")
     fig.update_yaxes(title="seconds per epoch (log scale)", type="log", dtick=1)
-    return _layout(fig, "A deeper network: time against arithmetic", height=420,
+    return _layout(fig, "A deeper network<br>time against arithmetic", height=420,
                    legend=dict(orientation="h", y=-0.25))
 
 
 def frameworks_figure(table: list[dict]) -> go.Figure:
     """Chapter 10: seconds per epoch and test accuracy per framework and way (`frameworks.rows`), means with 95 %
     intervals, in one figure."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("seconds per training epoch (CPU)", "test accuracy after "
-                                                        "20 epochs (%)"), horizontal_spacing=0.28)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("seconds per epoch (CPU)", "accuracy, 20 epochs (%)"),
+                        horizontal_spacing=0.28)
     labels = [row["label"] for row in table]
     for col, key in ((1, "seconds_per_epoch"), (2, "accuracy")):
         stats = [row[key] for row in table]
@@ -451,7 +455,6 @@ def frameworks_figure(table: list[dict]) -> go.Figure:
         accs = [row["accuracy"] for row in table]
         low = min(s["ci95_low"] if s["ci95_low"] is not None else s["mean"] for s in accs)
         fig.update_xaxes(range=[low - 0.3, 100.0], row=1, col=2)
-    fig.update_layout(height=120 + 45 * max(len(table), 1), margin=dict(l=10, r=10, t=60, b=40),
-                      title="The same experiment in each framework, on one CPU (bars: mean; lines: 95 % interval)")
-    return fig
+    return _layout(fig, "One experiment in each framework<br>on one CPU; bars: mean, lines: 95 % interval",
+                   height=160 + 45 * max(len(table), 1), margin=dict(l=10, r=10, b=40))
 
