@@ -1,5 +1,5 @@
 """Print the built book (_build/html) into one PDF: a title page, a table of contents, then every page of _toc.yml
-in its order, each printed by headless chromium (hdr_lib/book/chromium.py) once its plotly figures have drawn,
+in its order, each printed by headless chromium (scripts/chromium.py) once its plotly figures have drawn,
 joined by pypdf with an outline (the PDF's bookmarks). No notebook runs again: the pages are the ones
 scripts/build_book.sh built.
 
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hdr_lib.book import chromium
+import chromium  # scripts/chromium.py, beside this script (the folder Python puts first on the path)
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE_TIMEOUT_S = 300  # one page to load and draw its figures (plotly.js is 4.8 MB to parse on a busy machine)

@@ -63,8 +63,8 @@ def missing(reason: str):
 
 @pytest.fixture(scope="module")
 def headless_chromium():
-    """Headless Chromium with its DevTools port (hdr_lib.book.chromium.Browser), one per test module."""
-    from hdr_lib.book import chromium
+    """Headless Chromium with its DevTools port (scripts/chromium.py: Browser), one per test module."""
+    from scripts import chromium
 
     try:
         browser = chromium.Browser()

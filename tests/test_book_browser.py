@@ -3,7 +3,7 @@ every plotly figure draws its SVG; and no page or stylesheet points at an extern
 
 Needs a built book (`scripts/build_book.sh` -> _build/html) and Debian's chromium (`scripts/install_browser.sh`).
 Locally a missing build or browser skips these tests with the reason; with CI set, it fails them (conftest.missing).
-Chromium is driven over the Chrome DevTools Protocol (hdr_lib.book.chromium; the conftest's headless_chromium).
+Chromium is driven over the Chrome DevTools Protocol (scripts/chromium.py; the conftest's headless_chromium).
 """
 
 from __future__ import annotations

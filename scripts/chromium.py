@@ -1,5 +1,7 @@
 """Headless Chromium as the book's PDF (scripts/print_book.py) and its browser tests drive it: where the browser and
-its driver are, the flags it starts with, a tab over the Chrome DevTools Protocol, and a selenium driver.
+its driver are, the flags it starts with, a tab over the Chrome DevTools Protocol, and a selenium driver. A module
+beside the scripts, not in hdr_lib: it is tooling around the built book, not the book's computation. print_book.py
+imports it from its own folder; the tests as scripts.chromium.
 
 Nothing here skips or exits: a missing program raises `Missing`, one line saying what installs it
 (scripts/install_browser.sh, Debian's chromium and chromium-driver); the caller decides what that means (the PDF
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from hdr_lib import settings
 
-# Headless and without a sandbox (Chromium's sandbox refuses to start as root, as in CI's container); nothing fetched
+# Headless and without a sandbox (Chromium's sandbox will not start as root or in most containers); nothing fetched
 # behind the page's back (updates, sync, extensions, QUIC), so a page sees only what it loads itself.
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-extensions")
