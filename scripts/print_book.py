@@ -1,6 +1,7 @@
 """Print the built book (_build/html) into one PDF: a title page, a table of contents, then every page of _toc.yml
-in its order, each printed by headless chromium once its plotly figures have drawn, joined by pypdf with an
-outline (the PDF's bookmarks). No notebook runs again: the pages are the ones scripts/build_book.sh built.
+in its order, each printed by headless chromium (scripts/chromium.py) once its plotly figures have drawn,
+joined by pypdf with an outline (the PDF's bookmarks). No notebook runs again: the pages are the ones
+scripts/build_book.sh built.
 
     python scripts/print_book.py [--html _build/html] [--out _build/pdf/book.pdf]
 
@@ -15,20 +16,19 @@ import base64
 import html
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import chromium  # scripts/chromium.py, beside this script (the folder Python puts first on the path)
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGE_TIMEOUT_S = 300  # one page to load and draw its figures (plotly.js is 4.8 MB to parse on a busy machine)
 WIDTH_PX = 717  # A4's width less two 0.4 in margins, at 96 px per inch: figures are drawn at the printed width
 PRINT = dict(printBackground=True, paperWidth=8.27, paperHeight=11.69, marginTop=0.5, marginBottom=0.6,
              marginLeft=0.4, marginRight=0.4, displayHeaderFooter=True, headerTemplate="<span></span>")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-extensions", "--remote-debugging-port=0"]
 
 # What a printed page does not show (pydata-sphinx-theme's navigation, plotly's toolbar, the live widgets' notes).
 HIDE = """.bd-header, .bd-sidebar-primary, .bd-sidebar-secondary, .header-article, .prev-next-area, .bd-footer,
@@ -62,83 +62,27 @@ class Fail(Exception):
     """One line for the user, exit 2."""
 
 
-class Page:
-    """A minimal Chrome DevTools Protocol session on one tab."""
-
-    def __init__(self, ws_url: str):
-        import websocket  # websocket-client
-
-        self.ws = websocket.create_connection(ws_url, timeout=PAGE_TIMEOUT_S, suppress_origin=True)
-        self.next_id = 0
-
-    def call(self, method: str, **params) -> dict:
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv())
-            if message.get("id") == self.next_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
-
-    def evaluate(self, expression: str):
-        return self.call("Runtime.evaluate", expression=expression, returnByValue=True).get("result", {}).get("value")
-
-
-class Chromium:
-    def __init__(self, binary: str):
-        self.profile = tempfile.mkdtemp(prefix="hdr-print-")
-        self.proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        port_file, deadline = Path(self.profile) / "DevToolsActivePort", time.monotonic() + 60
-        while not (port_file.is_file() and port_file.read_text().count("\n") >= 1):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise Fail("chromium did not start (scripts/install_browser.sh installs Debian's chromium)")
-            time.sleep(0.2)
-        self.port = int(port_file.read_text().split()[0])
-
-    def _http(self, path: str, method: str = "GET") -> dict:
-        from urllib.request import Request, urlopen
-
-        with urlopen(Request(f"http://127.0.0.1:{self.port}{path}", method=method), timeout=30) as response:
-            body = response.read()
-        return json.loads(body) if body.startswith(b"{") else {}  # /json/close answers in plain text
-
-    def print_page(self, url: str) -> tuple[str, bytes]:
-        """(the page's title, its PDF) once every plotly figure on it has drawn."""
-        target = self._http("/json/new?about:blank", "PUT")
-        page = Page(target["webSocketDebuggerUrl"])
-        try:
-            page.call("Emulation.setDeviceMetricsOverride", width=WIDTH_PX, height=1000, deviceScaleFactor=1,
-                      mobile=False)
-            page.call("Page.navigate", url=url)
-            deadline, state = time.monotonic() + PAGE_TIMEOUT_S, {}
-            while time.monotonic() < deadline:
-                time.sleep(0.3)
-                state = page.evaluate(READY) or {}
-                if state.get("ready") == "complete" and state.get("drawn") == state.get("figures"):
-                    break
-            else:
-                raise Fail(f"{url}: {state.get('drawn')} of {state.get('figures')} figures drew in "
-                           f"{PAGE_TIMEOUT_S} s; the PDF would show empty boxes")
-            page.evaluate(PREPARE)
-            time.sleep(0.5)  # the resize's redraw
-            title = state.get("title") or url
-            footer = (f'<div style="font-size:8px;width:100%;padding:0 0.4in;display:flex;justify-content:space-between;'
-                      f'color:#555"><span>{html.escape(title)}</span><span class="pageNumber"></span></div>')
-            data = page.call("Page.printToPDF", **PRINT, footerTemplate=footer)["data"]
-            return title, base64.b64decode(data)
-        finally:
-            page.ws.close()
-            self._http(f"/json/close/{target['id']}")
-
-    def close(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        shutil.rmtree(self.profile, ignore_errors=True)
+def print_page(browser: chromium.Browser, url: str) -> tuple[str, bytes]:
+    """(the page's title, its PDF) once every plotly figure on it has drawn."""
+    with browser.tab(PAGE_TIMEOUT_S) as page:
+        page.call("Emulation.setDeviceMetricsOverride", width=WIDTH_PX, height=1000, deviceScaleFactor=1, mobile=False)
+        page.call("Page.navigate", url=url)
+        deadline, state = time.monotonic() + PAGE_TIMEOUT_S, {}
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            state = page.evaluate(READY) or {}
+            if state.get("ready") == "complete" and state.get("drawn") == state.get("figures"):
+                break
+        else:
+            raise Fail(f"{url}: {state.get('drawn')} of {state.get('figures')} figures drew in "
+                       f"{PAGE_TIMEOUT_S} s; the PDF would show empty boxes")
+        page.evaluate(PREPARE)
+        time.sleep(0.5)  # the resize's redraw
+        title = state.get("title") or url
+        footer = (f'<div style="font-size:8px;width:100%;padding:0 0.4in;display:flex;justify-content:space-between;'
+                  f'color:#555"><span>{html.escape(title)}</span><span class="pageNumber"></span></div>')
+        data = page.call("Page.printToPDF", **PRINT, footerTemplate=footer)["data"]
+        return title, base64.b64decode(data)
 
 
 def toc_pages(html_dir: Path) -> list[tuple[str | None, Path]]:
@@ -195,16 +139,19 @@ def build(html_dir: Path, out: Path) -> int:
 
     if not (html_dir / "index.html").is_file():
         raise Fail(f"no built book at {html_dir}: run scripts/build_book.sh first")
-    binary = next((shutil.which(n) for n in (os.environ.get("HDR_CHROMIUM"), "chromium", "chromium-browser")
-                   if n and shutil.which(n)), None)
-    if binary is None:
-        raise Fail("no chromium found: run scripts/install_browser.sh (Debian package 'chromium')")
+    try:
+        binary = chromium.find("chromium")
+    except chromium.Missing as exc:
+        raise Fail(str(exc)) from None
     pages = toc_pages(html_dir)
-    browser = Chromium(binary)
+    try:
+        browser = chromium.Browser(binary)
+    except chromium.NotStarted:
+        raise Fail("chromium did not start (scripts/install_browser.sh installs Debian's chromium)") from None
     try:
         printed = []
         for caption, page in pages:
-            title, data = browser.print_page(page.as_uri())
+            title, data = print_page(browser, page.as_uri())
             printed.append((caption, title, PdfReader(io.BytesIO(data))))
             print(f"printed {page.relative_to(html_dir)}: {len(printed[-1][2].pages)} pages", flush=True)
         front_pages, front = 2, None
@@ -215,7 +162,7 @@ def build(html_dir: Path, out: Path) -> int:
                 first += len(reader.pages)
             with tempfile.TemporaryDirectory() as folder:
                 (Path(folder) / "front.html").write_text(front_matter(titles))
-                front = PdfReader(io.BytesIO(browser.print_page((Path(folder) / "front.html").as_uri())[1]))
+                front = PdfReader(io.BytesIO(print_page(browser, (Path(folder) / "front.html").as_uri())[1]))
             if len(front.pages) == front_pages:
                 break
             front_pages = len(front.pages)

@@ -1,5 +1,6 @@
 """Shared fixtures: the real MNIST, found by the library's own rule (hdr_lib.mnist_files.locate: $HDR_DATA_DIR, else
-../shared/data beside the checkout, as in CI), loaded once per session."""
+../shared/data beside the checkout, as in CI), loaded once per session; headless Chromium for the browser tests, and
+what they do where it is missing (`missing`)."""
 
 import os
 from pathlib import Path
@@ -50,6 +51,29 @@ def mnist(data_root):
     from hdr_lib.data import load_mnist
 
     return load_mnist(data_root, download=False)
+
+
+def missing(reason: str):
+    """What the browser tests do without their browser, driver or built book: skip with the reason locally, fail
+    where CI is set (CI installs them all: scripts/install_browser.sh, scripts/build_book.sh)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def headless_chromium():
+    """Headless Chromium with its DevTools port (scripts/chromium.py: Browser), one per test module."""
+    from scripts import chromium
+
+    try:
+        browser = chromium.Browser()
+    except chromium.Missing as exc:
+        missing(str(exc))
+    except chromium.NotStarted as exc:
+        pytest.fail(f"chromium did not start: {exc}")
+    with browser:
+        yield browser
 
 
 # Without a GPU, Triton kernels run in Triton's interpreter (tests/test_triton_step.py): it must be chosen before

@@ -2,55 +2,34 @@
 every plotly figure draws its SVG; and no page or stylesheet points at an external script, style or font.
 
 Needs a built book (`scripts/build_book.sh` -> _build/html) and Debian's chromium (`scripts/install_browser.sh`).
-Locally a missing build or browser skips these tests with the reason; with CI set, it fails them.
-Chromium is driven over the Chrome DevTools Protocol with websocket-client (a jupyter_server dependency).
+Locally a missing build or browser skips these tests with the reason; with CI set, it fails them (conftest.missing).
+Chromium is driven over the Chrome DevTools Protocol (scripts/chromium.py; the conftest's headless_chromium).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 import time
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from conftest import missing
 
 pytestmark = pytest.mark.slow  # every built page in Chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 HTML_DIR = Path(os.environ.get("HDR_BOOK_HTML", ROOT / "_build" / "html"))
-CI = bool(os.environ.get("CI"))
 PAGE_TIMEOUT_S = 180  # one page to load (plotly.js is 4.8 MB to parse on a busy 2-core machine)
 DRAW_TIMEOUT_S = 60  # after the load event, for every figure to draw
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-extensions", "--remote-debugging-port=0"]
-LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
-
-
-def _missing(reason: str):
-    if CI:
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
-    pytest.skip(reason)
 
 
 def _pages() -> list[Path]:
     if not (HTML_DIR / "index.html").is_file():
-        _missing(f"no built book at {HTML_DIR}: run scripts/build_book.sh first")
+        missing(f"no built book at {HTML_DIR}: run scripts/build_book.sh first")
     return sorted(p for p in HTML_DIR.rglob("*.html")
                   if not {"_static", "_sources", "_images"} & set(p.relative_to(HTML_DIR).parts))
-
-
-def _chromium() -> str:
-    for name in (os.environ.get("HDR_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    _missing("no chromium found: run scripts/install_browser.sh (Debian package 'chromium')")
 
 
 # --- static check: no external script, style or font --------------------------------------------------
@@ -193,103 +172,10 @@ def test_plotly_js_bundled_once():
 
 # --- the browser --------------------------------------------------------------------------------------
 
-class _DevTools:
-    """A minimal Chrome DevTools Protocol session on one page target."""
-
-    def __init__(self, ws_url: str):
-        import websocket  # websocket-client
-
-        self.ws = websocket.create_connection(ws_url, timeout=PAGE_TIMEOUT_S, suppress_origin=True)
-        self.next_id = 0
-        self.events: list[dict] = []
-
-    def call(self, method: str, **params) -> dict:
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv())
-            if message.get("id") == self.next_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
-            self._event(message)
-
-    def pump(self, seconds: float) -> None:
-        """Handle events for `seconds` (requests to let through or block, errors to note)."""
-        end = time.monotonic() + seconds
-        self.ws.settimeout(0.1)
-        try:
-            while time.monotonic() < end:
-                try:
-                    self._event(json.loads(self.ws.recv()))
-                except Exception as exc:  # websocket timeout: nothing arrived in 0.1 s
-                    if type(exc).__name__ != "WebSocketTimeoutException":
-                        raise
-        finally:
-            self.ws.settimeout(PAGE_TIMEOUT_S)
-
-    def _event(self, message: dict) -> None:
-        if message.get("method") == "Fetch.requestPaused":
-            params = message["params"]
-            url = params["request"]["url"]
-            if url.startswith(LOCAL_SCHEMES):
-                self._send("Fetch.continueRequest", requestId=params["requestId"])
-            else:
-                self.events.append({"blocked": url})
-                self._send("Fetch.failRequest", requestId=params["requestId"], errorReason="BlockedByClient")
-        elif "method" in message:
-            self.events.append(message)
-
-    def _send(self, method: str, **params) -> None:
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-
-    def evaluate(self, expression: str):
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        return result.get("result", {}).get("value")
-
-    def close(self) -> None:
-        self.ws.close()
-
-
 @pytest.fixture(scope="module")
-def browser():
-    pages = _pages()
-    binary = _chromium()
-    profile = tempfile.mkdtemp(prefix="hdr-chromium-")
-    proc = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        port_file = Path(profile) / "DevToolsActivePort"
-        deadline = time.monotonic() + 60
-        while not (port_file.is_file() and port_file.read_text().count("\n") >= 1):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"chromium did not start: {proc.stderr.read().decode(errors='replace')[-2000:]}")
-            time.sleep(0.2)
-        port = int(port_file.read_text().split()[0])
-        yield port, pages
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def _new_target(port: int) -> dict:
-    from urllib.request import Request, urlopen
-
-    request = Request(f"http://127.0.0.1:{port}/json/new?about:blank", method="PUT")
-    with urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
-def _close_target(port: int, target_id: str) -> None:
-    from urllib.request import urlopen
-
-    with urlopen(f"http://127.0.0.1:{port}/json/close/{target_id}", timeout=30):
-        pass
+def pages() -> list[Path]:
+    """The built pages; asked for before headless_chromium, so that a missing build is the reason given first."""
+    return _pages()
 
 
 FIGURE_STATE = """(() => {
@@ -300,11 +186,9 @@ FIGURE_STATE = """(() => {
 })()"""
 
 
-def _check_page(port: int, page: Path) -> tuple[dict, list[str]]:
-    target = _new_target(port)
-    tools = _DevTools(target["webSocketDebuggerUrl"])
-    try:
-        tools.call("Fetch.enable", patterns=[{"urlPattern": "*"}])
+def _check_page(browser, page: Path) -> tuple[dict, list[str]]:
+    with browser.tab(PAGE_TIMEOUT_S) as tools:
+        tools.offline()  # a request to anything but a local URL fails, and is kept in tools.events
         for domain in ("Runtime", "Log", "Page"):
             tools.call(f"{domain}.enable")
         tools.call("Page.navigate", url=page.as_uri())
@@ -333,9 +217,6 @@ def _check_page(port: int, page: Path) -> tuple[dict, list[str]]:
                 entry = params["entry"]
                 problems.append(f"browser error: {entry.get('text')} {entry.get('url', '')}".strip())
         return state, problems
-    finally:
-        tools.close()
-        _close_target(port, target["id"])
 
 
 PHONE_WIDTH = 390  # CSS pixels: a small phone held upright
@@ -349,14 +230,11 @@ NARROW_STATE = """(() => {
 })()""" % PHONE_WIDTH
 
 
-def test_the_scorecard_shows_every_column_at_phone_width(browser):
-    port, _ = browser
+def test_the_scorecard_shows_every_column_at_phone_width(pages, headless_chromium):
     for page in (HTML_DIR / "book" / "scorecard.html",):  # the landing page has a chart, not the table
         if not page.is_file():
-            page = next(p for p in _pages() if p.name == page.name)
-        target = _new_target(port)
-        tools = _DevTools(target["webSocketDebuggerUrl"])
-        try:
+            page = next(p for p in pages if p.name == page.name)
+        with headless_chromium.tab(PAGE_TIMEOUT_S) as tools:
             tools.call("Emulation.setDeviceMetricsOverride", width=PHONE_WIDTH, height=844, deviceScaleFactor=1,
                        mobile=True)
             tools.call("Page.enable")
@@ -365,19 +243,15 @@ def test_the_scorecard_shows_every_column_at_phone_width(browser):
             while time.monotonic() < deadline and state.get("ready") != "complete":
                 tools.pump(0.5)
                 state = tools.evaluate(NARROW_STATE) or {}
-            assert state.get("width", 0) <= PHONE_WIDTH + 10, state  # the emulated phone (the page may add a few px)
-            assert state["cells"] > 0 and state["stacked"], f"{page.name}: no scorecard table, or not as cards: {state}"
-            assert state["outside"] == [], f"{page.name}: cells out of sight at {PHONE_WIDTH} px: {state['outside']}"
-        finally:
-            tools.close()
-            _close_target(port, target["id"])
+        assert state.get("width", 0) <= PHONE_WIDTH + 10, state  # the emulated phone (the page may add a few px)
+        assert state["cells"] > 0 and state["stacked"], f"{page.name}: no scorecard table, or not as cards: {state}"
+        assert state["outside"] == [], f"{page.name}: cells out of sight at {PHONE_WIDTH} px: {state['outside']}"
 
 
-def test_every_page_offline_without_errors_and_every_figure_drawn(browser):
-    port, pages = browser
+def test_every_page_offline_without_errors_and_every_figure_drawn(pages, headless_chromium):
     failures, figures = [], 0
     for page in pages:
-        state, problems = _check_page(port, page)
+        state, problems = _check_page(headless_chromium, page)
         name = page.relative_to(HTML_DIR)
         figures += state.get("figures", 0)
         if state.get("drawn") != state.get("figures"):

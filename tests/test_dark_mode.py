@@ -1,7 +1,8 @@
 """The figures read in both of the page's themes: book/_static/hdr-theme.js relays out every plotly figure when
 pydata-sphinx-theme's <html data-theme> turns dark, and back when it turns light. Checked in Debian's chromium on
 the colours the browser draws (tick labels, background), on a page of the library's own figures and on a built
-chapter. Needs chromium (scripts/install_browser.sh); the built-chapter test a built book, as test_book_browser."""
+chapter. Needs chromium (scripts/install_browser.sh; the conftest's headless_chromium); the built-chapter test a built
+book, as test_book_browser."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import time
 from pathlib import Path
 
 import plotly
-import pytest
 
 from tests import test_book_browser as tb
 
@@ -43,12 +43,10 @@ def _wait(tools, predicate, seconds=tb.DRAW_TIMEOUT_S + 60) -> dict:
     return state
 
 
-def _both_themes(port: int, url: str) -> dict:
+def _both_themes(browser, url: str) -> dict:
     """The drawn colours of the page at `url` in light, then dark, then light again."""
-    target = tb._new_target(port)
-    tools = tb._DevTools(target["webSocketDebuggerUrl"])
     out = {}
-    try:
+    with browser.tab(tb.PAGE_TIMEOUT_S) as tools:
         for domain in ("Runtime", "Page"):
             tools.call(f"{domain}.enable")
         tools.call("Page.navigate", url=url)
@@ -60,9 +58,6 @@ def _both_themes(port: int, url: str) -> dict:
         errors = [e for e in tools.events if e.get("method") == "Runtime.exceptionThrown"]
         out["errors"] = [e["params"]["exceptionDetails"].get("exception", {}).get("description") for e in errors]
         return out
-    finally:
-        tools.close()
-        tb._close_target(port, target["id"])
 
 
 def _assert_readable(seen: dict) -> None:
@@ -79,33 +74,7 @@ def _assert_readable(seen: dict) -> None:
             assert all(t < 0.45 for t in state["ticks"]), f"light page, light tick labels: {state['ticks']}"
 
 
-@pytest.fixture(scope="module")
-def chromium_port():
-    binary = tb._chromium()
-    import subprocess
-    import tempfile
-
-    profile = tempfile.mkdtemp(prefix="hdr-chromium-")
-    proc = subprocess.Popen([binary, *tb.CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        port_file = Path(profile) / "DevToolsActivePort"
-        deadline = time.monotonic() + 60
-        while not (port_file.is_file() and port_file.read_text().count("\n") >= 1):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"chromium did not start: {proc.stderr.read().decode(errors='replace')[-2000:]}")
-            time.sleep(0.2)
-        yield int(port_file.read_text().split()[0])
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def test_library_figures_follow_the_theme(chromium_port, tmp_path):
+def test_library_figures_follow_the_theme(headless_chromium, tmp_path):
     # The library's figures as the book draws them (render.BookRenderer), on a page with the book's two scripts.
     from hdr_lib.book import figures
     from hdr_lib.book.render import BookRenderer
@@ -118,11 +87,11 @@ def test_library_figures_follow_the_theme(chromium_port, tmp_path):
     page = tmp_path / "page.html"
     page.write_text('<!DOCTYPE html><html data-theme="light"><head><script src="plotly.min.js"></script>'
                     f'<script src="hdr-theme.js"></script></head><body>{body}</body></html>')
-    _assert_readable(_both_themes(chromium_port, page.as_uri()))
+    _assert_readable(_both_themes(headless_chromium, page.as_uri()))
 
 
-def test_a_built_chapter_follows_the_theme(chromium_port):
+def test_a_built_chapter_follows_the_theme(headless_chromium):
     pages = tb._pages()  # skips without a built book (fails with CI set), as the other browser tests
     page = next(p for p in pages if p.name == "02_dataset.html")
     assert (tb.HTML_DIR / "_static" / "hdr-theme.js").is_file(), "hdr-theme.js is not in the built site"
-    _assert_readable(_both_themes(chromium_port, page.as_uri()))
+    _assert_readable(_both_themes(headless_chromium, page.as_uri()))

@@ -6,9 +6,9 @@ JupyterLab (requirements.txt) runs headless on a free local port with a token, i
 copies of chapters 02, 05 and 06, so nothing is written into notebooks/. The copies' parameters cell is made
 short (one epoch at batch size 512, a few profiled steps, a temporary cache for the live run that chapters 05
 and 06 share); their kernels import this checkout's hdr_lib (PYTHONPATH). Chromium is Debian's `chromium`,
-driven by selenium through Debian's `chromium-driver` (scripts/install_browser.sh): Selenium Manager cannot
-download a driver here. Locally a missing browser, driver or selenium skips with the reason; with CI set, the
-tests fail instead.
+driven by selenium through Debian's `chromium-driver` (scripts/install_browser.sh; scripts/chromium.py starts
+it): Selenium Manager cannot download a driver here. Locally a missing browser, driver or selenium skips with the
+reason; with CI set, the tests fail instead (conftest.missing).
 
 HDR_SCREENSHOT_DIR=folder saves a screenshot of the page and of each figure tested, before and after the click.
 """
@@ -29,14 +29,14 @@ from pathlib import Path
 from urllib.request import Request, urlopen
 
 import pytest
+from conftest import missing
+
+from scripts import chromium
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-CI = bool(os.environ.get("CI"))
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-extensions", "--window-size=1400,1000"]
+CHROMIUM_FLAGS = (*chromium.FLAGS, "--window-size=1400,1000")
 # What each copy runs with: short, and nothing written outside the temporary folder.
 SHORT = {"epochs": 1, "batch_size": 512}
 CHAPTER_PARAMETERS = {"05_training_time": {"profile_steps": 5}}
@@ -46,19 +46,6 @@ LIVE_TIMEOUT_S = 600    # chapter 06's live experiment: one epoch from the widge
 REDRAW_S = 1.5          # after a click: plotly waits out a double click (300 ms) and redraws
 MIN_HEIGHT_PX = 100
 SCREENSHOTS = os.environ.get("HDR_SCREENSHOT_DIR")
-
-
-def _missing(reason: str):
-    if CI:
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
-    pytest.skip(reason)
-
-
-def _binary(names, what: str) -> str:
-    for name in names:
-        if name and shutil.which(name):
-            return shutil.which(name)
-    _missing(f"no {what} found: run scripts/install_browser.sh (Debian packages 'chromium' and 'chromium-driver')")
 
 
 def _free_port() -> int:
@@ -227,16 +214,23 @@ def _visible(heights: dict) -> float:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, data_root):
-    chromium = _binary([os.environ.get("HDR_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"], "chromium")
-    chromedriver = _binary([os.environ.get("HDR_CHROMEDRIVER"), "/usr/bin/chromedriver", "chromedriver"],
-                           "chromedriver")
+    # The browser first: without it (or its driver, or selenium) nothing else starts.
+    profile = tempfile.mkdtemp(prefix="hdr-chromium-")
     try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        _missing("selenium is not installed: pip install -r requirements.txt")
+        driver = chromium.selenium_driver((*CHROMIUM_FLAGS, f"--user-data-dir={profile}"))
+    except chromium.Missing as exc:
+        shutil.rmtree(profile, ignore_errors=True)
+        missing(str(exc))
+    try:
+        driver.set_script_timeout(60)
+        yield from _lab_for(driver, tmp_path_factory.mktemp("jupyterlab"), data_root)
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
 
-    work = tmp_path_factory.mktemp("jupyterlab")
+
+def _lab_for(driver, work: Path, data_root: Path):
+    """JupyterLab on copies of chapters 02, 05 and 06 in `work`, with `driver` as its reader; stopped after."""
     for name in ("02_dataset", "05_training_time", "06_accuracy"):
         _short_copy(name, work, work / "run-cache")
     _settings(work / ".lab-settings")
@@ -257,8 +251,6 @@ def lab(tmp_path_factory, data_root):
          "--ServerApp.allow_root=True", "--ServerApp.terminals_enabled=False",
          "--LabApp.expose_app_in_browser=True", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-    profile = tempfile.mkdtemp(prefix="hdr-chromium-")
-    driver = None
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -270,23 +262,14 @@ def lab(tmp_path_factory, data_root):
                 if server.poll() is not None or time.monotonic() > deadline:
                     pytest.fail("JupyterLab did not start:\n" + (work / "jupyterlab.log").read_text()[-3000:])
                 time.sleep(0.5)
-        options = webdriver.ChromeOptions()
-        options.binary_location = chromium
-        for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
-            options.add_argument(flag)
-        driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
-        driver.set_script_timeout(60)
         yield Lab(base, token, driver, work)
     finally:
-        if driver is not None:
-            driver.quit()
         server.terminate()
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def _click(lab: Lab, element, dx: float = 0.0) -> None:

@@ -20,7 +20,6 @@ import functools
 import http.server
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -78,20 +77,18 @@ def server(site):
 
 @pytest.fixture(scope="module")
 def driver():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from scripts import chromium
 
-    binary = shutil.which("chromium") or pytest.fail("no chromium: run scripts/install_browser.sh")
-    chromedriver = shutil.which("chromedriver") or pytest.fail("no chromedriver: run scripts/install_browser.sh")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--enable-unsafe-swiftshader",
-                 "--use-angle=swiftshader", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--window-size=1400,1000",
-                 # no network but this machine: every host name fails to resolve; 127.0.0.1 is an address
-                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(chromedriver), options=options)
+    # Not chromium.FLAGS: WebGL needs the GPU process, here Chromium's software GL (SwiftShader).
+    flags = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--enable-unsafe-swiftshader",
+             "--use-angle=swiftshader", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", "--window-size=1400,1000",
+             # no network but this machine: every host name fails to resolve; 127.0.0.1 is an address
+             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
+    try:
+        browser = chromium.selenium_driver(flags)
+    except chromium.Missing as exc:
+        pytest.fail(str(exc))  # never a skip: only CUDA-only tests skip
     browser.set_script_timeout(RUN_TIMEOUT_S)
     browser.set_page_load_timeout(120)
     yield browser
