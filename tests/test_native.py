@@ -258,3 +258,24 @@ def test_steps_in_one_call_refuse_bad_input_before_any_work(mnist):
     with pytest.raises(RuntimeError, match="batch_size must be positive"):
         step.steps(x, y, order, 0, losses, seconds)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())) and not losses.any()
+
+
+def test_the_fast_paths_epoch_in_blocks_follows_one_step_at_a_time(mnist):
+    # NativeStep.run_epoch cuts the epoch into the governor's blocks (threads.Governor.next_block), each one call of
+    # train_steps: its losses and final weights must be those of optimizer.step() after each batch, in order, the
+    # short last batch included, bit for bit; the progress callback hears of every step.
+    from hdr_lib.fast import threads
+    from hdr_lib.fast.steps import NativeStep
+
+    x, y = _batch(mnist, 700)
+    order = torch.randperm(700, generator=torch.Generator().manual_seed(5))
+    (m_plain, opt_plain), (m_fast, opt_fast) = _model_and_sgd(), _model_and_sgd()
+    expected = [native.train_step(m_plain, opt_plain, x.index_select(0, idx).contiguous(), y[idx])
+                for idx in order.split(64)]
+    fast = NativeStep(m_fast, opt_fast, x.contiguous(), y.long().contiguous(), 64)
+    heard = []
+    losses, weights = fast.run_epoch(order, 11, heard.append)
+    # In blocks no longer than the governor's (the first step alone: optimizer.step() makes the buffers).
+    assert fast.indexed and sum(heard) == 11 and heard[0] == 1 and 1 < max(heard) <= threads.BLOCK
+    assert torch.equal(losses, torch.stack(expected)) and weights.tolist() == [64.0] * 10 + [60.0]
+    assert all(torch.equal(a, b) for a, b in zip(m_plain.parameters(), m_fast.parameters()))

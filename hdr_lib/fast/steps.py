@@ -5,6 +5,7 @@ wraps any of them on CUDA."""
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch.nn import functional as F
@@ -55,18 +56,32 @@ class FastStep(Step):
                 losses[i] = self.train_on(idx)
                 on_step(1)
             return losses, self.weights(limit)
-        threads_before = torch.get_num_threads()
-        kept = []  # on the CPU a list: writing each loss into a tensor costs a twentieth of a native step
+        # On the CPU, in blocks: as many steps as the governor runs before its next decision (`run_steps`).
+        order = order[:min(self.n, limit * self.batch_size)]
+        losses, seconds = torch.empty(limit), torch.empty(limit, dtype=torch.float64)
+        threads_before, done = torch.get_num_threads(), 0
         try:
-            for idx in cuda_graphs.batches(order, self.batch_size, limit):
-                governor.before_step()
-                kept.append(self.train_on(idx))
-                governor.after_step()
-                on_step(1)
+            while done < limit:
+                count, stop_after = governor.next_block(limit - done)
+                part = order[done * self.batch_size:(done + count) * self.batch_size]
+                ran = self.run_steps(part, losses[done:], seconds[done:], stop_after)
+                for step_seconds in seconds[done:done + ran].tolist():
+                    governor.after_step(step_seconds)
+                done += ran
+                on_step(ran)
         finally:
             torch.set_num_threads(threads_before)  # whatever runs next in the process (evaluation) gets them all
             governor.end_epoch()
-        return (torch.stack(kept) if kept else torch.empty(0)), self.weights(limit)
+        return losses, self.weights(limit)
+
+    def run_steps(self, order, losses, seconds, stop_after: float) -> int:
+        """Steps on the consecutive batches of `order` (a CPU epoch's block), at least one: each step's loss into
+        `losses` and its seconds into `seconds`, from their first element; a step slower than `stop_after` seconds is
+        the last. Returns the number run. Here one step; the native step runs the whole block in one call."""
+        start = time.perf_counter()
+        losses[0] = self.train_on(order[:self.batch_size])
+        seconds[0] = time.perf_counter() - start
+        return 1
 
     def thread_record(self) -> dict:
         """The record's view of the thread counts (`execution`): per epoch, and why; lists filled as epochs end."""
@@ -95,28 +110,13 @@ class NativeStep(FastStep):
             return self.native(self.x_all, self.y_all, idx.contiguous())
         return super().train_on(idx)
 
-    def run_epoch(self, order, limit, on_step):
-        """On one process, the epoch's steps run in blocks, each one call of the operator (`TrainStep.steps`): as
-        many steps as the governor runs before its next decision, timed each inside the call."""
-        if not (self.indexed and self.governor is not None and isinstance(self.native, native.TrainStep)):
-            return super().run_epoch(order, limit, on_step)
-        order = order[:min(self.n, limit * self.batch_size)].contiguous()
-        losses, seconds = torch.empty(limit), torch.empty(limit, dtype=torch.float64)
-        governor, threads_before, done = self.governor, torch.get_num_threads(), 0
-        try:
-            while done < limit:
-                count, stop_after = governor.next_block(limit - done)
-                part = order[done * self.batch_size:(done + count) * self.batch_size]
-                ran = self.native.steps(self.x_all, self.y_all, part, self.batch_size, losses[done:], seconds[done:],
-                                        stop_after)
-                for step_seconds in seconds[done:done + ran].tolist():
-                    governor.after_step(step_seconds)
-                done += ran
-                on_step(ran)
-        finally:
-            torch.set_num_threads(threads_before)  # whatever runs next in the process (evaluation) gets them all
-            governor.end_epoch()
-        return losses, self.weights(limit)
+    def run_steps(self, order, losses, seconds, stop_after):
+        """The block in one call of the operator (`TrainStep.steps`), each step timed inside it; on one process, where
+        the operator reads the batches by index."""
+        if not (self.indexed and isinstance(self.native, native.TrainStep)):
+            return super().run_steps(order, losses, seconds, stop_after)
+        return self.native.steps(self.x_all, self.y_all, order.contiguous(), self.batch_size, losses, seconds,
+                                 stop_after)
 
     def step(self, x, y):
         return self.native(x, y)
