@@ -15,14 +15,15 @@ import argparse
 import base64
 import html
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import chromium  # scripts/chromium.py, beside this script (the folder Python puts first on the path)
+
+from hdr_lib import settings
+from hdr_lib.measure.machine import git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE_TIMEOUT_S = 300  # one page to load and draw its figures (plotly.js is 4.8 MB to parse on a busy machine)
@@ -111,7 +112,7 @@ def front_matter(titles: list[tuple[str | None, str, int]]) -> str:
             rows.append(f'<tr><td colspan="2" class="part">{html.escape(caption)}</td></tr>')
         part = caption
         rows.append(f"<tr><td>{html.escape(title)}</td><td class='n'>{first}</td></tr>")
-    commit = os.environ.get("HDR_GIT_COMMIT") or _git_commit()
+    commit = git_commit(ROOT) or ""  # git's answer, else HDR_GIT_COMMIT (checked), as every record names it
     return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><style>
 body {{ font-family: sans-serif; margin: 0; }} .title {{ height: 9.5in; display: flex; flex-direction: column;
 justify-content: center; page-break-after: always; }} h1 {{ font-size: 30px; }} table {{ width: 100%;
@@ -123,14 +124,6 @@ td.part {{ font-weight: bold; padding-top: 14px; border: none; }}</style></head>
 text and figures under CC BY 4.0, MNIST under its own terms (README). The interactive figures and the live
 controls are in the HTML book; here each figure is drawn as it first appears.</p></div>
 <h2>Contents</h2><table>{"".join(rows)}</table></body></html>"""
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 def build(html_dir: Path, out: Path) -> int:
@@ -200,8 +193,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "_build" / "pdf" / "book.pdf"), help="default %(default)s")
     args = parser.parse_args(argv)
     try:
+        settings.check_environment()  # HDR_CHROMIUM and HDR_GIT_COMMIT are read later: checked before any work
         return build(Path(args.html).resolve(), Path(args.out))
-    except Fail as exc:
+    except (Fail, settings.SettingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
